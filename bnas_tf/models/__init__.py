@@ -1,0 +1,27 @@
+"""Network builder: a spec (plain data) -> a Keras model, one function per family.
+
+Families register a ``build(spec, num_classes, image_size, auxiliary, binarization)``
+function in FAMILIES; `build` dispatches on ``spec["family"]``.
+"""
+from __future__ import annotations
+
+from bnas_tf import binary
+from bnas_tf.models import bnas, presets
+
+FAMILIES = {"bnas": bnas.build}
+
+
+def register_family(name, builder):
+    FAMILIES[name] = builder
+
+
+def build(spec, num_classes, image_size, auxiliary=False, binarization=None, name=None):
+    """Build the Keras model of `spec` (a dict, or a preset name)."""
+    if isinstance(spec, str):
+        spec = presets.resolve(preset=spec)
+    family = spec.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown network family {family!r}; known: {', '.join(FAMILIES)}")
+    scheme = binary.scheme(binarization or spec.get("binarization", "xnor"))
+    return FAMILIES[family](spec, num_classes, image_size, auxiliary=auxiliary,
+                            binarization=scheme, name=name or spec.get("name"))

@@ -1,0 +1,124 @@
+"""BNAS final networks (CIFAR and ImageNet) built from a cell genotype.
+
+DARTS' network with BNAS' cell template: every cell outputs the concat of its
+nodes PLUS an inter-cell skip — normal cells add s1 (identity), reduction cells add
+a float residual of s1 (BN -> 2x2 stride-2 conv, C_prev -> len(concat) * C); cell 0
+adds nothing. Preprocess convs are binary (1x1, or 3x3 stride 2 after a reduction
+cell). Reductions sit at cells ``cells//3`` and ``2*cells//3``. Stem and
+classifier are float. Zeroise edges cost nothing: they are not built at all (a
+node whose edges are all Zeroise outputs zeros).
+"""
+from __future__ import annotations
+
+import bnas_tf  # noqa: F401
+import tensorflow as tf
+
+from bnas_tf import binary, genotypes, ops
+from bnas_tf.models import common
+
+
+def reduction_cells(cells):
+    return (cells // 3, 2 * cells // 3)
+
+
+@tf.keras.utils.register_keras_serializable(binary.SERIAL)
+class BnasCell(binary._Block):
+    """One final-network cell. Inputs [s0, s1]; output concat (+ inter-cell skip)."""
+
+    def __init__(self, genotype, channels, reduction, reduction_prev, skip=True,
+                 binarization=binary.XNOR, drop_path=True, **kwargs):
+        genotype = genotypes.load(genotype)
+        binarization = binary.scheme(binarization)
+        super().__init__(genotype=genotype.to_dict(), channels=channels, reduction=reduction,
+                         reduction_prev=reduction_prev, skip=skip, binarization=binarization,
+                         drop_path=drop_path, **kwargs)
+        kind = "reduce" if reduction else "normal"
+        self.edges = getattr(genotype, kind)
+        self.concat = getattr(genotype, f"{kind}_concat")
+        self.channels, self.reduction = channels, reduction
+        self.skip = skip and genotype.template == "bnas"
+        config = ops.OpConfig(binarization=binarization)
+        self.pre0 = (binary.BinaryConv(channels, 3, 2, binarization=binarization, name="pre0")
+                     if reduction_prev else
+                     binary.BinaryConv(channels, 1, binarization=binarization, name="pre0"))
+        self.pre1 = binary.BinaryConv(channels, 1, binarization=binarization, name="pre1")
+        self.ops = {}
+        for k, (op, src) in enumerate(self.edges):
+            if op != ops.ZERO:
+                stride = 2 if reduction and src < 2 else 1
+                self.ops[k] = ops.make(op, channels, stride, config, layer_name=f"e{k}_{op}")
+        self.drops = ({k: common.DropPath(name=f"drop{k}") for k, layer in self.ops.items()
+                       if not isinstance(layer, binary.Identity)} if drop_path else {})
+        self.residual = None
+
+    def build(self, input_shapes):
+        prev_channels = input_shapes[1][-1]
+        out_channels = len(self.concat) * self.channels
+        if self.skip and self.reduction:
+            self.residual = tf.keras.Sequential([
+                common.batchnorm("bn"),
+                tf.keras.layers.Conv2D(out_channels, 2, 2, padding="same", use_bias=False,
+                                       kernel_initializer="he_normal", name="conv")],
+                name="residual")
+        # Normal cells add s1 only where it already has the output's shape (not cell 0).
+        self.identity_skip = (self.skip and not self.reduction and prev_channels == out_channels)
+        super().build(input_shapes)
+
+    def call(self, inputs, training=None):
+        s0_in, s1_in = inputs
+        states = [self.pre0(s0_in, training=training), self.pre1(s1_in, training=training)]
+        for node in range(genotypes.NODES):
+            terms = []
+            for k in (2 * node, 2 * node + 1):
+                if k in self.ops:
+                    h = self.ops[k](states[self.edges[k][1]], training=training)
+                    if k in self.drops:
+                        h = self.drops[k](h, training=training)
+                    terms.append(h)
+            if not terms:  # all edges Zeroise: zeros at the output's shape
+                src = self.edges[2 * node][1]
+                strided = self.reduction and src < 2
+                terms = [tf.zeros_like(states[src][:, ::2, ::2, :] if strided else states[src])]
+            states.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
+        out = tf.concat([states[i] for i in self.concat], axis=-1)
+        if self.residual is not None:
+            out = out + self.residual(s1_in, training=training)
+        elif self.identity_skip:
+            out = out + s1_in
+        return out
+
+
+def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XNOR,
+          drop_path=True, name=None):
+    """The BNAS network of `spec` ({genotype, cells, channels, stem}) as a Keras Model."""
+    genotype = genotypes.load(spec["genotype"])
+    if not isinstance(genotype, genotypes.BnasGenotype):
+        raise ValueError("the bnas network family needs a bnas genotype")
+    cells, channels = int(spec["cells"]), int(spec["channels"])
+    if cells < 2:
+        raise ValueError(f"a network needs at least 2 cells, got {cells}")
+    stem = spec.get("stem", "auto")
+    if stem == "auto":
+        stem = "imagenet" if image_size >= 128 else "cifar"
+    inputs = tf.keras.Input((image_size, image_size, 3), name="image")
+    if stem == "cifar":
+        s0 = s1 = common.cifar_stem(inputs, 3 * channels)
+        reduction_prev = False
+    else:
+        s0, s1 = common.imagenet_stem(inputs, channels)
+        reduction_prev = True
+    current = channels
+    aux_logits = None
+    for i in range(cells):
+        reduction = i in reduction_cells(cells)
+        if reduction:
+            current *= 2
+        cell = BnasCell(genotype, current, reduction, reduction_prev, skip=i > 0,
+                        binarization=binarization, drop_path=drop_path, name=f"cell{i}")
+        s0, s1 = s1, cell([s0, s1])
+        reduction_prev = reduction
+        if auxiliary and i == 2 * cells // 3:
+            aux_logits = common.auxiliary_head(s1, num_classes)
+    logits = common.classifier(s1, num_classes)
+    outputs = [logits, aux_logits] if aux_logits is not None else logits
+    return tf.keras.Model(inputs, outputs, name=name or "bnas")

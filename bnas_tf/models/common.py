@@ -1,0 +1,90 @@
+"""Pieces every network family shares: float stems, classifier, auxiliary head, drop-path."""
+from __future__ import annotations
+
+import bnas_tf  # noqa: F401
+import tensorflow as tf
+
+from bnas_tf import binary
+
+SERIAL = binary.SERIAL
+
+
+def batchnorm(name=None, affine=True):
+    return tf.keras.layers.BatchNormalization(center=affine, scale=affine, momentum=0.9,
+                                              epsilon=1e-5, name=name)
+
+
+def float_conv(filters, kernel_size, strides=1, name=None, use_bias=False):
+    return tf.keras.layers.Conv2D(filters, kernel_size, strides, padding="same",
+                                  use_bias=use_bias, kernel_initializer="he_normal", name=name)
+
+
+def cifar_stem(x, filters, name="stem"):
+    """Float 3x3 conv + BN (the DARTS/BNAS CIFAR stem)."""
+    x = float_conv(filters, 3, name=f"{name}_conv")(x)
+    return batchnorm(f"{name}_bn")(x)
+
+
+def imagenet_stem(x, channels, name="stem"):
+    """Two stride-2 float 3x3 convs (C/2, C), then one more stride-2 3x3 conv.
+
+    Returns (s0, s1): the outputs at 1/4 and 1/8 resolution (DARTS' stem0, stem1).
+    """
+    x = float_conv(channels // 2, 3, 2, name=f"{name}0_conv0")(x)
+    x = tf.keras.layers.ReLU()(batchnorm(f"{name}0_bn0")(x))
+    x = float_conv(channels, 3, 2, name=f"{name}0_conv1")(x)
+    s0 = batchnorm(f"{name}0_bn1")(x)
+    x = float_conv(channels, 3, 2, name=f"{name}1_conv")(tf.keras.layers.ReLU()(s0))
+    s1 = batchnorm(f"{name}1_bn")(x)
+    return s0, s1
+
+
+def classifier(x, num_classes, name="classifier"):
+    """Global average pooling and a float dense layer (logits)."""
+    x = tf.keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    return tf.keras.layers.Dense(num_classes, name=name)(x)
+
+
+def auxiliary_head(x, num_classes, name="aux"):
+    """DARTS' float auxiliary tower (applied at 2/3 depth during training)."""
+    size = x.shape[1]
+    x = tf.keras.layers.ReLU()(x)
+    pool = 5 if size <= 8 else size // 2
+    x = tf.keras.layers.AveragePooling2D(pool, 3 if size <= 8 else 2, padding="valid",
+                                         name=f"{name}_pool")(x)
+    x = float_conv(128, 1, name=f"{name}_conv0")(x)
+    x = tf.keras.layers.ReLU()(batchnorm(f"{name}_bn0")(x))
+    x = tf.keras.layers.Conv2D(768, x.shape[1], padding="valid", use_bias=False,
+                               name=f"{name}_conv1")(x)
+    x = tf.keras.layers.ReLU()(batchnorm(f"{name}_bn1")(x))
+    x = tf.keras.layers.Flatten()(x)
+    return tf.keras.layers.Dense(num_classes, name=f"{name}_logits")(x)
+
+
+@tf.keras.utils.register_keras_serializable(SERIAL)
+class DropPath(tf.keras.layers.Layer):
+    """Drops a whole sample's branch with probability `rate` during training.
+
+    The rate lives in a non-trainable weight so a callback can raise it over the
+    epochs (DARTS: drop_path_prob * epoch / epochs) without retracing.
+    """
+
+    def build(self, input_shape):
+        self.rate = self.add_weight(name="rate", shape=(), initializer="zeros",
+                                    trainable=False)
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = tf.stack([tf.shape(inputs)[0], 1, 1, 1])
+        mask = tf.floor(keep + tf.random.uniform(shape, dtype=inputs.dtype))
+        return tf.where(self.rate > 0.0, inputs / keep * mask, inputs)
+
+
+def set_drop_path(model, rate):
+    """Set the drop-path rate of every DropPath layer inside `model`."""
+    for layer in model.submodules:
+        if isinstance(layer, DropPath) and layer.built:
+            layer.rate.assign(rate)
