@@ -1,0 +1,29 @@
+"""bnas-tf: search, train and deploy binary neural network architectures (BNAS, BARS)."""
+from setuptools import find_packages, setup
+
+TOOLS = ["search", "train", "evaluate", "export", "report", "benchmark", "size", "compare",
+         "plot_genotype", "pipeline"]
+
+setup(
+    name="bnas-tf",
+    version="0.1.0",
+    description="Binary neural architecture search (BNAS, BARS) on TensorFlow, Keras and Larq",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["bnas_tf", "bnas_tf.*", "flags", "tools"]),
+    install_requires=[
+        "tensorflow-cpu==2.21.0",
+        "tf-keras==2.21.0",
+        "larq==0.14.0",
+        "larq-compute-engine==0.16.0",
+        "tensorflow-datasets==4.9.10",
+        "keras-tuner==1.4.8",
+        "absl-py>=2.1",
+        "tensorboard==2.21.0",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "pillow>=10",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": [
+        f"bnas-{name.replace('_', '-')}=tools.{name}:run" for name in TOOLS]},
+)
