@@ -1,0 +1,322 @@
+"""The search loop, generic over methods: data, bilevel fit, derivation, logs, resume.
+
+``run_search(method, data_config, search_config, output_dir)`` writes into
+``output_dir`` (DIR):
+
+* ``search_config.json``  what the run depends on (a rerun must match it);
+* ``ckpt/``               tf.train.CheckpointManager: weights, alphas, both
+                          optimizers, the epoch counter (and ``net.rng`` if the
+                          supernet keeps a tf.random.Generator there), saved after
+                          every epoch. Rerunning the same command continues;
+* ``genotypes/epoch_XXX.json``  the genotype derived after every epoch;
+* ``genotype.json``       the genotype of the epoch with the best validation accuracy;
+* ``search_summary.json`` per epoch: losses, accuracies, genotype, learnable ops;
+* ``logs/``               TensorBoard: ``train``/``validation`` (Keras) and ``search``
+                          (method scalars such as alpha entropy, per-cell op
+                          probability heatmaps, the genotype as text).
+
+A *method* is a module (or any object) with
+
+* ``build_supernet(search_config, num_classes, image_size) -> net`` (see
+  `bilevel.BilevelModel` for what a net provides);
+* ``derive(net, search_config, val_batches) -> genotype`` (a genotypes.*Genotype);
+* ``epoch_logs(net, epoch) -> dict``: name -> float (scalar), HxWx3 uint8 array
+  (image) or str (text), written to TensorBoard and (scalars) to the summary;
+* ``on_epoch_begin(net, epoch) -> None | dict`` (optional): a returned
+  ``{"alpha_update": bool}`` switches architecture updates for that epoch;
+* ``validate_config(search_config)`` (optional): one-line ValueError for bad
+  method-specific settings (``search_config.extra``).
+
+Epoch ``e`` reads its data with seed ``data_seed(seed, e)``, so a resumed run sees
+the same batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+
+import bnas_tf  # noqa: F401
+import numpy as np
+import tensorflow as tf
+
+from bnas_tf import data, genotypes, ops
+from bnas_tf.search import METHODS, SearchConfig, bilevel  # noqa: F401  (re-export)
+
+CONFIG_FILE = "search_config.json"
+SUMMARY_FILE = "search_summary.json"
+GENOTYPE_FILE = "genotype.json"
+DATA_IDENTITY = ("dataset", "data_dir", "image_size", "max_examples", "cutout", "augment",
+                 "validation_fraction", "num_subset_classes")
+
+
+class SearchDirError(ValueError):
+    """The output directory belongs to another search run."""
+
+
+def get_method(name_or_method):
+    """The method module for a name in `METHODS` (imported lazily), or the object itself."""
+    if not isinstance(name_or_method, str):
+        return name_or_method
+    if name_or_method not in METHODS:
+        raise ValueError(f"unknown search method {name_or_method!r}; "
+                         f"choose one of {', '.join(METHODS)}")
+    try:
+        return importlib.import_module(METHODS[name_or_method])
+    except ModuleNotFoundError as e:
+        raise ValueError(f"search method {name_or_method!r} is not available "
+                         f"({e})") from None
+
+
+def make_strategy(name):
+    """A tf.distribute strategy by name: default | mirrored | one_device | multi_worker."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def data_seed(seed, epoch):
+    """The data-order/augmentation seed of one epoch."""
+    return int(seed) * 100_003 + int(epoch)
+
+
+def write_json(path, payload):
+    """Write JSON atomically (a failed write leaves the old file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run_identity(data_config, search_config):
+    """What must match for a directory's checkpoint to be resumed."""
+    data_part = {k: getattr(data_config, k) for k in DATA_IDENTITY if hasattr(data_config, k)}
+    if data_part.get("data_dir"):
+        data_part["data_dir"] = os.path.abspath(os.path.expanduser(data_part["data_dir"]))
+    return json.loads(json.dumps({"search": search_config.to_dict(), "data": data_part},
+                                 default=_json_default))
+
+
+def check_output_dir(output_dir, identity):
+    """Raise SearchDirError if `output_dir` holds a checkpoint of a different run."""
+    ckpt_dir = os.path.join(output_dir, "ckpt")
+    has_ckpt = tf.train.latest_checkpoint(ckpt_dir) is not None if os.path.isdir(ckpt_dir) \
+        else False
+    if not has_ckpt:
+        return False
+    path = os.path.join(output_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise SearchDirError(f"{output_dir} holds a search checkpoint without {CONFIG_FILE}; "
+                             "choose another --output_dir")
+    with open(path, encoding="utf-8") as f:
+        try:
+            saved = json.load(f)
+        except json.JSONDecodeError:
+            raise SearchDirError(f"{path} is malformed; choose another --output_dir") from None
+    diffs = _diff(saved, identity)
+    if diffs:
+        raise SearchDirError(f"{output_dir} holds the checkpoint of a different search "
+                             f"(differs in {', '.join(diffs[:6])}); use another --output_dir")
+    return True
+
+
+def _diff(saved, current, prefix=""):
+    keys = sorted(set(saved) | set(current)) if isinstance(saved, dict) and \
+        isinstance(current, dict) else None
+    if keys is None:
+        return [] if saved == current else [prefix.rstrip(".") or "config"]
+    out = []
+    for k in keys:
+        if k not in saved or k not in current:
+            out.append(f"{prefix}{k}")
+        else:
+            out.extend(_diff(saved[k], current[k], f"{prefix}{k}."))
+    return out
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker"
+                                             and resolver.task_id == 0)
+
+
+def learnable_ops(genotype):
+    """Number of learnable (binary conv) ops a genotype picks."""
+    return int(sum(op in ops.LEARNABLE for op in genotype.ops_used()))
+
+
+def _checkpoint(model, net):
+    items = {"model": model, "w_optimizer": model.w_optimizer,
+             "a_optimizer": model.a_optimizer,
+             "done": tf.Variable(0, dtype=tf.int64, trainable=False, name="done")}
+    rng = getattr(net, "rng", None)
+    if isinstance(rng, tf.random.Generator):
+        items["rng"] = rng
+    return tf.train.Checkpoint(**items)
+
+
+def _search_datasets(data_config, epoch, steps):
+    """(train, val) batches of one epoch, zipped; val repeats as needed."""
+    cfg = dataclasses.replace(data_config, seed=data_seed(data_config.seed, epoch))
+    train = data.load(cfg, "search_train", training=True)
+    val_cfg = dataclasses.replace(cfg, seed=cfg.seed + 50_021)
+    val = data.load(val_cfg, "search_val", training=True).repeat()
+    return tf.data.Dataset.zip((train, val)).take(steps)
+
+
+def _write_summaries(writer, epoch, logs):
+    with writer.as_default(step=epoch):
+        for name, value in logs.items():
+            if isinstance(value, str):
+                tf.summary.text(name, value)
+            elif isinstance(value, np.ndarray) and value.ndim in (3, 4):
+                image = value if value.ndim == 4 else value[None]
+                tf.summary.image(name, image)
+            elif value is not None and np.ndim(value) == 0:
+                tf.summary.scalar(name, float(value))
+        writer.flush()
+
+
+def _scalars(logs):
+    return {k: float(v) for k, v in logs.items()
+            if not isinstance(v, (str, np.ndarray)) and v is not None and np.ndim(v) == 0}
+
+
+def _best(entries):
+    best = None
+    for entry in entries:
+        acc = entry.get("val_accuracy")
+        if acc is None or (isinstance(acc, float) and math.isnan(acc)):
+            continue
+        if best is None or acc >= best["val_accuracy"]:
+            best = entry
+    return best
+
+
+def run_search(method, data_config, search_config, output_dir, stop_after=None,
+               verbose="auto"):
+    """Search; returns the summary dict (also in DIR/search_summary.json).
+
+    `stop_after`: run at most this many epochs in this call (the run resumes on the
+    next call with the same arguments), for time-sliced or preemptible runs.
+    """
+    config = search_config.validate()
+    method = get_method(method)
+    if hasattr(method, "validate_config"):
+        method.validate_config(config)
+    data_config = dataclasses.replace(data_config, batch_size=config.batch_size,
+                                      seed=config.seed)
+    info = data.dataset_info(data_config)
+    n_train = info.split_sizes.get("search_train", 0)
+    n_val = info.split_sizes.get("search_val", 0)
+    for split, n in (("search_train", n_train), ("search_val", n_val)):
+        if config.batch_size > n:
+            raise ValueError(f"batch_size {config.batch_size} is larger than the {split} "
+                             f"split ({n} examples); lower --batch_size or raise "
+                             "--max_examples")
+    steps = n_train // config.batch_size
+
+    identity = run_identity(data_config, config)
+    resuming = check_output_dir(output_dir, identity)
+    os.makedirs(os.path.join(output_dir, "genotypes"), exist_ok=True)
+    if not resuming:
+        write_json(os.path.join(output_dir, CONFIG_FILE), identity)
+
+    tf.keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    chief = _is_chief(strategy)
+    with strategy.scope():
+        net = method.build_supernet(config, info.num_classes, info.image_size)
+        model = bilevel.build(net, config, steps, info.image_size)
+    ckpt = _checkpoint(model, net)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(output_dir, "ckpt"),
+                                         max_to_keep=2)
+    start = 0
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        start = int(ckpt.done.numpy())
+        _log(f"resuming {output_dir} after epoch {start}/{config.epochs}")
+
+    summary_path = os.path.join(output_dir, SUMMARY_FILE)
+    summary = {"method": config.method, "epochs": []}
+    if start and os.path.isfile(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+        summary["epochs"] = [e for e in summary.get("epochs", []) if e["epoch"] < start]
+
+    eval_ds = data.load(data_config, "search_val", training=False)
+    if config.eval_batches:
+        eval_ds = eval_ds.take(config.eval_batches)
+    writer = tf.summary.create_file_writer(os.path.join(output_dir, "logs", "search")) \
+        if chief else tf.summary.create_noop_writer()
+    end = config.epochs if stop_after is None else min(config.epochs, start + int(stop_after))
+    if start >= config.epochs:
+        _log(f"{output_dir}: search already complete ({config.epochs} epochs)")
+    for epoch in range(start, end):
+        model.set_epoch(epoch)
+        control = getattr(method, "on_epoch_begin", None)
+        control = control(net, epoch) if control else None
+        if isinstance(control, dict) and "alpha_update" in control:
+            model.set_alpha_update(control["alpha_update"])
+        callbacks = [tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"),
+                                                    write_graph=False, profile_batch=0)]
+        history = model.fit(_search_datasets(data_config, epoch, steps), epochs=epoch + 1,
+                            initial_epoch=epoch, steps_per_epoch=steps,
+                            validation_data=eval_ds, callbacks=callbacks, verbose=verbose)
+        fit_logs = {k: float(v[-1]) for k, v in history.history.items()}
+        genotype = method.derive(net, config, eval_ds)
+        logs = dict(method.epoch_logs(net, epoch) or {})
+        logs["genotype"] = str(genotype)
+        logs["learnable_ops"] = learnable_ops(genotype)
+        logs["w_lr"] = float(model._w_lr().numpy())
+        entry = {"epoch": epoch, **fit_logs, **_scalars(logs),
+                 "genotype": genotype.to_dict()}
+        summary["epochs"].append(entry)
+        if chief:
+            _write_summaries(writer, epoch, logs)
+            genotypes.save(genotype, os.path.join(output_dir, "genotypes",
+                                                  f"epoch_{epoch:03d}.json"),
+                           extra={"epoch": epoch, "val_accuracy": entry.get("val_accuracy")})
+            _finish_summary(summary, output_dir)
+        ckpt.done.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+    if chief and summary["epochs"]:
+        _finish_summary(summary, output_dir)
+    return summary
+
+
+def _finish_summary(summary, output_dir):
+    best = _best(summary["epochs"])
+    if best is not None:
+        summary["best_epoch"] = best["epoch"]
+        summary["best_val_accuracy"] = best["val_accuracy"]
+        genotypes.save(genotypes.from_dict(best["genotype"]),
+                       os.path.join(output_dir, GENOTYPE_FILE),
+                       extra={"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]})
+    write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
+
+
+def _log(message):
+    print(message, file=sys.stderr, flush=True)
