@@ -1,0 +1,91 @@
+"""Distribution strategies for training: one device, mirrored replicas, several workers.
+
+`make_strategy("multi_worker")` reads the cluster from the TF_CONFIG environment
+variable and must run before TensorFlow executes anything (create the strategy
+first thing in a program). Only the chief writes checkpoints, logs and metrics; the
+other workers write the same files into a private temporary directory that is
+deleted afterwards (the pattern of the TF multi-worker Keras guide: every worker
+takes part in saving, because saving distributed variables may run collectives).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def make_strategy(name="default"):
+    """A tf.distribute strategy by name: 'default' | 'mirrored' | 'multi_worker'.
+
+    'mirrored' uses every local GPU, or every logical CPU device when there is no GPU
+    (configure them with tf.config.set_logical_device_configuration beforehand).
+    """
+    if isinstance(name, tf.distribute.Strategy):
+        return name
+    name = name or "default"
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    if not os.environ.get("TF_CONFIG"):
+        raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                         "(cluster spec and this worker's task)")
+    try:
+        json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({e.msg})") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def task(strategy):
+    """(task_type, task_id) of this process; (None, None) outside a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return None, None
+    return resolver.task_type, resolver.task_id
+
+
+def is_chief(strategy):
+    """True on the process that owns the outputs: the chief, else worker 0, else alone."""
+    task_type, task_id = task(strategy)
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    resolver = strategy.cluster_resolver
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+class WorkerDirs:
+    """Where this process writes: the real directory on the chief, temp dirs elsewhere.
+
+    ``dirs.path(real_path)`` maps a path to this worker's place for it; call
+    ``dirs.cleanup()`` at the end to delete a non-chief's temporary files.
+    """
+
+    def __init__(self, strategy):
+        self.chief = is_chief(strategy)
+        task_type, task_id = task(strategy)
+        self._temp = None if self.chief else tempfile.mkdtemp(
+            prefix=f"bnas_{task_type}{task_id}_")
+
+    def path(self, real_path):
+        if self.chief:
+            return real_path
+        target = os.path.join(self._temp, os.path.basename(os.path.normpath(real_path)))
+        return target
+
+    def cleanup(self):
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)

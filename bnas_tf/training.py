@@ -1,0 +1,538 @@
+"""Training final networks: recipes, schedules, callbacks, checkpoint/resume, evaluation.
+
+`train(spec, data_config, train_config, output_dir)` builds the network inside a
+distribution strategy, trains it with Keras ``model.fit`` and fills a model
+directory (see bnas_tf.model_dir): spec.json, ckpt/ (model + optimizer + epoch,
+saved after every epoch: rerunning the same command resumes), logs/ (TensorBoard),
+weights.h5 + saved_model/ and metrics.json.
+
+Weight decay is an L2 penalty ``weight_decay / 2 * sum(kernel ** 2)`` over every
+conv/dense kernel (BatchNorm parameters and biases excluded) added to the loss, so
+its gradient is ``weight_decay * kernel`` as in PyTorch's SGD(weight_decay=...).
+Batch size and cutout are training-recipe values: `train` takes them from the
+TrainConfig, not from the DataConfig.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+
+import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from bnas_tf import data, distribute, models
+from bnas_tf import model_dir as mdir
+from bnas_tf.models import common, presets
+
+make_strategy = distribute.make_strategy
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "cosine_restarts", "one_cycle")
+TRAIN_CONFIG = "train_config.json"
+SERIAL = "bnas_tf"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    recipe: str = "custom"
+    optimizer: str = "sgd"            # 'sgd' (momentum) | 'adam'
+    learning_rate: float = 0.05       # peak / initial learning rate
+    min_learning_rate: float = 0.0    # floor of the schedule
+    schedule: str = "cosine"          # 'constant' | 'cosine' | 'cosine_restarts' | 'one_cycle'
+    warmup_fraction: float = 0.3      # one_cycle: share of steps rising min -> peak
+    restart_epochs: int = 50          # cosine_restarts: epochs per cycle
+    momentum: float = 0.9             # SGD momentum
+    weight_decay: float = 0.0         # L2 on kernels (see module doc)
+    label_smoothing: float = 0.0
+    epochs: int = 1
+    batch_size: int = 64              # global batch size (over all replicas)
+    drop_path: float = 0.0            # final drop-path rate, raised linearly over epochs
+    auxiliary: bool = False           # train with the auxiliary tower
+    auxiliary_weight: float = 0.4
+    cutout: int = 0                   # cutout length in pixels (0 = off)
+    validation_freq: int = 1          # validate every N epochs (0 = never)
+    seed: int = 0
+    verbose: int = 1                  # Keras fit: 1 progress bar, 2 one line per epoch, 0 quiet
+    keep_checkpoints: int = 3
+
+    def validate(self):
+        checks = [
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                                           f"got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, "
+                                         f"got {self.schedule!r}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (0 <= self.min_learning_rate <= self.learning_rate,
+             f"min_learning_rate must be in [0, learning_rate={self.learning_rate}], "
+             f"got {self.min_learning_rate}"),
+            (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), "
+                                            f"got {self.warmup_fraction}"),
+            (self.restart_epochs >= 1, f"restart_epochs must be >= 1, got {self.restart_epochs}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), "
+                                            f"got {self.label_smoothing}"),
+            (0 <= self.drop_path < 1, f"drop_path must be in [0, 1), got {self.drop_path}"),
+            (self.auxiliary_weight >= 0, f"auxiliary_weight must be >= 0, "
+                                         f"got {self.auxiliary_weight}"),
+            (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
+            (self.validation_freq >= 0, f"validation_freq must be >= 0, "
+                                        f"got {self.validation_freq}"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, "
+                                         f"got {self.keep_checkpoints}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+RECIPES = {
+    # BNAS, CIFAR-10: SGD, one-cycle 5e-2 .. 4e-4 per step, 600 epochs, drop-path 0.2.
+    "cifar": dict(optimizer="sgd", learning_rate=5e-2, min_learning_rate=4e-4,
+                  schedule="one_cycle", momentum=0.9, weight_decay=3e-6, epochs=600,
+                  batch_size=256, drop_path=0.2),
+    # BNAS, ImageNet: SGD 0.1, cosine warm restarts every 50 epochs down to 1e-5.
+    "imagenet": dict(optimizer="sgd", learning_rate=0.1, min_learning_rate=1e-5,
+                     schedule="cosine_restarts", restart_epochs=50, momentum=0.9,
+                     weight_decay=3e-5, label_smoothing=0.1, epochs=250, batch_size=256),
+    # A plain Adam baseline.
+    "adam_cosine": dict(optimizer="adam", learning_rate=1e-3, min_learning_rate=0.0,
+                        schedule="cosine", weight_decay=0.0, epochs=100, batch_size=256),
+    # BARS, CIFAR-10: Adam 2e-3 cosine to 0, cutout 16, auxiliary tower 0.4, 200 epochs.
+    "bars": dict(optimizer="adam", learning_rate=2e-3, min_learning_rate=0.0,
+                 schedule="cosine", weight_decay=0.0, cutout=16, auxiliary=True,
+                 auxiliary_weight=0.4, epochs=200, batch_size=256),
+    # BARS, ImageNet: Adam 1e-3 cosine to 0, 100 epochs, no cutout.
+    "bars_imagenet": dict(optimizer="adam", learning_rate=1e-3, min_learning_rate=0.0,
+                          schedule="cosine", weight_decay=0.0, epochs=100, batch_size=256),
+}
+
+
+def recipe(name, **overrides):
+    """The TrainConfig of recipe `name` with `overrides` applied (None values ignored)."""
+    if name not in RECIPES and name != "custom":
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(fields))}")
+    values = dict(RECIPES.get(name, {}), recipe=name)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values).validate()
+
+
+# ----------------------------------------------------------------------------- schedules
+
+@tf.keras.utils.register_keras_serializable(SERIAL)
+class OneCycle(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """One-cycle learning rate (Smith): cosine rise min -> max, then cosine fall to min.
+
+    The rise takes ``warmup_fraction`` of ``total_steps``; past the end it stays at
+    ``min_lr``. With warmup_fraction 0 it is a cosine decay from max_lr to min_lr.
+    """
+
+    def __init__(self, max_lr, min_lr, total_steps, warmup_fraction=0.3, name="one_cycle"):
+        super().__init__()
+        self.max_lr, self.min_lr = float(max_lr), float(min_lr)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_fraction = float(warmup_fraction)
+        self.warmup_steps = int(round(self.total_steps * self.warmup_fraction))
+        self.name = name
+
+    def __call__(self, step):
+        with tf.name_scope(self.name):
+            step = tf.cast(step, tf.float32)
+            up = float(self.warmup_steps)
+            down = float(max(self.total_steps - self.warmup_steps, 1))
+            span = self.max_lr - self.min_lr
+            rising = self.min_lr + span * 0.5 * (1.0 - tf.cos(math.pi * step / max(up, 1.0)))
+            progress = tf.clip_by_value((step - up) / down, 0.0, 1.0)
+            falling = self.min_lr + span * 0.5 * (1.0 + tf.cos(math.pi * progress))
+            return tf.where(step < up, rising, falling)
+
+    def get_config(self):
+        return {"max_lr": self.max_lr, "min_lr": self.min_lr, "total_steps": self.total_steps,
+                "warmup_fraction": self.warmup_fraction, "name": self.name}
+
+
+def make_schedule(config, steps_per_epoch):
+    """The per-step learning-rate schedule of `config` (a float for 'constant')."""
+    steps_per_epoch = max(int(steps_per_epoch), 1)
+    total = config.epochs * steps_per_epoch
+    lr, floor = config.learning_rate, config.min_learning_rate
+    schedules = tf.keras.optimizers.schedules
+    if config.schedule == "constant":
+        return lr
+    if config.schedule == "cosine":
+        return schedules.CosineDecay(lr, total, alpha=floor / lr)
+    if config.schedule == "cosine_restarts":
+        return schedules.CosineDecayRestarts(lr, config.restart_epochs * steps_per_epoch,
+                                             t_mul=1.0, m_mul=1.0, alpha=floor / lr)
+    if config.schedule == "one_cycle":
+        return OneCycle(lr, floor, total, config.warmup_fraction)
+    raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(config, steps_per_epoch):
+    """A tf.keras.optimizers.legacy optimizer (Larq needs the legacy API)."""
+    schedule = make_schedule(config, steps_per_epoch)
+    if config.optimizer == "sgd":
+        return tf.keras.optimizers.legacy.SGD(schedule, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return tf.keras.optimizers.legacy.Adam(schedule)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def current_learning_rate(optimizer):
+    lr = optimizer._get_hyper("learning_rate")  # the schedule itself, not its value
+    if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
+        lr = lr(optimizer.iterations)
+    return float(tf.keras.backend.get_value(lr))
+
+
+# ----------------------------------------------------------------------------- losses
+
+class CrossEntropy(tf.keras.losses.Loss):
+    """Softmax cross-entropy of logits against integer labels, with label smoothing."""
+
+    def __init__(self, label_smoothing=0.0, name="cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        if not self.label_smoothing:
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, y_pred)
+        onehot = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return tf.keras.losses.categorical_crossentropy(
+            onehot, y_pred, from_logits=True, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def accuracy_metrics():
+    return [tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+
+
+def decayed_kernels(model):
+    """Conv / dense kernels (binary latent kernels included); BN and biases excluded."""
+    return [v for v in model.trainable_weights
+            if v.name.split("/")[-1].split(":")[0].endswith("kernel")]
+
+
+def add_weight_decay(model, weight_decay):
+    """Add ``weight_decay / 2 * sum(kernel ** 2)`` to the model's losses."""
+    kernels = decayed_kernels(model)
+    if weight_decay and kernels:
+        scale = 0.5 * float(weight_decay)
+        model.add_loss(lambda: scale * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]))
+    return kernels
+
+
+def compile_model(model, config, optimizer):
+    """Compile for training: main CE (+ weighted auxiliary CE), top-1/top-5 on the main head."""
+    loss = CrossEntropy(config.label_smoothing)
+    if len(model.outputs) == 2:
+        model.compile(optimizer, loss=[loss, CrossEntropy(config.label_smoothing, name="aux")],
+                      loss_weights=[1.0, config.auxiliary_weight],
+                      metrics=[accuracy_metrics(), []])
+    else:
+        model.compile(optimizer, loss=loss, metrics=accuracy_metrics())
+    return model
+
+
+def inference_model(model):
+    """The main-output network (no auxiliary head, no added losses), sharing weights."""
+    return tf.keras.Model(model.inputs, model.outputs[0], name=model.name)
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+class DropPathSchedule(tf.keras.callbacks.Callback):
+    """Raise the drop-path rate linearly: ``drop_path * epoch / epochs`` (DARTS)."""
+
+    def __init__(self, drop_path, epochs):
+        super().__init__()
+        self.drop_path, self.epochs = float(drop_path), int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        common.set_drop_path(self.model, self.drop_path * epoch / self.epochs)
+
+
+class LearningRateLogger(tf.keras.callbacks.Callback):
+    """Put the current learning rate into the epoch logs (TensorBoard: epoch_learning_rate)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+
+
+class NanGuard(tf.keras.callbacks.Callback):
+    """Stop at the first NaN/Inf training loss and remember the epoch (0-based)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.failed_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, logs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.failed_epoch is None:
+            self.failed_epoch = self.epoch
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs)
+
+
+class EpochCheckpoint(tf.keras.callbacks.Callback):
+    """Save model + optimizer + completed-epoch counter after every good epoch."""
+
+    def __init__(self, manager, epoch_var, guard):
+        super().__init__()
+        self.manager, self.epoch_var, self.guard = manager, epoch_var, guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.failed_epoch is not None:
+            return
+        self.epoch_var.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+# ----------------------------------------------------------------------------- model dir
+
+def model_checkpoint(model, optimizer, epoch_var):
+    """tf.train.Checkpoint of the model's variables (in build order), optimizer and epoch.
+
+    The model's variables are tracked as a flat list rather than through the layer
+    graph: a layer holding an int-keyed dict of sublayers cannot be saved
+    object-wise, and the spec check guarantees the same build order on resume.
+    """
+    return tf.train.Checkpoint(model_weights=list(model.weights), optimizer=optimizer,
+                               epoch=epoch_var)
+
+
+def _plain(value):
+    return json.loads(json.dumps(value))
+
+
+def _check_output_dir(output_dir, record):
+    """Refuse (ValueError) when output_dir holds outputs of a different run."""
+    spec_path = mdir.path(output_dir, mdir.SPEC)
+    if not os.path.isfile(spec_path):
+        return
+    old = mdir.read_json(spec_path, "model spec")
+    differs = sorted(k for k in record if _plain(old.get(k)) != _plain(record[k]))
+    outputs = [n for n in (mdir.CKPT, mdir.WEIGHTS, mdir.METRICS, mdir.SAVED_MODEL)
+               if os.path.exists(mdir.path(output_dir, n))]
+    if differs and outputs:
+        raise ValueError(f"{output_dir} holds a different run ({', '.join(differs)} differ from "
+                         f"its {mdir.SPEC}); use another --output_dir or delete it")
+
+
+def spec_name(spec):
+    genotype = spec.get("genotype")
+    name = spec.get("name") or (genotype.get("name") if isinstance(genotype, dict) else genotype)
+    return str(name or spec.get("family", "custom"))
+
+
+def _distribute(ds):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _save(directory, model):
+    """model_dir.save_model; a failing SavedModel export leaves weights.h5 and warns."""
+    try:
+        mdir.save_model(directory, model)
+    except (ValueError, TypeError) as e:
+        if not os.path.isfile(mdir.path(directory, mdir.WEIGHTS)):
+            raise
+        logging.warning("SavedModel export failed (%s); %s holds the trained weights",
+                        str(e).splitlines()[0][:300], mdir.path(directory, mdir.WEIGHTS))
+
+
+def _costs(model):
+    """bnas_tf.costs.count(model).to_dict(), or just the parameter counts without it."""
+    try:
+        costs = importlib.import_module("bnas_tf.costs")
+    except ImportError:
+        costs = None
+    if costs is not None:
+        try:
+            return dict(costs.count(model).to_dict())
+        except Exception as e:  # a cost-model bug must not throw away a trained network
+            logging.warning("cost counting failed (%s: %s); writing parameter counts only",
+                            type(e).__name__, e)
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    return {"params": int(model.count_params()), "trainable_params": trainable}
+
+
+# ----------------------------------------------------------------------------- train
+
+def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=()):
+    """Train `spec` and fill `output_dir`; returns the metrics dict written to metrics.json.
+
+    spec: network spec dict (models.presets.resolve) or preset name.
+    data_config: data.DataConfig (its batch_size and cutout are replaced by the recipe's).
+    train_config: TrainConfig (see `recipe`).
+    strategy: a tf.distribute.Strategy or a name for `make_strategy` (None = default).
+    callbacks: extra Keras callbacks, run after the built-in ones.
+    Rerunning with the same spec resumes from the last completed epoch; a different
+    spec in a directory with outputs is refused before anything is written.
+    """
+    strategy = make_strategy(strategy)  # first: multi-worker must precede any TF op
+    config = train_config.validate()
+    if isinstance(spec, str):
+        spec = presets.resolve(preset=spec)
+    data_config = dataclasses.replace(data_config, batch_size=config.batch_size,
+                                      cutout=config.cutout)
+    info = data.dataset_info(data_config)
+    record = {"spec": spec, "num_classes": info.num_classes, "image_size": info.image_size,
+              "dataset": data_config.dataset, "auxiliary": bool(config.auxiliary)}
+    _check_output_dir(output_dir, record)
+    dirs = distribute.WorkerDirs(strategy)
+    try:
+        return _train(spec, data_config, config, output_dir, strategy, info, record, dirs,
+                      list(callbacks))
+    finally:
+        dirs.cleanup()
+
+
+def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, extra_callbacks):
+    steps_per_epoch = data.num_examples(data_config, "train") // config.batch_size
+    train_ds = _distribute(data.load(data_config, "train", training=True))
+    val_ds = (_distribute(data.load(data_config, "validation", training=False))
+              if config.validation_freq else None)
+    if config.auxiliary:
+        train_ds = train_ds.map(lambda x, y: (x, (y, y)))
+        if val_ds is not None:
+            val_ds = val_ds.map(lambda x, y: (x, (y, y)))
+
+    tf.keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = models.build(spec, info.num_classes, info.image_size, auxiliary=config.auxiliary)
+        if config.auxiliary and len(model.outputs) != 2:
+            raise ValueError(f"the {spec.get('family')} network has no auxiliary head")
+        add_weight_decay(model, config.weight_decay)
+        optimizer = make_optimizer(config, steps_per_epoch)
+        optimizer._create_all_weights(model.trainable_variables)  # slots exist: restore now
+        compile_model(model, config, optimizer)
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = model_checkpoint(model, optimizer, epoch_var)
+    ckpt_dir = mdir.path(output_dir, mdir.CKPT)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise ValueError(f"checkpoint {latest} does not fit this network "
+                             f"({str(e).splitlines()[0][:200]}); use another --output_dir") from None
+        logging.info("resuming from %s after epoch %d", latest, int(epoch_var))
+    initial_epoch = int(epoch_var)
+
+    if dirs.chief:
+        os.makedirs(output_dir, exist_ok=True)
+        mdir.write_spec(output_dir, spec, info.num_classes, info.image_size,
+                        **{k: v for k, v in record.items()
+                           if k not in ("spec", "num_classes", "image_size")})
+        mdir.write_json(mdir.path(output_dir, TRAIN_CONFIG),
+                        {"train": dataclasses.asdict(config),
+                         "data": dataclasses.asdict(data_config)})
+    manager = tf.train.CheckpointManager(checkpoint, dirs.path(ckpt_dir),
+                                         max_to_keep=config.keep_checkpoints)
+    guard = NanGuard()
+    callback_list = [
+        guard,
+        DropPathSchedule(config.drop_path, config.epochs),
+        LearningRateLogger(),
+        EpochCheckpoint(manager, epoch_var, guard),
+        tf.keras.callbacks.TensorBoard(dirs.path(mdir.path(output_dir, mdir.LOGS)),
+                                       write_graph=False, profile_batch=0),
+        *extra_callbacks,
+    ]
+    history = {}
+    if initial_epoch < config.epochs:
+        fit = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                        validation_data=val_ds, validation_freq=max(config.validation_freq, 1),
+                        callbacks=callback_list, verbose=config.verbose)
+        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    else:
+        logging.info("%s already trained for %d epochs; evaluating", output_dir, initial_epoch)
+    if guard.failed_epoch is not None:
+        raise FloatingPointError(
+            f"training loss became NaN/Inf in epoch {guard.failed_epoch + 1}; stopped. "
+            f"Checkpoints of the {guard.failed_epoch} completed epoch(s) are kept in {ckpt_dir}")
+
+    final = inference_model(model)
+    with strategy.scope():
+        final.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
+    test_ds = _distribute(data.load(data_config, "test", training=False))
+    results = final.evaluate(test_ds, return_dict=True, verbose=0)
+    save_dir = dirs.path(output_dir)
+    os.makedirs(save_dir, exist_ok=True)
+    _save(save_dir, final)
+    metrics = {
+        "top1": float(results["top1"]), "top5": float(results["top5"]),
+        "loss": float(results["loss"]),
+        **_costs(final),
+        "epochs": int(max(initial_epoch, config.epochs)),
+        "dataset": data_config.dataset,
+        "data_dir": data_config.data_dir,
+        "spec": spec_name(spec),
+        "num_classes": info.num_classes,
+        "image_size": info.image_size,
+        "recipe": config.recipe,
+        "test_examples": data.num_examples(data_config, "test"),
+        "train_examples": data.num_examples(data_config, "train"),
+        "replicas": strategy.num_replicas_in_sync,
+        "history": history,
+    }
+    if dirs.chief:
+        mdir.write_json(mdir.path(output_dir, mdir.METRICS), metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def evaluate(model_dir, data_config, split="test", write=True, verbose=0):
+    """Top-1 / top-5 / loss of the trained network in `model_dir` on a data split.
+
+    The images are resized to the model's image size; writes model_dir/eval_<split>.json.
+    """
+    _, num_classes, image_size, _ = mdir.read_spec(model_dir)
+    data_config = dataclasses.replace(data_config, image_size=image_size)
+    info = data.dataset_info(data_config)
+    if info.num_classes != num_classes:
+        raise ValueError(f"the model in {model_dir} has {num_classes} classes but "
+                         f"{data_config.data_dir or data_config.dataset} has {info.num_classes}")
+    model = mdir.load_model(model_dir)
+    model.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
+    results = model.evaluate(data.load(data_config, split, training=False),
+                             return_dict=True, verbose=verbose)
+    out = {"top1": float(results["top1"]), "top5": float(results["top5"]),
+           "loss": float(results["loss"]), "split": split, "dataset": data_config.dataset,
+           "data_dir": data_config.data_dir,
+           "examples": data.num_examples(data_config, split)}
+    if write:
+        mdir.write_json(mdir.path(model_dir, f"eval_{split}.json"), out)
+    return out
