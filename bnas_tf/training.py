@@ -343,8 +343,8 @@ def _check_output_dir(output_dir, record):
     outputs = [n for n in (mdir.CKPT, mdir.WEIGHTS, mdir.METRICS, mdir.SAVED_MODEL)
                if os.path.exists(mdir.path(output_dir, n))]
     if differs and outputs:
-        raise ValueError(f"{output_dir} holds a different run ({', '.join(differs)} differ from "
-                         f"its {mdir.SPEC}); use another --output_dir or delete it")
+        raise ValueError(f"{output_dir} holds a different run (its {mdir.SPEC} records another "
+                         f"{', '.join(differs)}); use another --output_dir or delete it")
 
 
 def spec_name(spec):
@@ -514,12 +514,22 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
 
 # ----------------------------------------------------------------------------- evaluate
 
-def evaluate(model_dir, data_config, split="test", write=True, verbose=0):
+def training_data_config(model_dir):
+    """The DataConfig a model directory was trained with (from its train_config.json)."""
+    saved = mdir.read_json(mdir.path(model_dir, TRAIN_CONFIG), "training config")
+    fields = {f.name for f in dataclasses.fields(data.DataConfig)}
+    return data.DataConfig(**{k: v for k, v in saved["data"].items() if k in fields})
+
+
+def evaluate(model_dir, data_config=None, split="test", write=True, verbose=0):
     """Top-1 / top-5 / loss of the trained network in `model_dir` on a data split.
 
-    The images are resized to the model's image size; writes model_dir/eval_<split>.json.
+    data_config None: the data the model was trained with. Images are resized to the
+    model's image size. Writes model_dir/eval_<split>.json.
     """
     _, num_classes, image_size, _ = mdir.read_spec(model_dir)
+    if data_config is None:
+        data_config = training_data_config(model_dir)
     data_config = dataclasses.replace(data_config, image_size=image_size)
     info = data.dataset_info(data_config)
     if info.num_classes != num_classes:

@@ -1,0 +1,71 @@
+"""Training flags, defined once: --recipe and every recipe number, --output_dir,
+--strategy, --progress; --model_dir and --split for evaluation."""
+from absl import flags as absl_flags
+
+from bnas_tf import distribute, training
+
+FLAGS = absl_flags.FLAGS
+PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
+_DEFINITIONS = (
+    (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(training.RECIPES)),
+     "Training recipe: cifar (BNAS CIFAR), imagenet (BNAS ImageNet), adam_cosine, bars "
+     "(BARS CIFAR), bars_imagenet. Every number below overrides it."),
+    (absl_flags.DEFINE_enum, "optimizer", None, dict(enum_values=list(training.OPTIMIZERS)),
+     "Optimizer (default: the recipe's)."),
+    (absl_flags.DEFINE_enum, "schedule", None, dict(enum_values=list(training.SCHEDULES)),
+     "Learning-rate schedule, per step (default: the recipe's)."),
+    (absl_flags.DEFINE_float, "learning_rate", None, dict(lower_bound=0.0),
+     "Peak / initial learning rate."),
+    (absl_flags.DEFINE_float, "min_learning_rate", None, dict(lower_bound=0.0),
+     "Lowest learning rate of the schedule."),
+    (absl_flags.DEFINE_float, "warmup_fraction", None, dict(lower_bound=0.0, upper_bound=0.99),
+     "one_cycle: fraction of the steps spent rising to the peak."),
+    (absl_flags.DEFINE_integer, "restart_epochs", None, dict(lower_bound=1),
+     "cosine_restarts: epochs per cosine cycle."),
+    (absl_flags.DEFINE_float, "momentum", None, dict(lower_bound=0.0, upper_bound=0.999),
+     "SGD momentum."),
+    (absl_flags.DEFINE_float, "weight_decay", None, dict(lower_bound=0.0),
+     "L2 weight decay on conv/dense kernels."),
+    (absl_flags.DEFINE_float, "label_smoothing", None, dict(lower_bound=0.0, upper_bound=0.99),
+     "Label smoothing of the cross-entropy."),
+    (absl_flags.DEFINE_integer, "epochs", None, dict(lower_bound=1), "Training epochs."),
+    (absl_flags.DEFINE_float, "auxiliary_weight", None, dict(lower_bound=0.0),
+     "Weight of the auxiliary-tower loss."),
+    (absl_flags.DEFINE_integer, "validation_freq", None, dict(lower_bound=0),
+     "Validate every N epochs (0 = never)."),
+    (absl_flags.DEFINE_integer, "keep_checkpoints", None, dict(lower_bound=1),
+     "How many epoch checkpoints to keep in OUTPUT_DIR/ckpt."),
+    (absl_flags.DEFINE_string, "output_dir", None, {},
+     "Model directory to write (spec.json, ckpt/, logs/, weights.h5, saved_model/, "
+     "metrics.json). Rerunning the same command resumes."),
+    (absl_flags.DEFINE_enum, "strategy", "default", dict(enum_values=list(distribute.STRATEGIES)),
+     "Distribution: default (one device), mirrored (all local GPUs / logical CPUs), "
+     "multi_worker (cluster from TF_CONFIG)."),
+    (absl_flags.DEFINE_enum, "progress", "bar", dict(enum_values=list(PROGRESS)),
+     "Keras progress output: bar, one line per epoch, or none."),
+    (absl_flags.DEFINE_string, "model_dir", None, {},
+     "A trained model directory (written by tools/train.py)."),
+    (absl_flags.DEFINE_enum, "split", "test", dict(
+        enum_values=["train", "validation", "test", "search_train", "search_val"]),
+     "Data split to evaluate on."),
+)
+for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
+    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
+        _define(_name, _default, help=_help, **_kwargs)
+
+_RECIPE_FLAGS = ("optimizer", "schedule", "learning_rate", "min_learning_rate", "warmup_fraction",
+                 "restart_epochs", "momentum", "weight_decay", "label_smoothing", "epochs",
+                 "auxiliary_weight", "validation_freq", "keep_checkpoints")
+# flags defined elsewhere (flags/data.py, flags/model.py) that override the recipe when given
+_SHARED_FLAGS = ("batch_size", "cutout", "seed", "drop_path", "auxiliary")
+
+
+def train_config_from_flags(**overrides) -> training.TrainConfig:
+    """TrainConfig of --recipe with every given flag applied, then `overrides`."""
+    values = {name: FLAGS[name].value for name in _RECIPE_FLAGS}
+    for name in _SHARED_FLAGS:
+        if name in FLAGS and FLAGS[name].present:
+            values[name] = FLAGS[name].value
+    values["verbose"] = PROGRESS[FLAGS.progress]
+    values.update(overrides)
+    return training.recipe(FLAGS.recipe, **values)

@@ -1,0 +1,42 @@
+"""Evaluate a trained model directory (top-1 / top-5 / loss) on a labelled split.
+
+  python tools/evaluate.py --model_dir=runs/bnas_a --dataset=folder --data_dir=PATH --split=test
+Without --dataset/--data_dir it uses the data the model was trained with. Writes
+MODEL_DIR/eval_<split>.json.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bnas_tf  # noqa: E402,F401  (before TensorFlow)
+from absl import app  # noqa: E402
+
+from bnas_tf import training  # noqa: E402
+from flags import data as data_flags  # noqa: E402
+from flags import train as train_flags  # noqa: E402
+
+FLAGS = train_flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir=DIR is required")
+    given = FLAGS["dataset"].present or FLAGS["data_dir"].present
+    try:
+        config = data_flags.data_config_from_flags() if given else None
+        results = training.evaluate(FLAGS.model_dir, config, split=FLAGS.split, verbose=1)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
+    print(json.dumps(results))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    app.run(main)
