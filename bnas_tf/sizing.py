@@ -1,0 +1,566 @@
+"""Budget sizing: the cells x channels (and optionally gamma) of a BNAS network that
+fits an Equivalent-OPs budget and trains best, searched with keras-tuner.
+
+The constraint is handled by construction, not by penalty. Equivalent OPs
+(``costs.count_spec(...).equivalent_ops`` = FLOPs + BiOPs / 64) grow monotonically
+with the number of cells and with the channels, so the feasible sizes form a
+staircase under the budget. The oracle searches the unit box of two fractions,
+
+* ``cells_fraction`` u -> cells = lo + round(u * (cells_max - lo)), where cells_max is
+  the most cells that fit the budget at the fewest channels;
+* ``channels_fraction`` v -> channels on the grid in [min_channels, channels_max(cells)],
+  the widest that still fits with that many cells;
+
+so every proposal is a feasible size, any keras-tuner oracle works unchanged
+(random search samples each cells row uniformly, Bayesian optimisation sees a
+smooth box), and no trial is wasted on a network over budget. Both maxima are
+found by binary search on exact cost counts, computed only for the rows the oracle
+visits and cached in ``DIR/PROJECT/costs.json``. With gamma tuning (BNAS Eq. 4,
+re-deriving the cell from the search's alphas) a ``gamma`` choice comes first and
+only gammas whose smallest network fits are offered.
+
+Project layout (``DIR/PROJECT``, keras-tuner's own files plus):
+
+* ``sizing.json``  what the run depends on; a rerun must match it (max_trials may grow);
+* ``costs.json``   cached cost counts of every size visited;
+* ``sizes/<genotype>-<cells>x<channels>/``  a model directory per trained size
+  (training.train output + ``size_result.json``); a size proposed twice is not
+  retrained;
+* ``logs/``        TensorBoard: validation accuracy and Equivalent OPs per trial.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+
+import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+
+from bnas_tf import costs, data, genotypes, training
+from bnas_tf import model_dir as mdir
+from bnas_tf.models import presets
+
+OBJECTIVE = "val_accuracy"
+ORACLES = ("random", "bayesian")
+DEFAULT_GAMMAS = (1.0, 1.5, 2.0, 3.0)
+STATE_FILE = "sizing.json"
+COSTS_FILE = "costs.json"
+SIZES_DIR = "sizes"
+RESULT_FILE = "size_result.json"
+LOGS_DIR = "logs"
+DATA_IDENTITY = ("dataset", "data_dir", "image_size", "max_examples", "validation_fraction",
+                 "num_subset_classes", "seed")
+
+
+class BudgetError(ValueError):
+    """No size in the searched ranges fits the budget."""
+
+
+@dataclasses.dataclass
+class SizingConfig:
+    """The search space and the search itself (not the training recipe)."""
+
+    budget: float                    # Equivalent OPs (FLOPs + BiOPs / 64)
+    min_cells: int = 5
+    max_cells: int = 20
+    min_channels: int = 8
+    max_channels: int = 64
+    channels_step: int = 4
+    max_trials: int = 10
+    oracle: str = "random"
+    gammas: tuple = ()               # empty: the genotype is fixed
+    seed: int = 0
+
+    def __post_init__(self):
+        self.gammas = tuple(float(g) for g in self.gammas)
+
+    def validate(self):
+        if not self.budget > 0:
+            raise ValueError(f"the Equivalent-OPs budget must be > 0, got {self.budget}")
+        if not 2 <= self.min_cells <= self.max_cells:
+            raise ValueError(f"need 2 <= min_cells <= max_cells, got cells "
+                             f"{self.min_cells}..{self.max_cells}")
+        if not 1 <= self.min_channels <= self.max_channels:
+            raise ValueError(f"need 1 <= min_channels <= max_channels, got channels "
+                             f"{self.min_channels}..{self.max_channels}")
+        if self.channels_step < 1:
+            raise ValueError(f"channels_step must be >= 1, got {self.channels_step}")
+        if self.max_trials < 1:
+            raise ValueError(f"max_trials must be >= 1, got {self.max_trials}")
+        if self.oracle not in ORACLES:
+            raise ValueError(f"unknown oracle {self.oracle!r}; choose one of {', '.join(ORACLES)}")
+        if any(not g > 0 for g in self.gammas):
+            raise ValueError(f"every gamma must be > 0, got {list(self.gammas)}")
+        return self
+
+    def cells_grid(self):
+        return list(range(self.min_cells, self.max_cells + 1))
+
+    def channels_grid(self):
+        return list(range(self.min_channels, self.max_channels + 1, self.channels_step))
+
+    def identity(self):
+        """The settings a resumed run must share (max_trials may change)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_trials"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """One candidate network: base spec with a genotype, cells and channels."""
+
+    spec: dict
+    cells: int
+    channels: int
+    gamma: float | None = None
+
+    @property
+    def key(self):
+        return f"{genotype_key(self.spec['genotype'])}-{self.cells}x{self.channels}"
+
+    def network_spec(self):
+        spec = copy.deepcopy(self.spec)
+        spec["cells"], spec["channels"] = int(self.cells), int(self.channels)
+        if self.gamma is not None:
+            spec["gamma"] = float(self.gamma)
+        return spec
+
+
+def genotype_key(genotype):
+    """Short stable hash of a genotype dict (names cost-cache rows and size dirs)."""
+    text = json.dumps(genotype, sort_keys=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+
+
+def last_fitting(values, fits):
+    """The largest of the sorted `values` with fits(v), for fits True-then-False (monotone);
+    None when even the first does not fit. Binary search: O(log n) calls."""
+    if not values or not fits(values[0]):
+        return None
+    lo, hi, best = 1, len(values) - 1, values[0]
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(values[mid]):
+            best, lo = values[mid], mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+# ----------------------------------------------------------------------------- costs
+
+class CostTable:
+    """Exact cost counts of sizes, cached in a JSON file (counting builds the network)."""
+
+    def __init__(self, path, num_classes, image_size, verbose=True):
+        self.path, self.num_classes, self.image_size = path, int(num_classes), int(image_size)
+        self.verbose = verbose
+        self.rows = {}
+        if path and os.path.isfile(path):
+            self.rows = mdir.read_json(path, "cost cache")
+        self.counted = 0  # counts made by this process (not from the cache)
+
+    def _row_key(self, size):
+        return f"{size.key}@{self.num_classes}c{self.image_size}px"
+
+    def get(self, size):
+        """{'equivalent_ops', 'flops', 'biops', 'params'} of `size`."""
+        key = self._row_key(size)
+        if key not in self.rows:
+            c = costs.count_spec(size.network_spec(), self.num_classes, self.image_size)
+            tf.keras.backend.clear_session()
+            self.rows[key] = {"equivalent_ops": float(c.equivalent_ops), "flops": int(c.flops),
+                              "biops": int(c.biops), "params": int(c.params)}
+            self.counted += 1
+            if self.verbose:
+                print(f"  cost of {size.cells} cells x {size.channels} channels: "
+                      f"{c.equivalent_ops:.4g} equivalent OPs", flush=True)
+            if self.path:
+                mdir.write_json(self.path, self.rows)
+        return self.rows[key]
+
+    def equivalent_ops(self, size):
+        return self.get(size)["equivalent_ops"]
+
+
+# ----------------------------------------------------------------------------- space
+
+class SizeSpace:
+    """Maps the oracle's unit-box hyperparameters to feasible sizes (see module doc)."""
+
+    def __init__(self, config, candidates, table):
+        """candidates: {gamma or None: base spec (dict with an inline genotype)}."""
+        self.config, self.candidates, self.table = config, dict(candidates), table
+        self._cells_max, self._channels_max = {}, {}
+
+    def _size(self, gamma, cells, channels):
+        return Size(self.candidates[gamma], int(cells), int(channels), gamma)
+
+    def fits(self, size):
+        return self.table.equivalent_ops(size) <= self.config.budget
+
+    def cells_max(self, gamma):
+        """Most cells that fit with the fewest channels (None: not even the smallest fits)."""
+        if gamma not in self._cells_max:
+            c = self.config
+            self._cells_max[gamma] = last_fitting(
+                c.cells_grid(), lambda n: self.fits(self._size(gamma, n, c.min_channels)))
+        return self._cells_max[gamma]
+
+    def channels_max(self, gamma, cells):
+        """Widest grid channel count that fits with `cells` cells (None: none fits)."""
+        if (gamma, cells) not in self._channels_max:
+            self._channels_max[(gamma, cells)] = last_fitting(
+                self.config.channels_grid(), lambda ch: self.fits(self._size(gamma, cells, ch)))
+        return self._channels_max[(gamma, cells)]
+
+    def smallest(self, gamma):
+        c = self.config
+        return self._size(gamma, c.min_cells, c.min_channels)
+
+    def feasible_gammas(self):
+        """Candidates whose smallest network fits; BudgetError when none does."""
+        feasible = [g for g in self.candidates if self.cells_max(g) is not None]
+        if not feasible:
+            eq = min(self.table.equivalent_ops(self.smallest(g)) for g in self.candidates)
+            c = self.config
+            raise BudgetError(
+                f"budget of {c.budget:.4g} equivalent OPs is below the smallest size: "
+                f"{c.min_cells} cells x {c.min_channels} channels already needs {eq:.4g}; "
+                "raise --flops_budget or lower --min_cells/--min_channels")
+        return feasible
+
+    def hyperparameters(self):
+        hp = kt.HyperParameters()
+        gammas = [g for g in self.candidates if g is not None]
+        if gammas:
+            hp.Choice("gamma", sorted(self.feasible_gammas()), ordered=True)
+        hp.Float("cells_fraction", 0.0, 1.0)
+        hp.Float("channels_fraction", 0.0, 1.0)
+        return hp
+
+    def decode(self, values):
+        """The feasible Size of hyperparameter values (a dict or kt.HyperParameters)."""
+        if isinstance(values, kt.HyperParameters):
+            values = values.values
+        gamma = float(values["gamma"]) if "gamma" in values else None
+        if gamma not in self.candidates:
+            raise ValueError(f"gamma {gamma} is not among the candidates {list(self.candidates)}")
+        c = self.config
+        cells_hi = self.cells_max(gamma)
+        if cells_hi is None:
+            raise kt.errors.FailedTrialError(f"no size fits the budget with gamma {gamma}")
+        cells = c.min_cells + int(round(float(values["cells_fraction"]) * (cells_hi - c.min_cells)))
+        channels_hi = self.channels_max(gamma, cells)
+        if channels_hi is None:  # only if costs were not monotone in cells
+            raise kt.errors.FailedTrialError(
+                f"{cells} cells do not fit the budget even with {c.min_channels} channels")
+        steps = (channels_hi - c.min_channels) // c.channels_step
+        channels = c.min_channels + c.channels_step * int(
+            round(float(values["channels_fraction"]) * steps))
+        return self._size(gamma, cells, channels)
+
+
+# ----------------------------------------------------------------------------- gamma
+
+def search_dir_genotype(search_dir):
+    """The genotype file of a search output directory (tools/search.py)."""
+    path = os.path.join(search_dir, "genotype.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{search_dir} is not a finished search directory "
+                                "(no genotype.json)")
+    return path
+
+
+def search_alphas(search_dir):
+    """(alpha_normal, alpha_reduce, search config dict) from a search directory's latest
+    checkpoint (the final alphas of the run)."""
+    config_path = os.path.join(search_dir, "search_config.json")
+    config = mdir.read_json(config_path, "search config (is this a tools/search.py output?)")
+    if config.get("method", "bnas") != "bnas":
+        raise ValueError(f"--tune_gamma re-derives BNAS cells; {search_dir} holds a "
+                         f"{config.get('method')!r} search")
+    ckpt_dir = os.path.join(search_dir, "ckpt")
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise FileNotFoundError(f"--tune_gamma needs the search's alphas, but {ckpt_dir} holds "
+                                "no checkpoint")
+    reader = tf.train.load_checkpoint(latest)
+    found = {}
+    for name in ("alpha_normal", "alpha_reduce"):
+        keys = [k for k in reader.get_variable_to_shape_map()
+                if k.endswith(f"/{name}/.ATTRIBUTES/VARIABLE_VALUE") and "OPTIMIZER_SLOT" not in k]
+        if len(keys) != 1:
+            raise ValueError(f"{latest}: expected one {name} variable in the checkpoint, "
+                             f"found {len(keys)}")
+        found[name] = np.asarray(reader.get_tensor(keys[0]))
+    return found["alpha_normal"], found["alpha_reduce"], config
+
+
+def gamma_genotypes(search_dir, gammas):
+    """{gamma: genotype dict} re-derived from the search's alphas with each gamma (Eq. 4)."""
+    from bnas_tf.search import derive
+    alpha_normal, alpha_reduce, config = search_alphas(search_dir)
+    out = {}
+    for gamma in gammas:
+        geno = derive.derive_bnas(alpha_normal, alpha_reduce, config.get("ops"), gamma=gamma,
+                                  mode=config.get("derive", "bnas"),
+                                  template=config.get("cell_template", "bnas"))
+        out[float(gamma)] = geno.to_dict()
+    return out
+
+
+def resolve_spec(preset=None, genotype=None, search_dir=None, binarization=None):
+    """(network spec, search dir) of --preset/--genotype; --genotype may name a search
+    output directory, whose genotype.json is used and whose alphas --tune_gamma reads."""
+    if genotype and os.path.isdir(genotype):
+        search_dir = search_dir or genotype
+        genotype = search_dir_genotype(genotype)
+    elif preset is None and genotype is None and search_dir:
+        genotype = search_dir_genotype(search_dir)
+    return presets.resolve(preset=preset, genotype=genotype, binarization=binarization), search_dir
+
+
+def candidate_specs(base_spec, search_dir=None, gammas=()):
+    """{gamma or None: base spec with an inline genotype}: one entry, or one per gamma."""
+    spec = copy.deepcopy(base_spec)
+    if spec.get("family") != "bnas":
+        raise ValueError(f"sizing searches cells x channels of BNAS networks; the "
+                         f"{spec.get('family')!r} family has no such sizes")
+    spec.pop("name", None)
+    if not gammas:
+        spec["genotype"] = genotypes.load(spec["genotype"]).to_dict()
+        return {None: spec}
+    if search_dir is None:
+        raise ValueError("--tune_gamma needs the search output directory (--search_dir=DIR, "
+                         "or --genotype=DIR) whose checkpoint holds the alphas")
+    out = {}
+    for gamma, geno in gamma_genotypes(search_dir, gammas).items():
+        out[gamma] = dict(spec, genotype=geno)
+    return out
+
+
+# ----------------------------------------------------------------------------- trials
+
+def size_dir(project_dir, size):
+    return os.path.join(project_dir, SIZES_DIR, size.key)
+
+
+def _val_accuracy(metrics):
+    history = metrics.get("history") or {}
+    keys = sorted(k for k in history if k.startswith("val_") and k.endswith("top1"))
+    return float(history[keys[0]][-1]) if keys and history[keys[0]] else None
+
+
+def train_size(size, data_config, train_config, directory, cost_row):
+    """Train `size` (training.train into `directory`) and return its trial metrics; a size
+    already trained there returns its recorded result."""
+    result_path = os.path.join(directory, RESULT_FILE)
+    if os.path.isfile(result_path):
+        return mdir.read_json(result_path, "size result")
+    metrics = training.train(size.network_spec(), data_config, train_config, directory)
+    accuracy = _val_accuracy(metrics)
+    if accuracy is None:  # trained in an earlier run, or validation switched off
+        accuracy = training.evaluate(directory, data_config, "validation")["top1"]
+    result = {OBJECTIVE: float(accuracy), "equivalent_ops": cost_row["equivalent_ops"],
+              "cells": size.cells, "channels": size.channels, "params": cost_row["params"]}
+    if size.gamma is not None:
+        result["gamma"] = float(size.gamma)
+    mdir.write_json(result_path, result)
+    return result
+
+
+class SizeTuner(kt.Tuner):
+    """A keras-tuner Tuner whose trials are sizes (never builds a Keras 3 model).
+
+    keras-tuner 1.4 imports Keras 3 and its stock `run_trial` checks models against
+    Keras 3 classes, which tf-keras models (Larq needs tf-keras) are not; this
+    subclass overrides `run_trial` and trains with bnas_tf.training instead. The
+    constructor only adds attributes before `kt.Tuner.__init__`, which handles
+    reloading (overwrite=False) and the KERASTUNER_* distributed environment.
+    """
+
+    def __init__(self, oracle, space, data_config, train_config, **kwargs):
+        self.space, self.data_config, self.train_config = space, data_config, train_config
+        super().__init__(oracle=oracle, hypermodel=None, **kwargs)
+
+    def run_trial(self, trial, *args, **kwargs):
+        size = self.space.decode(trial.hyperparameters)
+        row = self.space.table.get(size)
+        budget = self.space.config.budget
+        if row["equivalent_ops"] > budget:  # never happens for a monotone cost model
+            raise kt.errors.FailedTrialError(
+                f"{size.cells} cells x {size.channels} channels need "
+                f"{row['equivalent_ops']:.4g} equivalent OPs, over the budget {budget:.4g}")
+        gamma = f", gamma {size.gamma:g}" if size.gamma is not None else ""
+        print(f"== trial {trial.trial_id}: {size.cells} cells x {size.channels} channels"
+              f"{gamma}, {row['equivalent_ops']:.4g} equivalent OPs "
+              f"({row['equivalent_ops'] / budget:.0%} of the budget)", flush=True)
+        result = train_size(size, self.data_config, self.train_config,
+                            size_dir(self.project_dir, size), row)
+        print(f"== trial {trial.trial_id}: validation accuracy {result[OBJECTIVE]:.4f}",
+              flush=True)
+        self._log_trial(trial, result)
+        return {k: v for k, v in result.items() if isinstance(v, (int, float))}
+
+    def _log_trial(self, trial, result):
+        try:
+            step = int(trial.trial_id)
+        except ValueError:
+            step = 0
+        writer = tf.summary.create_file_writer(os.path.join(self.project_dir, LOGS_DIR))
+        with writer.as_default(step=step):
+            tf.summary.scalar("sizing/val_accuracy", result[OBJECTIVE])
+            tf.summary.scalar("sizing/equivalent_ops", result["equivalent_ops"])
+            tf.summary.scalar("sizing/cells", result["cells"])
+            tf.summary.scalar("sizing/channels", result["channels"])
+        writer.close()
+
+
+def make_oracle(config, hyperparameters):
+    objective = kt.Objective(OBJECTIVE, direction="max")
+    common = dict(objective=objective, max_trials=config.max_trials, seed=config.seed,
+                  hyperparameters=hyperparameters, allow_new_entries=False,
+                  tune_new_entries=False)
+    if config.oracle == "random":
+        return kt.oracles.RandomSearchOracle(**common)
+    try:
+        return kt.oracles.BayesianOptimizationOracle(**common)
+    except ImportError as e:
+        raise ImportError(f"--oracle=bayesian needs scikit-learn and scipy "
+                          f"(pip install keras-tuner[bayesian]): {e}") from None
+
+
+# ----------------------------------------------------------------------------- run
+
+def _plain(value):
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _check_state(project_dir, state):
+    """Refuse to resume a project made with other settings (one-line ValueError)."""
+    path = os.path.join(project_dir, STATE_FILE)
+    if not os.path.isfile(path):
+        return
+    old = mdir.read_json(path, "sizing state")
+    differs = sorted(k for k in set(old) | set(state) if _plain(old.get(k)) != _plain(state.get(k)))
+    if differs:
+        raise ValueError(f"{project_dir} holds a sizing run with different "
+                         f"{', '.join(differs)}; use another --project_name or --directory")
+
+
+def best_result(oracle):
+    """Metrics of the best completed trial: highest validation accuracy, ties going to
+    the cheaper network, then to the earlier trial (RuntimeError when none completed)."""
+    done = [t for t in oracle.trials.values()
+            if t.status == "COMPLETED" and t.metrics.exists(OBJECTIVE)]
+    if not done:
+        raise RuntimeError("no sizing trial completed; see the trial_*/trial.json messages "
+                           "in the project directory")
+
+    def rank(trial):
+        m = trial.metrics
+        return (-m.get_last_value(OBJECTIVE), m.get_last_value("equivalent_ops"),
+                int(trial.trial_id))
+    trial = min(done, key=rank)
+    out = {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
+    out["trial_id"] = trial.trial_id
+    return out
+
+
+def trial_table(oracle):
+    """Rows (trial id, status, cells, channels, gamma, equivalent ops, val accuracy)."""
+    rows = []
+    for trial_id in sorted(oracle.trials, key=int):
+        t = oracle.trials[trial_id]
+
+        def metric(name, trial=t):
+            return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+        rows.append({"trial": trial_id, "status": t.status, "cells": metric("cells"),
+                     "channels": metric("channels"), "gamma": metric("gamma"),
+                     "equivalent_ops": metric("equivalent_ops"), OBJECTIVE: metric(OBJECTIVE)})
+    return rows
+
+
+def format_table(rows):
+    lines = [f"{'trial':>5}  {'status':<9} {'cells':>5} {'chan':>5} {'gamma':>5} "
+             f"{'equiv. OPs':>11} {'val acc':>8}"]
+    for r in rows:
+        def num(value, fmt):
+            return format(value, fmt) if value is not None else "-"
+        lines.append(f"{r['trial']:>5}  {r['status']:<9} {num(r['cells'], '.0f'):>5} "
+                     f"{num(r['channels'], '.0f'):>5} {num(r['gamma'], 'g'):>5} "
+                     f"{num(r['equivalent_ops'], '.4g'):>11} {num(r[OBJECTIVE], '.4f'):>8}")
+    return "\n".join(lines)
+
+
+def preset_of(space, result, name=None):
+    """The preset JSON (dict) of a trial result: a spec tools/train.py --preset accepts."""
+    gamma = result.get("gamma")
+    size = space._size(float(gamma) if gamma is not None else None,
+                       int(result["cells"]), int(result["channels"]))
+    spec = size.network_spec()
+    spec.update({"equivalent_ops": float(result["equivalent_ops"]),
+                 "val_accuracy": float(result[OBJECTIVE]), "budget": space.config.budget})
+    if name:
+        spec["name"] = name
+    return spec
+
+
+def size(base_spec, data_config, train_config, sizing_config, directory, project_name="sizing",
+         search_dir=None, output=None):
+    """Search the size of `base_spec` within the budget; returns the best preset dict
+    (None on a distributed worker, whose chief writes it). Writes it to `output` when given.
+
+    Rerunning with the same directory/project continues the search; raising
+    `sizing_config.max_trials` adds trials.
+    """
+    config = sizing_config.validate()
+    train_config = dataclasses.replace(train_config).validate()
+    candidates = candidate_specs(base_spec, search_dir, config.gammas)
+    info = data.dataset_info(data_config)
+    project_dir = os.path.join(directory, project_name)
+    state = {"sizing": config.identity(),
+             "candidates": {str(g): s for g, s in candidates.items()},
+             "train": dataclasses.asdict(dataclasses.replace(train_config, verbose=0)),
+             "data": {k: getattr(data_config, k) for k in DATA_IDENTITY},
+             "num_classes": info.num_classes, "image_size": info.image_size}
+    _check_state(project_dir, state)
+    table = CostTable(os.path.join(project_dir, COSTS_FILE), info.num_classes, info.image_size)
+    space = SizeSpace(config, candidates, table)
+    space.feasible_gammas()  # BudgetError before any trial when nothing fits
+    mdir.write_json(os.path.join(project_dir, STATE_FILE), state)
+
+    oracle = make_oracle(config, space.hyperparameters())
+    tuner = SizeTuner(oracle, space, data_config, train_config, directory=directory,
+                      project_name=project_name, overwrite=False)
+    tuner.search()
+    if _is_worker():
+        print(f"worker tuner {tuner.tuner_id} finished; the chief writes the preset")
+        return None
+    print(format_table(trial_table(tuner.oracle)))
+    result = best_result(tuner.oracle)
+    name = os.path.splitext(os.path.basename(output))[0] if output else None
+    preset = preset_of(space, result, name=name)
+    gamma = f", gamma {preset['gamma']:g}" if "gamma" in preset else ""
+    print(f"best size: {preset['cells']} cells x {preset['channels']} channels{gamma}: "
+          f"{preset['equivalent_ops']:.4g} equivalent OPs (budget {config.budget:.4g}), "
+          f"validation accuracy {preset['val_accuracy']:.4f}")
+    if output:
+        mdir.write_json(output, preset)
+        print(f"preset written to {output} (train it with tools/train.py --preset={output})")
+    return preset
+
+
+def _is_worker():
+    from keras_tuner.src.distribute import utils as dist_utils
+    return dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
+
+
+def load_preset(path):
+    """The spec of a preset JSON written by `size` (models.presets.get)."""
+    return presets.get(path)
