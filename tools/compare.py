@@ -1,0 +1,47 @@
+"""Train several networks under the same recipe, epochs and data; print the paper-style
+table, write DIR/comparison.json and DIR/comparison.png (accuracy vs Equivalent OPs).
+
+  python tools/compare.py --models=bnas-a,xnor-resnet18 --dataset=folder --data_dir=PATH \
+      --epochs=2 --max_examples=500 --output_dir=runs/compare
+
+Rerunning the same command resumes every model's training.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bnas_tf  # noqa: E402,F401  (before TensorFlow)
+from absl import app  # noqa: E402
+
+from bnas_tf import compare, training  # noqa: E402
+from flags import data as data_flags  # noqa: E402
+from flags import model as model_flags  # noqa: E402,F401  (--drop_path, --auxiliary)
+from flags import size as size_flags  # noqa: E402  (--models)
+from flags import train as train_flags  # noqa: E402
+
+FLAGS = size_flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.models:
+        raise app.UsageError("--models=NAME,NAME,... is required (presets or preset JSON files)")
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir=DIR is required")
+    try:
+        strategy = training.make_strategy(FLAGS.strategy)  # first: before any TF op
+        compare.compare(FLAGS.models, data_flags.data_config_from_flags(),
+                        train_flags.train_config_from_flags(), FLAGS.output_dir,
+                        strategy=strategy)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    app.run(main)
