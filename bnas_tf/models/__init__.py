@@ -25,4 +25,5 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=None, nam
     scheme = binary.scheme(binarization or spec.get("binarization", "xnor"))
     return FAMILIES[family](spec, num_classes, image_size, auxiliary=auxiliary,
                             binarization=scheme, name=name or spec.get("name"))
+from bnas_tf.models import bars as _bars  # noqa: E402,F401  (registers the "bars" family)
 from bnas_tf.models import baselines as _baselines  # noqa: E402,F401  (xnor-* baselines)
