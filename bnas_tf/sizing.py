@@ -441,13 +441,24 @@ def _plain(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+def _differences(old, new, prefix=""):
+    """Dotted names of the settings that differ between two (nested) state dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "candidates":
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif _plain(a) != _plain(b):
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def _check_state(project_dir, state):
     """Refuse to resume a project made with other settings (one-line ValueError)."""
     path = os.path.join(project_dir, STATE_FILE)
     if not os.path.isfile(path):
         return
-    old = mdir.read_json(path, "sizing state")
-    differs = sorted(k for k in set(old) | set(state) if _plain(old.get(k)) != _plain(state.get(k)))
+    differs = _differences(mdir.read_json(path, "sizing state"), state)
     if differs:
         raise ValueError(f"{project_dir} holds a sizing run with different "
                          f"{', '.join(differs)}; use another --project_name or --directory")
