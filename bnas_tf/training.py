@@ -483,8 +483,8 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
             f"training loss became NaN/Inf in epoch {guard.failed_epoch + 1}; stopped. "
             f"Checkpoints of the {guard.failed_epoch} completed epoch(s) are kept in {ckpt_dir}")
 
-    final = inference_model(model)
     with strategy.scope():
+        final = inference_model(model)
         final.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
     test_ds = _distribute(data.load(data_config, "test", training=False))
     results = final.evaluate(test_ds, return_dict=True, verbose=0)
