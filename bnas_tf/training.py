@@ -445,7 +445,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
         try:
             checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise ValueError(f"checkpoint {latest} does not fit this network "
+            raise ValueError(f"checkpoint {latest} does not match this network and optimizer "
                              f"({str(e).splitlines()[0][:200]}); use another --output_dir") from None
         logging.info("resuming from %s after epoch %d", latest, int(epoch_var))
     initial_epoch = int(epoch_var)
@@ -478,6 +478,9 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
         history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     else:
         logging.info("%s already trained for %d epochs; evaluating", output_dir, initial_epoch)
+        previous = mdir.path(output_dir, mdir.METRICS)
+        if os.path.isfile(previous):
+            history = mdir.read_json(previous).get("history", {})
     if guard.failed_epoch is not None:
         raise FloatingPointError(
             f"training loss became NaN/Inf in epoch {guard.failed_epoch + 1}; stopped. "
