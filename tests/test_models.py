@@ -37,7 +37,7 @@ def test_tiny_network_forward_backward_and_aux():
 def test_zeroise_edges_are_not_built_and_all_zero_nodes_are_zero():
     model = models.build(presets.resolve(genotype="bnas_a", cells=3, channels=4), 10, 32)
     cell = model.get_layer("cell0")
-    assert sorted(cell.ops) == [1, 2]  # BNAS-A normal: only edges 1 and 2 are not Zeroise
+    assert sorted(cell.ops) == ["1", "2"]  # BNAS-A normal: only edges 1 and 2 are not Zeroise
     s = tf.random.normal((1, 32, 32, 12))
     out = cell([s, s], training=False).numpy()
     # nodes 4 and 5 take only Zeroise edges, and cell 0 has no inter-cell skip

@@ -197,9 +197,6 @@ def test_run_writes_model_dir_and_evaluate_reads_it_back(trained, data_config):
         assert json.load(f)["top1"] == result["top1"]
 
 
-@pytest.mark.xfail(reason="bnas_tf/models/bnas.py BnasCell keeps sublayers in int-keyed dicts "
-                          "(self.ops, self.drops), which SavedModel cannot serialise; use str keys",
-                   strict=False)
 def test_saved_model_serves_the_trained_network(trained, fixed_batch):
     out, _, _ = trained
     assert os.path.isfile(model_dir.path(out, model_dir.SAVED_MODEL + "/saved_model.pb"))

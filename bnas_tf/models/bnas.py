@@ -46,7 +46,9 @@ class BnasCell(binary._Block):
         for k, (op, src) in enumerate(self.edges):
             if op != ops.ZERO:
                 stride = 2 if reduction and src < 2 else 1
-                self.ops[k] = ops.make(op, channels, stride, config, layer_name=f"e{k}_{op}")
+                self.ops[str(k)] = ops.make(op, channels, stride, config,
+                                            layer_name=f"e{k}_{op}")
+        # String keys: TensorFlow's SavedModel refuses to track dicts with int keys.
         self.drops = ({k: common.DropPath(name=f"drop{k}") for k, layer in self.ops.items()
                        if not isinstance(layer, binary.Identity)} if drop_path else {})
         self.residual = None
@@ -70,10 +72,10 @@ class BnasCell(binary._Block):
         for node in range(genotypes.NODES):
             terms = []
             for k in (2 * node, 2 * node + 1):
-                if k in self.ops:
-                    h = self.ops[k](states[self.edges[k][1]], training=training)
-                    if k in self.drops:
-                        h = self.drops[k](h, training=training)
+                if str(k) in self.ops:
+                    h = self.ops[str(k)](states[self.edges[k][1]], training=training)
+                    if str(k) in self.drops:
+                        h = self.drops[str(k)](h, training=training)
                     terms.append(h)
             if not terms:  # all edges Zeroise: zeros at the output's shape
                 src = self.edges[2 * node][1]
