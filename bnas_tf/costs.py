@@ -19,6 +19,10 @@ Conventions (BNAS / BARS, see docs/costs.md):
 * ``fully_binarized``: the only float convs/dense layers are the stem (run before
   the first binary conv) and the classifier (run after the last), neither inside a
   block that also holds binary convs (BARS Table 2's "Fully-Binarized").
+* ``cell_float_flops``: the part of ``flops`` spent in float convs inside blocks
+  that also hold binary convs (BNAS' float reduction-cell residual, BARS' "FP
+  Cell Shortcut"). The BNAS paper's "FLOPs" leave it out:
+  ``equivalent_ops - cell_float_flops`` reproduces its Tables 6, 7, 9 and 13.
 
 Layer shapes are recorded by temporarily wrapping each conv/dense layer's `call`
 and running one eager forward pass on zeros; an auxiliary head (second output) is
@@ -46,6 +50,7 @@ class Costs:
     memory_bytes: float = 0.0
     float_memory_bytes: float = 0.0
     fully_binarized: bool = False
+    cell_float_flops: int = 0
     layers: list = dataclasses.field(default_factory=list, repr=False)
 
     @property
@@ -68,7 +73,8 @@ class Costs:
                 "memory_bytes": self.memory_bytes,
                 "float_memory_bytes": self.float_memory_bytes,
                 "memory_saving": self.memory_saving, "speedup": self.speedup,
-                "fully_binarized": self.fully_binarized}
+                "fully_binarized": self.fully_binarized,
+                "cell_float_flops": self.cell_float_flops}
         if with_layers:
             data["layers"] = list(self.layers)
         return data
@@ -192,26 +198,22 @@ def _top_level_owner(model):
     return owner
 
 
-def _fully_binarized(model, calls):
+def _classify_float(model, calls):
+    """(fully_binarized, indices of float calls inside blocks that hold binary convs)."""
     binary_at = [i for i, (layer, _, _) in enumerate(calls) if is_binary_layer(layer)]
-    if not binary_at:
-        return False
-    first, last = binary_at[0], binary_at[-1]
     owner = _top_level_owner(model)
-    holds_binary = {}
-    for i, (layer, _, _) in enumerate(calls):
-        if is_binary_layer(layer):
-            top = owner.get(id(layer))
-            if top is not None:
-                holds_binary[id(top)] = True
+    holds_binary = {id(owner[id(layer)]) for layer, _, _ in calls
+                    if is_binary_layer(layer) and id(layer) in owner}
+    inside, between = [], []
     for i, (layer, _, _) in enumerate(calls):
         if is_binary_layer(layer):
             continue
         top = owner.get(id(layer))
-        inside_block = top is not None and holds_binary.get(id(top), False)
-        if first < i < last or inside_block:
-            return False
-    return True
+        if top is not None and id(top) in holds_binary:
+            inside.append(i)
+        elif binary_at and binary_at[0] < i < binary_at[-1]:
+            between.append(i)
+    return bool(binary_at) and not inside and not between, inside
 
 
 def _parameter_counts(model):
@@ -271,7 +273,8 @@ def count(model, batch_size=1, input_shape=None) -> Costs:
     costs.float_memory_bytes = 4.0 * costs.total_params
     costs.memory_bytes = (costs.binary_params / 8.0
                           + 4.0 * (costs.total_params - costs.binary_params))
-    costs.fully_binarized = _fully_binarized(model, calls)
+    costs.fully_binarized, inside = _classify_float(model, calls)
+    costs.cell_float_flops = sum(costs.layers[i]["macs"] for i in inside)
     return costs
 
 

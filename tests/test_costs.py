@@ -76,10 +76,15 @@ def _fully(float_inside):
 
 def test_fully_binarized_flag():
     assert costs.count(_fully(False)).fully_binarized
-    assert not costs.count(_fully(True)).fully_binarized
+    between = costs.count(_fully(True))
+    assert not between.fully_binarized and between.cell_float_flops == 0
     # A BNAS network has a float residual conv inside its reduction cells.
     tiny = {"family": "bnas", "genotype": "bnas_a", "cells": 3, "channels": 4, "stem": "cifar"}
-    assert not costs.count_spec(tiny, 10, 16).fully_binarized
+    bnas = costs.count_spec(tiny, 10, 16)
+    assert not bnas.fully_binarized
+    # 2x2 stride-2 residual convs: cell 1 16 -> 4*8 channels at 8x8, cell 2 32 -> 64 at 4x4
+    residual = 8 * 8 * 32 * 16 * 4 + 4 * 4 * 64 * 32 * 4
+    assert bnas.cell_float_flops == residual and bnas.flops > residual
 
 
 def _replace_none(genotype, op):

@@ -1,0 +1,57 @@
+"""Costs of presets, and paper-style comparison tables with trained accuracies.
+
+  python tools/report.py --models=bnas-a,xnor-resnet18 --format=table
+  python tools/report.py --models=all --format=json --output=costs.json
+  python tools/report.py --table=cifar --results=runs/bnas_a,runs/xnor18
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bnas_tf  # noqa: E402,F401  (before TensorFlow)
+from absl import app  # noqa: E402
+
+from bnas_tf import report  # noqa: E402
+from flags import report as report_flags  # noqa: E402
+
+FLAGS = report_flags.FLAGS
+
+
+def render(rows, fmt, kind=None):
+    if fmt == "json":
+        return report.to_json(rows)
+    if fmt == "csv":
+        return report.to_csv(rows).rstrip("\n")
+    return report.format_paper_table(rows, kind) if kind else report.format_costs(rows)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        if FLAGS.table:
+            rows = report.paper_table(FLAGS.table, results=FLAGS.results or (),
+                                      models=FLAGS.models or None, progress=True)
+        else:
+            if not FLAGS.models:
+                raise ValueError("give --models=NAME[,NAME...] (or 'all'), "
+                                 "or --table=cifar|imagenet")
+            if FLAGS.results:
+                raise ValueError("--results only fills the paper-style table; add --table")
+            rows = report.cost_rows(FLAGS.models, FLAGS.num_classes, FLAGS.image_size,
+                                    progress=True)
+        text = render(rows, FLAGS.format, FLAGS.table)
+        if FLAGS.output:
+            report.write(rows, FLAGS.output)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
+    print(text)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    app.run(main)
