@@ -124,12 +124,12 @@ class BarsCell(binary._Block):
         self.channels, self.reduction = channels, reduction
         config = ops.OpConfig(binarization=binarization, op_shortcut=op_shortcut)
         self.live = live_edges(cell)
-        self.ops = {}
+        self.edge_ops = []  # one layer per live edge (a list: SavedModel needs str dict keys)
         for k in self.live:
             i, j = edges[k]
             stride = 2 if reduction and i == 0 else 1
-            self.ops[k] = ops.make(cell[k], channels, stride, config,
-                                   layer_name=f"e{i}{j}_{cell[k]}")
+            self.edge_ops.append(ops.make(cell[k], channels, stride, config,
+                                          layer_name=f"e{i}{j}_{cell[k]}"))
         self.pre = (binary.BinaryConv(channels, 3, binarization=binarization, name="pre")
                     if self.live else None)
         self.downsample = (BarsDownsample(channels, downsample, binarization, name="downsample")
@@ -147,10 +147,10 @@ class BarsCell(binary._Block):
             return skip
         edges = genotypes.dense_edges()
         nodes = [self.pre(inputs, training=training)] + [None] * genotypes.NODES
-        for k, (i, j) in enumerate(edges):
-            if k in self.ops:
-                h = self.ops[k](nodes[i], training=training)
-                nodes[j] = h if nodes[j] is None else nodes[j] + h
+        for k, layer in zip(self.live, self.edge_ops):
+            i, j = edges[k]
+            h = layer(nodes[i], training=training)
+            nodes[j] = h if nodes[j] is None else nodes[j] + h
         return nodes[-1] + skip
 
 

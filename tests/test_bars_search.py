@@ -1,0 +1,147 @@
+"""BARS end to end: a short search on real CIFAR-10 images writes a genotype that
+builds, trains and converts to LCE with every binary conv as LceBconv2d."""
+import json
+import os
+
+import bnas_tf  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnas_tf import data, genotypes, models
+from bnas_tf.models import bars as bars_models
+from bnas_tf.search import bars, runner
+
+SIZE = 16
+
+
+def data_config(cifar_dir, examples=40):
+    return data.DataConfig(dataset="folder", data_dir=str(cifar_dir), image_size=SIZE,
+                           max_examples=examples, batch_size=8)
+
+
+def search_config(**extra):
+    settings = {"base_channels": [8], "max_depth": 1, "warmup_epochs": 0, "num_samples": 2,
+                **extra}
+    return bars.default_config(epochs=1, batch_size=8, eval_batches=1, extra=settings)
+
+
+def alpha_values(ckpt_dir):
+    reader = tf.train.load_checkpoint(ckpt_dir)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if "alpha_" in k and "OPTIMIZER_SLOT" not in k and ".OPTIMIZER" not in k}
+
+
+def train_one_step(spec, cifar_dir):
+    model = models.build(spec, 10, SIZE)
+    model.compile(tf.keras.optimizers.legacy.Adam(2e-3),
+                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = next(iter(data.load(data_config(cifar_dir), "train", training=True)))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = sum(not np.array_equal(b, w.numpy())
+                  for b, w in zip(before, model.trainable_weights))
+    assert changed > len(before) // 2
+    return model
+
+
+def test_one_epoch_search_writes_a_genotype_that_trains(cifar_dir, tmp_path):
+    out = str(tmp_path / "search")
+    summary = runner.run_search("bars", data_config(cifar_dir), search_config(), out,
+                                verbose=0)
+    entry = summary["epochs"][0]
+    for key in ("bars/temperature", "bars/entropy_coefficient", "bars/expected_equivalent_mops",
+                "bars/stage0/width_0.25", "bars/stage0/depth_1", "bars/op_bin_conv_3x3"):
+        assert key in entry
+    assert entry["bars/temperature"] == pytest.approx(1.0)
+    assert entry["bars/entropy_coefficient"] == pytest.approx(-0.01)
+    alphas = alpha_values(os.path.join(out, "ckpt"))
+    assert alphas and any(np.abs(a).max() > 0 for a in alphas.values())  # alphas moved
+    path = os.path.join(out, runner.GENOTYPE_FILE)
+    genotype = genotypes.load(path)
+    assert isinstance(genotype, genotypes.BarsGenotype)
+    assert genotype.base_channels == (8,) and genotype.max_depth == 1
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f)["method"] == "bars"
+    train_one_step({"family": "bars", "genotype": path}, cifar_dir)
+
+
+def test_bars_bilevel_model_applies_the_multiplicative_budget(cifar_dir):
+    """One eager BARS step with a budget far below the supernet's cost: the alpha
+    step lowers the expected FLOPs; without a budget the loss is CE + entropy term."""
+    config = search_config()
+    net = bars.build_supernet(config, 10, SIZE)
+    model = bars.build_model(net, config, steps_per_epoch=1, image_size=SIZE)
+    assert type(model.w_optimizer).__name__ == "Adam"
+    x, y = next(iter(data.load(data_config(cifar_dir), "search_val", training=False)))
+    ce = model._ce(x, y)[0]  # random Gumbel sample: compare loss structure, not values
+    loss, _, reg = model._arch_loss(x, y)
+    assert float(reg) == pytest.approx(-0.01 * float(net.entropy()), rel=1e-5)
+    start = float(net.expected_flops())
+    net.flops_budget = 0.01 * start / 1e6
+    factor = float(net.expected_flops()) / 1e6 / net.flops_budget
+    loss, _, reg = model._arch_loss(x, y)
+    assert float(loss - reg) > 0.5 * factor * float(ce)  # CE scaled by FLOPs / F (~100)
+    model.train_step(((x, y), (x, y)))
+    assert float(net.expected_flops()) < start
+
+
+def lce_op_names(flatbuffer):
+    from tensorflow.lite.python import schema_py_generated as schema
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        custom = code.CustomCode()
+        codes.append(custom.decode() if custom else
+                     str(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())))
+    names = []
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        names += [codes[graph.Operators(k).OpcodeIndex()] for k in range(graph.OperatorsLength())]
+    return names
+
+
+def binary_convs(model):
+    import larq as lq
+    return [m for m in model.submodules
+            if isinstance(m, lq.layers.QuantConv2D) and m.input_quantizer is not None]
+
+
+def dense_cell(**ops_by_edge):
+    """A cell genotype from {"ij": op} (all other edges none)."""
+    return tuple(ops_by_edge.get(f"{i}{j}", "none") for i, j in genotypes.dense_edges())
+
+
+def test_every_binary_conv_becomes_lce_bconv2d():
+    import larq_compute_engine as lce
+    normal = dense_cell(**{"04": "bin_conv_3x3", "14": "shortcut", "01": "bin_conv_3x3"})
+    reduce = dense_cell(**{"01": "bin_conv_3x3", "04": "shortcut", "14": "bin_conv_3x3"})
+    g = genotypes.BarsGenotype(stages=[genotypes.BarsStage(0.5, 0, normal),
+                                       genotypes.BarsStage(0.75, 0, normal)],
+                               reduce_cell=reduce, base_channels=(8, 16), max_depth=0)
+    model = models.build({"family": "bars", "genotype": g.to_dict()}, 10, SIZE)
+    convs = binary_convs(model)
+    reduce_cell = model.get_layer("stage1_reduce")
+    factorized = [h.conv for h in reduce_cell.downsample.halves] + \
+        [h.conv for layer in reduce_cell.edge_ops if hasattr(layer, "halves")
+         for h in layer.halves]
+    assert len(factorized) == 4 and {id(c) for c in factorized} <= {id(c) for c in convs}
+    names = lce_op_names(lce.convert_keras_model(model))
+    assert names.count("LceBconv2d") == len(convs) == 2 * 3 + 3 + 4
+    float_convs = [n for n in names if n in ("3", "CONV_2D")]  # builtin CONV_2D = 3
+    assert len(float_convs) == 1  # the stem
+
+
+@pytest.mark.slow
+def test_two_stage_search_with_budget_trains_and_exports(cifar_dir, tmp_path):
+    import larq_compute_engine as lce
+    out = str(tmp_path / "search")
+    config = search_config(base_channels=[8, 16], flops_budget=0.01, num_samples=4)
+    config.epochs = 2
+    runner.run_search("bars", data_config(cifar_dir, 80), config, out, verbose=0)
+    path = os.path.join(out, runner.GENOTYPE_FILE)
+    model = train_one_step({"family": "bars", "genotype": path}, cifar_dir)
+    names = lce_op_names(lce.convert_keras_model(model))
+    assert names.count("LceBconv2d") == len(binary_convs(model))
