@@ -18,7 +18,7 @@ from bnas_tf import ops
 METHODS = {"bnas": "bnas_tf.search.supernet", "bars": "bnas_tf.search.bars"}
 TEMPLATES = ("bnas", "darts")
 DERIVE_MODES = ("bnas", "darts")
-STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
+STRATEGIES = ("default", "mirrored", "multi_worker")  # bnas_tf.distribute
 
 
 @dataclasses.dataclass

@@ -43,7 +43,7 @@ import bnas_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import data, genotypes, ops
+from bnas_tf import data, distribute, genotypes, ops
 from bnas_tf.search import METHODS, SearchConfig, bilevel  # noqa: F401  (re-export)
 
 CONFIG_FILE = "search_config.json"
@@ -69,19 +69,6 @@ def get_method(name_or_method):
     except ModuleNotFoundError as e:
         raise ValueError(f"search method {name_or_method!r} is not available "
                          f"({e})") from None
-
-
-def make_strategy(name):
-    """A tf.distribute strategy by name: default | mirrored | one_device | multi_worker."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/cpu:0")
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown strategy {name!r}")
 
 
 def data_seed(seed, epoch):
@@ -154,14 +141,6 @@ def _diff(saved, current, prefix=""):
     return out
 
 
-def _is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker"
-                                             and resolver.task_id == 0)
-
-
 def learnable_ops(genotype):
     """Number of learnable (binary conv) ops a genotype picks."""
     return int(sum(op in ops.LEARNABLE for op in genotype.ops_used()))
@@ -224,6 +203,9 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     """
     config = search_config.validate()
     method = get_method(method)
+    strategy = distribute.make_strategy(config.strategy)  # first: multi-worker needs it
+    dirs = distribute.WorkerDirs(strategy)
+    chief = dirs.chief
     if hasattr(method, "validate_config"):
         method.validate_config(config)
     data_config = dataclasses.replace(data_config, batch_size=config.batch_size,
@@ -241,21 +223,20 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     identity = run_identity(data_config, config)
     resuming = check_output_dir(output_dir, identity)
     os.makedirs(os.path.join(output_dir, "genotypes"), exist_ok=True)
-    if not resuming:
+    if chief and not resuming:
         write_json(os.path.join(output_dir, CONFIG_FILE), identity)
 
     tf.keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.strategy)
-    chief = _is_chief(strategy)
     with strategy.scope():
         net = method.build_supernet(config, info.num_classes, info.image_size)
         model = bilevel.build(net, config, steps, info.image_size)
     ckpt = _checkpoint(model, net)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(output_dir, "ckpt"),
-                                         max_to_keep=2)
+    ckpt_dir = os.path.join(output_dir, "ckpt")
+    manager = tf.train.CheckpointManager(ckpt, dirs.path(ckpt_dir), max_to_keep=2)
     start = 0
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
         start = int(ckpt.done.numpy())
         _log(f"resuming {output_dir} after epoch {start}/{config.epochs}")
 
@@ -280,7 +261,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         control = control(net, epoch) if control else None
         if isinstance(control, dict) and "alpha_update" in control:
             model.set_alpha_update(control["alpha_update"])
-        callbacks = [tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"),
+        callbacks = [tf.keras.callbacks.TensorBoard(dirs.path(os.path.join(output_dir, "logs")),
                                                     write_graph=False, profile_batch=0)]
         history = model.fit(_search_datasets(data_config, epoch, steps), epochs=epoch + 1,
                             initial_epoch=epoch, steps_per_epoch=steps,
@@ -304,6 +285,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         manager.save(checkpoint_number=epoch + 1)
     if chief and summary["epochs"]:
         _finish_summary(summary, output_dir)
+    dirs.cleanup()
     return summary
 
 

@@ -1,0 +1,323 @@
+"""The BNAS supernet (DARTS' over-parameterised network with BNAS' cell template),
+and the BNAS search method (the functions `runner.run_search` calls).
+
+* `MixedOp`: sum_k softmax(alpha)_k * op_k(x) over a configurable op list;
+  Zeroise (``none``) contributes exactly zero and is not computed at all.
+* `SearchCell`: DARTS cell — two FLOAT preprocess convs (ReLU -> 1x1 conv -> BN, or
+  a FactorizedReduce after a reduction cell), 4 nodes, each summing mixed ops over
+  all earlier states (14 edges), output = concat of the 4 nodes. Template ``bnas``
+  adds the inter-cell skip: s1 itself in normal cells (when shapes match), a float
+  BN -> 2x2 stride-2 conv of s1 in reduction cells; cell 0 adds nothing. Template
+  ``darts`` adds nothing (the "No Skip" ablation).
+* `Supernet`: float CIFAR stem (3x3 conv -> 3C, BN), cells (reductions at
+  cells//3 and 2*cells//3, channels doubling there), global pooling, dense.
+  ``alpha_normal``/``alpha_reduce`` (14 x n_ops, init 1e-3 * N(0, 1)) are its
+  `arch_variables`; `arch_regularization(epoch)` is the diversity regulariser.
+
+Ops are built as in DARTS' search: non-affine BN inside binary convs and a
+non-affine BN after pools (``ops.OpConfig(affine=False, pool_bn=True)``).
+"""
+from __future__ import annotations
+
+import bnas_tf  # noqa: F401
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+from bnas_tf import binary, genotypes, ops
+from bnas_tf.search import derive as derive_lib
+from bnas_tf.search import regularizers
+
+NODES = genotypes.NODES
+N_EDGES = derive_lib.edge_offsets(NODES)[1]
+
+
+def reduction_cells(cells):
+    return (cells // 3, 2 * cells // 3)
+
+
+def _bn(name):
+    return tf.keras.layers.BatchNormalization(center=False, scale=False, momentum=0.9,
+                                              epsilon=1e-5, name=name)
+
+
+def _conv(filters, kernel, strides=1, name=None):
+    return tf.keras.layers.Conv2D(filters, kernel, strides, padding="same", use_bias=False,
+                                  kernel_initializer="he_normal", name=name)
+
+
+class ReLUConvBN(tf.keras.layers.Layer):
+    """Float ReLU -> 1x1 conv -> non-affine BN (search-time preprocess)."""
+
+    def __init__(self, filters, name=None):
+        super().__init__(name=name)
+        self.conv, self.bn = _conv(filters, 1, name="conv"), _bn("bn")
+
+    def call(self, x, training=None):
+        return self.bn(self.conv(tf.nn.relu(x)), training=training)
+
+
+class FactorizedReduce(tf.keras.layers.Layer):
+    """Float ReLU -> two stride-2 1x1 convs on x and x shifted by one pixel, concat, BN."""
+
+    def __init__(self, filters, name=None):
+        super().__init__(name=name)
+        if filters % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {filters}")
+        self.conv0 = _conv(filters // 2, 1, 2, name="conv0")
+        self.conv1 = _conv(filters // 2, 1, 2, name="conv1")
+        self.bn = _bn("bn")
+
+    def call(self, x, training=None):
+        x = tf.nn.relu(x)
+        shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+        y = tf.concat([self.conv0(x), self.conv1(shifted)], axis=-1)
+        return self.bn(y, training=training)
+
+
+class SharedInputConvs(tf.keras.layers.Layer):
+    """The binary convs of one mixed op, sharing their BN -> sign front end.
+
+    In the search every binary conv of an edge normalises the same input with a
+    NON-affine BatchNorm (identical outputs and moving statistics), then takes its
+    sign: computing that once per edge gives exactly the outputs and gradients of
+    separate `binary.BinaryConv` layers, with a smaller, faster graph. A dilated
+    conv at stride 2 runs as a plain conv on the even pixels (the values a
+    stride-2 dilation-2 conv reads), which TensorFlow cannot do in one conv.
+    """
+
+    def __init__(self, specs, channels, stride, binarization, name=None):
+        super().__init__(name=name)
+        self.specs, self.stride, self.binarization = list(specs), stride, binarization
+        self.bn = _bn("bn")
+        self.sign = binarization.input_quantizer()
+        self.convs = []
+        for i, (kernel, dilation, _relu, _shortcut) in enumerate(self.specs):
+            dilated_stride = dilation > 1 and stride > 1
+            self.convs.append(lq.layers.QuantConv2D(
+                channels, kernel, strides=1 if dilated_stride else stride, padding="same",
+                pad_values=binarization.pad_values if binarization.enabled else 0.0,
+                dilation_rate=1 if dilated_stride else dilation, use_bias=False,
+                input_quantizer=None, kernel_quantizer=binarization.kernel_quantizer(),
+                kernel_constraint=binarization.kernel_constraint(),
+                kernel_initializer="glorot_normal", name=f"conv{i}_{kernel}x{kernel}_d{dilation}"))
+
+    def call(self, x, training=None):
+        h = self.bn(x, training=training)
+        signed = self.sign(h) if self.sign is not None else h
+        even = signed[:, ::2, ::2, :] if self.stride > 1 else signed
+        outs = []
+        for conv, (kernel, dilation, relu, shortcut) in zip(self.convs, self.specs):
+            y = conv(even if dilation > 1 and self.stride > 1 else signed)
+            if self.binarization.enabled and self.binarization.activation_scale:
+                y = y * binary.activation_scale(h, kernel, self.stride)
+            if relu:
+                y = tf.nn.relu(y)
+            if shortcut:
+                y = y + binary.shortcut(x, self.stride)
+            outs.append(y)
+        return outs
+
+
+def _conv_spec(layer):
+    """(kernel, dilation, relu, shortcut) of a plain BinaryConv op, else None."""
+    if type(layer) is not binary.BinaryConv:  # noqa: E721  (subclasses may differ)
+        return None
+    config = layer._config
+    if config.get("groups", 1) != 1 or config.get("affine"):
+        return None
+    return (int(config["kernel_size"]), int(config["dilation_rate"]), bool(config["relu"]),
+            bool(config["shortcut"]))
+
+
+class MixedOp(tf.keras.layers.Layer):
+    """sum_k w_k * op_k(x) over `op_names` (w: the softmaxed alpha row).
+
+    Zeroise contributes w * 0 = 0 and is not computed. With `share_bn`, the binary
+    convs share one BN -> sign front end (`SharedInputConvs`); other ops are the
+    layers of the ops table.
+    """
+
+    def __init__(self, op_names, channels, stride, config, share_bn=True, name=None):
+        super().__init__(name=name)
+        self.op_names = tuple(op_names)
+        self.stride = stride
+        self.singles, conv_indices, specs = [], [], []
+        for k, op in enumerate(self.op_names):
+            if op == ops.ZERO:
+                continue
+            layer = ops.make(op, channels, stride, config, layer_name=f"{k}_{op}")
+            spec = _conv_spec(layer) if share_bn else None
+            if spec is None:
+                self.singles.append((k, layer))
+            else:
+                conv_indices.append(k)
+                specs.append(spec)
+        self.conv_indices = conv_indices
+        self.convs = (SharedInputConvs(specs, channels, stride, config.binarization,
+                                       name="convs") if specs else None)
+        self.single_layers = [layer for _, layer in self.singles]
+
+    def call(self, x, mix, training=None):
+        terms = [mix[k] * layer(x, training=training) for k, layer in self.singles]
+        if self.convs is not None:
+            outs = self.convs(x, training=training)
+            terms += [mix[k] * y for k, y in zip(self.conv_indices, outs)]
+        if not terms:
+            y = x[:, ::self.stride, ::self.stride, :] if self.stride > 1 else x
+            return tf.zeros_like(y)
+        return tf.add_n(terms) if len(terms) > 1 else terms[0]
+
+
+class SearchCell(tf.keras.layers.Layer):
+    """A DARTS search cell with the BNAS (or plain DARTS) inter-cell skip."""
+
+    def __init__(self, op_names, channels, reduction, reduction_prev, skip, op_config,
+                 share_bn=True, name=None):
+        super().__init__(name=name)
+        self.channels, self.reduction, self.skip = channels, reduction, skip
+        self.pre0 = (FactorizedReduce(channels, name="pre0") if reduction_prev
+                     else ReLUConvBN(channels, name="pre0"))
+        self.pre1 = ReLUConvBN(channels, name="pre1")
+        self.edges = []
+        for node in range(NODES):
+            for src in range(2 + node):
+                stride = 2 if reduction and src < 2 else 1
+                self.edges.append(MixedOp(op_names, channels, stride, op_config, share_bn,
+                                          name=f"n{node}_from{src}"))
+        self.residual_bn = self.residual_conv = None
+        self.identity_skip = False
+
+    def build(self, input_shapes):
+        prev = input_shapes[1]
+        out_channels = NODES * self.channels
+        if self.skip and self.reduction:
+            self.residual_bn = _bn("residual_bn")
+            self.residual_conv = _conv(out_channels, 2, 2, name="residual_conv")
+        elif self.skip:
+            self.identity_skip = prev[-1] == out_channels
+        super().build(input_shapes)
+
+    def call(self, inputs, mix, training=None):
+        s0, s1 = inputs
+        states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
+        k = 0
+        for node in range(NODES):
+            terms = []
+            for src in range(2 + node):
+                terms.append(self.edges[k](states[src], mix[k], training=training))
+                k += 1
+            states.append(tf.add_n(terms))
+        out = tf.concat(states[2:], axis=-1)
+        if self.residual_conv is not None:
+            out = out + self.residual_conv(self.residual_bn(s1, training=training))
+        elif self.identity_skip:
+            out = out + s1
+        return out
+
+
+class Supernet(tf.keras.Model):
+    """The BNAS search network; `arch_variables` = [alpha_normal, alpha_reduce]."""
+
+    def __init__(self, op_names=ops.BNAS_OPS, cells=8, channels=16, num_classes=10,
+                 template="bnas", binarization="xnor", diversity_lambda=1.0,
+                 diversity_tau=7.7, share_bn=True, name="bnas_supernet"):
+        super().__init__(name=name)
+        self.op_names = ops.check_ops(op_names)
+        if cells < 2:
+            raise ValueError(f"a supernet needs at least 2 cells, got {cells}")
+        if template not in genotypes.TEMPLATES:
+            raise ValueError(f"unknown cell template {template!r}")
+        self.cells_count, self.channels, self.template = cells, channels, template
+        self.diversity_lambda, self.diversity_tau = diversity_lambda, diversity_tau
+        config = ops.OpConfig(binarization=binary.scheme(binarization), affine=False,
+                              pool_bn=True)
+        self.stem_conv = _conv(3 * channels, 3, name="stem_conv")
+        self.stem_bn = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                                          name="stem_bn")
+        self.cells = []
+        current, reduction_prev = channels, False
+        for i in range(cells):
+            reduction = i in reduction_cells(cells)
+            if reduction:
+                current *= 2
+            self.cells.append(SearchCell(self.op_names, current, reduction, reduction_prev,
+                                         skip=template == "bnas" and i > 0,
+                                         op_config=config, share_bn=share_bn,
+                                         name=f"cell{i}"))
+            reduction_prev = reduction
+        self.pool = tf.keras.layers.GlobalAveragePooling2D(name="pool")
+        self.classifier = tf.keras.layers.Dense(num_classes, name="classifier")
+        shape = (N_EDGES, len(self.op_names))
+        self.alpha_normal, self.alpha_reduce = (
+            self.add_weight(name=f"alpha_{kind}", shape=shape, trainable=True,
+                            initializer=tf.keras.initializers.RandomNormal(stddev=1e-3))
+            for kind in ("normal", "reduce"))
+
+    @property
+    def arch_variables(self):
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def arch_regularization(self, epoch):
+        return regularizers.diversity(self.arch_variables, self.diversity_lambda,
+                                      self.diversity_tau, epoch)
+
+    def call(self, x, training=None):
+        s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
+        # Per edge, the list of scalar op weights (unstacked once per call).
+        mix_normal, mix_reduce = ([tf.unstack(row) for row in tf.unstack(
+            tf.nn.softmax(alpha, axis=-1))] for alpha in self.arch_variables)
+        for cell in self.cells:
+            mix = mix_reduce if cell.reduction else mix_normal
+            s0, s1 = s1, cell([s0, s1], mix, training=training)
+        return self.classifier(self.pool(s1))
+
+    def alpha_arrays(self):
+        """(alpha_normal, alpha_reduce) as numpy arrays."""
+        return (np.asarray(self.alpha_normal.numpy()), np.asarray(self.alpha_reduce.numpy()))
+
+
+# ----------------------------------------------------------------------------- method API
+
+def build_supernet(search_config, num_classes, image_size):
+    """The BNAS supernet of a SearchConfig (the runner builds its variables)."""
+    del image_size  # the CIFAR stem works at any input size
+    return Supernet(search_config.ops, search_config.cells, search_config.channels,
+                    num_classes, template=search_config.cell_template,
+                    binarization=search_config.binarization,
+                    diversity_lambda=search_config.diversity_lambda,
+                    diversity_tau=search_config.diversity_tau)
+
+
+def derive(net, search_config, val_batches=None):
+    """The BNAS genotype of the current alphas (Eq. 4 with search_config.gamma)."""
+    del val_batches
+    alpha_normal, alpha_reduce = net.alpha_arrays()
+    return derive_lib.derive_bnas(alpha_normal, alpha_reduce, net.op_names,
+                                  gamma=search_config.gamma, mode=search_config.derive,
+                                  template=search_config.cell_template)
+
+
+def epoch_logs(net, epoch):
+    """Alpha entropies, the diversity term, and op-probability heatmaps per cell."""
+    from bnas_tf import plot  # matplotlib only when logging
+
+    alphas = net.alpha_arrays()
+    h_normal = float(regularizers.row_entropy_np(alphas[0]).mean())
+    h_reduce = float(regularizers.row_entropy_np(alphas[1]).mean())
+    logs = {"alpha_entropy": (h_normal + h_reduce) / 2,
+            "alpha_entropy_normal": h_normal, "alpha_entropy_reduce": h_reduce,
+            "diversity_term": regularizers.diversity_np(alphas, net.diversity_lambda,
+                                                        net.diversity_tau, epoch)}
+    labels = derive_lib.edge_labels(NODES)
+    for kind, alpha in zip(("normal", "reduce"), alphas):
+        logs[f"alphas/{kind}"] = plot.alpha_heatmap(
+            regularizers.softmax_np(alpha), labels, net.op_names,
+            title=f"{kind} cell, epoch {epoch}")
+    return logs
+
+
+def on_epoch_begin(net, epoch):
+    """BNAS has no per-epoch schedule besides the regulariser's (driven by the epoch)."""
+    del net, epoch
+    return None

@@ -1,0 +1,130 @@
+"""Search flags, defined once: the BNAS/DARTS search settings and the BARS settings
+(which reach the BARS method through ``SearchConfig.extra``).
+
+Data flags (--dataset, --data_dir, --batch_size, --max_examples, --seed, ...) come
+from flags/data.py.
+"""
+from absl import flags as absl_flags
+
+from bnas_tf import distribute, ops
+from bnas_tf.search import METHODS, SearchConfig, parse_ops
+
+FLAGS = absl_flags.FLAGS
+PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
+_D = SearchConfig()
+_DEFINITIONS = (
+    (absl_flags.DEFINE_enum, "method", "bnas", dict(enum_values=list(METHODS)),
+     "Search method: bnas (cell search, BNAS paper) or bars (BARS macro+micro search)."),
+    (absl_flags.DEFINE_integer, "epochs", _D.epochs, dict(lower_bound=1), "Search epochs."),
+    (absl_flags.DEFINE_integer, "cells", _D.cells, {}, "Cells of the supernet (>= 2)."),
+    (absl_flags.DEFINE_integer, "channels", _D.channels, dict(lower_bound=1),
+     "Channels of the first cell."),
+    (absl_flags.DEFINE_string, "ops", "bnas", {},
+     "Op list: comma-separated names; 'bnas' = the BNAS set, 'sep' = the binary "
+     f"separable convs, '-name' removes one. Known ops: {', '.join(ops.OPS)}."),
+    (absl_flags.DEFINE_enum, "cell_template", _D.cell_template, dict(enum_values=["bnas", "darts"]),
+     "bnas: inter-cell skips; darts: none (the 'No Skip' ablation)."),
+    (absl_flags.DEFINE_integer, "order", _D.order, {},
+     "1: first-order alpha gradient; 2: DARTS' unrolled second order."),
+    (absl_flags.DEFINE_float, "diversity_lambda", _D.diversity_lambda, {},
+     "Diversity regulariser weight (0 = the 'No Div' ablation)."),
+    (absl_flags.DEFINE_float, "diversity_tau", _D.diversity_tau, {},
+     "Diversity regulariser annealing: exp(-epoch / tau)."),
+    (absl_flags.DEFINE_float, "gamma", _D.gamma, {},
+     "Eq. 4 transferability: Zeroise weight divided by gamma when deriving (> 0)."),
+    (absl_flags.DEFINE_enum, "derive", _D.derive, dict(enum_values=["bnas", "darts"]),
+     "bnas: Zeroise may be picked; darts: never (the 'No Zeroise' ablation)."),
+    (absl_flags.DEFINE_enum, "binarization", _D.binarization,
+     dict(enum_values=["xnor", "bars", "binarynet", "float"]),
+     "Binarisation of the supernet's binary ops."),
+    (absl_flags.DEFINE_float, "w_lr", _D.w_lr, {}, "Weight SGD learning rate (cosine)."),
+    (absl_flags.DEFINE_float, "w_lr_min", _D.w_lr_min, {}, "Final weight learning rate."),
+    (absl_flags.DEFINE_float, "w_wd", _D.w_wd, {}, "Weight decay of the weights."),
+    (absl_flags.DEFINE_float, "a_lr", _D.a_lr, {}, "Architecture Adam learning rate."),
+    (absl_flags.DEFINE_float, "a_wd", _D.a_wd, {}, "Weight decay of the architecture."),
+    (absl_flags.DEFINE_integer, "eval_batches", None, {},
+     "Validation batches evaluated per epoch (default: the whole search_val split)."),
+    (absl_flags.DEFINE_integer, "stop_after", None, {},
+     "Run at most this many epochs now; rerun the same command to continue."),
+    (absl_flags.DEFINE_string, "output_dir", None, {},
+     "Search directory (genotype.json, genotypes/, search_summary.json, ckpt/, logs/). "
+     "Rerunning the same command resumes."),
+    (absl_flags.DEFINE_enum, "strategy", "default", dict(enum_values=list(distribute.STRATEGIES)),
+     "Distribution: default, mirrored (local GPUs / logical CPUs), multi_worker (TF_CONFIG)."),
+    (absl_flags.DEFINE_enum, "progress", "bar", dict(enum_values=list(PROGRESS)),
+     "Keras progress output: bar, one line per epoch, or none."),
+    # BARS (consumed by bnas_tf.search.bars through SearchConfig.extra).
+    (absl_flags.DEFINE_float, "flops_budget", None, {},
+     "BARS: FLOPs budget of the searched network (None = no budget loss)."),
+    (absl_flags.DEFINE_integer, "warmup_epochs", 5, {},
+     "BARS: epochs of weight-only training before the architecture is updated."),
+    (absl_flags.DEFINE_float, "temperature", 1.0, {}, "BARS: initial Gumbel-softmax temperature."),
+    (absl_flags.DEFINE_float, "temperature_decay", 0.9, {},
+     "BARS: temperature multiplier per epoch."),
+    (absl_flags.DEFINE_float, "entropy_start", -0.01, {},
+     "BARS: initial weight of the architecture entropy term."),
+    (absl_flags.DEFINE_float, "entropy_step", 0.001, {},
+     "BARS: per-epoch increment of the entropy weight."),
+    (absl_flags.DEFINE_float, "budget_theta_above", 1.0, {},
+     "BARS: exponent of (FLOPs/budget) when over the budget."),
+    (absl_flags.DEFINE_float, "budget_theta_below", 0.0, {},
+     "BARS: exponent of (FLOPs/budget) when under the budget."),
+    (absl_flags.DEFINE_integer, "num_samples", 8, {},
+     "BARS: architectures sampled when deriving."),
+    (absl_flags.DEFINE_string, "base_channels", "48,96,192", {},
+     "BARS: channels of each stage at width 1.0 (comma-separated)."),
+    (absl_flags.DEFINE_string, "width_choices", "0.25,0.5,0.75,1.0", {},
+     "BARS: width ratios to choose from (comma-separated)."),
+    (absl_flags.DEFINE_integer, "max_depth", 3, {}, "BARS: maximum cells per stage."),
+    (absl_flags.DEFINE_enum, "downsample", "improved",
+     dict(enum_values=["improved", "plain", "float"]),
+     "BARS: downsampling block (improved binary, plain binary, float)."),
+    (absl_flags.DEFINE_boolean, "op_shortcut", True, {},
+     "BARS: op-level shortcut around each binary conv."),
+)
+for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
+    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
+        _define(_name, _default, help=_help, **_kwargs)
+
+BARS_FLAGS = ("flops_budget", "warmup_epochs", "temperature", "temperature_decay",
+              "entropy_start", "entropy_step", "budget_theta_above", "budget_theta_below",
+              "num_samples", "base_channels", "width_choices", "max_depth", "downsample",
+              "op_shortcut")
+
+
+def _numbers(name, text, kind):
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma-separated list of numbers, "
+                         f"got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name} is empty")
+    return values
+
+
+def bars_extra_from_flags():
+    """The BARS settings as the dict stored in SearchConfig.extra."""
+    extra = {name: FLAGS[name].value for name in BARS_FLAGS}
+    extra["base_channels"] = _numbers("base_channels", extra["base_channels"], int)
+    extra["width_choices"] = _numbers("width_choices", extra["width_choices"], float)
+    return extra
+
+
+def search_config_from_flags(**overrides) -> SearchConfig:
+    """SearchConfig from the search flags (+ --batch_size/--seed of flags/data.py)."""
+    values = dict(method=FLAGS.method, epochs=FLAGS.epochs, cells=FLAGS.cells,
+                  channels=FLAGS.channels, ops=parse_ops(FLAGS.ops),
+                  cell_template=FLAGS.cell_template, order=FLAGS.order,
+                  diversity_lambda=FLAGS.diversity_lambda, diversity_tau=FLAGS.diversity_tau,
+                  gamma=FLAGS.gamma, derive=FLAGS.derive, binarization=FLAGS.binarization,
+                  w_lr=FLAGS.w_lr, w_lr_min=FLAGS.w_lr_min, w_wd=FLAGS.w_wd,
+                  a_lr=FLAGS.a_lr, a_wd=FLAGS.a_wd, eval_batches=FLAGS.eval_batches,
+                  strategy=FLAGS.strategy)
+    for name in ("batch_size", "seed"):
+        if name in FLAGS:
+            values[name] = FLAGS[name].value
+    if values["method"] == "bars":
+        values["extra"] = bars_extra_from_flags()
+    values.update(overrides)
+    return SearchConfig(**values).validate()

@@ -1,0 +1,357 @@
+"""BNAS search: bilevel step, diversity regulariser, supernet, runner, resume, CLI."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import bnas_tf  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnas_tf import data, genotypes, models, ops
+from bnas_tf.search import SearchConfig, bilevel, parse_ops, regularizers, runner, supernet
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FEW_OPS = ("none", "max_pool_3x3", "bin_conv_3x3")
+
+
+# ----------------------------------------------------------------------------- toy supernet
+
+class ToyNet(tf.keras.Model):
+    """logits = x @ W + alpha; optionally an unused alpha matrix with a regulariser."""
+
+    def __init__(self, reg_lambda=None):
+        super().__init__()
+        self.dense = tf.keras.layers.Dense(3, use_bias=False)
+        self.alpha = self.add_weight(name="alpha", shape=(3,),
+                                     initializer=tf.keras.initializers.RandomNormal(seed=1))
+        self.reg_lambda = reg_lambda
+        if reg_lambda is not None:  # a matrix only the regulariser sees
+            self.alpha_free = self.add_weight(
+                name="alpha_free", shape=(4, 5),
+                initializer=tf.keras.initializers.RandomNormal(stddev=2.0, seed=2))
+
+    @property
+    def arch_variables(self):
+        return [self.alpha] + ([self.alpha_free] if self.reg_lambda is not None else [])
+
+    def arch_regularization(self, epoch):
+        if self.reg_lambda is None:
+            return tf.constant(0.0)
+        return regularizers.diversity([self.alpha_free], self.reg_lambda, 7.7, epoch)
+
+    def call(self, x, training=None):
+        return self.dense(x) + self.alpha
+
+
+def _batches(seed=0, n=8):
+    rng = np.random.default_rng(seed)
+    xt, xv = rng.normal(size=(2, n, 5)).astype("float32")
+    yt, yv = rng.integers(0, 3, size=(2, n)).astype("int32")
+    return (tf.constant(xt), tf.constant(yt)), (tf.constant(xv), tf.constant(yv))
+
+
+def _toy_model(order=1, a_lr=1.0, w_lr=1.0, reg_lambda=None, grad_clip=None, adam=False):
+    tf.keras.utils.set_random_seed(0)
+    model = bilevel.BilevelModel(ToyNet(reg_lambda), order=order, w_wd=0.0, a_wd=0.0,
+                                 grad_clip=grad_clip)
+    model.net(tf.zeros([1, 5]))  # build before compile: optimizer slots are created eagerly
+    a_opt = (tf.keras.optimizers.legacy.Adam(a_lr, beta_1=0.5) if adam
+             else tf.keras.optimizers.legacy.SGD(a_lr))
+    model.compile(tf.keras.optimizers.legacy.SGD(w_lr), a_opt)
+    return model
+
+
+def _ce(net, x, y, kernel=None, alpha=None):
+    kernel = net.dense.kernel if kernel is None else kernel
+    alpha = net.alpha if alpha is None else alpha
+    logits = tf.matmul(x, kernel) + alpha
+    return tf.reduce_mean(bilevel.cross_entropy(y, logits))
+
+
+def test_alphas_learn_from_validation_batches_weights_from_training_batches():
+    model = _toy_model()
+    net = model.net
+    (xt, yt), (xv, yv) = _batches()
+    w0, a0 = net.dense.kernel.numpy(), net.alpha.numpy()
+    with tf.GradientTape(persistent=True) as tape:
+        val, train = _ce(net, xv, yv), _ce(net, xt, yt)
+    ga_val, ga_train = tape.gradient(val, net.alpha), tape.gradient(train, net.alpha)
+    gw_val = tape.gradient(val, net.dense.kernel)
+    a1_expected = a0 - ga_val.numpy()
+    with tf.GradientTape() as tape:  # the weight step sees the updated alphas
+        train_after = _ce(net, xt, yt, alpha=tf.constant(a1_expected))
+    gw_train = tape.gradient(train_after, net.dense.kernel).numpy()
+
+    model.train_step(((xt, yt), (xv, yv)))
+    assert np.allclose(net.alpha.numpy(), a1_expected, atol=1e-6)
+    assert np.allclose(net.dense.kernel.numpy(), w0 - gw_train, atol=1e-6)
+    # Decisive: the swapped assignments would give different values.
+    assert not np.allclose(net.alpha.numpy(), a0 - ga_train.numpy(), atol=1e-3)
+    assert not np.allclose(net.dense.kernel.numpy(), w0 - gw_val.numpy(), atol=1e-3)
+    assert {v.ref() for v in model.weight_variables} == {net.dense.kernel.ref()}
+
+
+def test_alpha_update_flag_freezes_alphas_only():
+    model = _toy_model(adam=True)
+    net = model.net
+    a0, w0 = net.alpha.numpy(), net.dense.kernel.numpy()
+    model.set_alpha_update(False)
+    for _ in range(3):
+        model.train_step(_batches())
+    assert np.array_equal(net.alpha.numpy(), a0)
+    assert not np.allclose(net.dense.kernel.numpy(), w0)
+    model.set_alpha_update(True)
+    assert int(model.a_optimizer.iterations.numpy()) == 0  # Adam restarts afresh
+    model.train_step(_batches())
+    assert not np.allclose(net.alpha.numpy(), a0)
+
+
+def test_diversity_regulariser_pushes_alphas_towards_uniform():
+    """CE does not touch alpha_free: only the regulariser moves it."""
+    entropies = {}
+    for lam in (0.0, 1.0):
+        model = _toy_model(reg_lambda=lam, a_lr=0.05, adam=True)
+        net = model.net
+        before = regularizers.row_entropy_np(net.alpha_free.numpy()).mean()
+        start = net.alpha_free.numpy()
+        for _ in range(20):
+            model.train_step(_batches())
+        entropies[lam] = regularizers.row_entropy_np(net.alpha_free.numpy()).mean()
+        if lam == 0.0:
+            assert np.array_equal(net.alpha_free.numpy(), start)
+    assert entropies[1.0] > before + 0.05
+    assert entropies[0.0] == pytest.approx(before)
+
+
+def test_diversity_term_value_and_annealing():
+    alphas = [tf.constant([[0.0, 0.0], [3.0, 0.0]]), tf.constant([[1.0, -1.0]])]
+    rows = np.concatenate([regularizers.row_entropy_np(a.numpy()) for a in alphas])
+    h = rows.mean()
+    assert float(regularizers.diversity(alphas, 1.0, 7.7, 0.0)) == pytest.approx(-h, rel=1e-5)
+    assert float(regularizers.diversity(alphas, 2.0, 7.7, 7.7)) == pytest.approx(
+        -2 * h * np.exp(-1), rel=1e-5)
+    assert regularizers.diversity_np([a.numpy() for a in alphas], 2.0, 7.7, 7.7) == \
+        pytest.approx(-2 * h * np.exp(-1), rel=1e-5)
+    assert float(regularizers.diversity(alphas, 0.0, 7.7, 0)) == 0.0
+
+
+def test_second_order_step_matches_the_exact_unrolled_gradient():
+    xi = 0.5
+    model = _toy_model(order=2, w_lr=xi)
+    net = model.net
+    (xt, yt), (xv, yv) = _batches(3)
+    w0, a0 = tf.constant(net.dense.kernel.numpy()), tf.constant(net.alpha.numpy())
+    a = tf.Variable(a0)
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            inner.watch(w0)
+            train = _ce(net, xt, yt, kernel=w0, alpha=a)
+        w_virtual = w0 - xi * inner.gradient(train, w0)
+        val = _ce(net, xv, yv, kernel=w_virtual, alpha=a)
+    exact = outer.gradient(val, a).numpy()
+    with tf.GradientTape() as tape:
+        tape.watch(a0)
+        first_order = tape.gradient(_ce(net, xv, yv, kernel=w0, alpha=a0), a0).numpy()
+
+    model.train_step(((xt, yt), (xv, yv)))
+    step = a0.numpy() - net.alpha.numpy()
+    assert np.allclose(step, exact, rtol=2e-3, atol=1e-5)
+    assert not np.allclose(step, first_order, rtol=1e-2, atol=1e-4)
+
+
+def test_mirrored_step_equals_single_device_step():
+    """Two logical CPUs (subprocess: they must exist before TF starts). Gradients are
+    summed across replicas before clipping, so both runs agree."""
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+        import bnas_tf, numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import test_search as t
+        results = []
+        for strategy in (tf.distribute.get_strategy(),
+                         tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])):
+            with strategy.scope():
+                model = t._toy_model(grad_clip=0.05)
+            ds = tf.data.Dataset.from_tensors(t._batches()).repeat(2)
+            model.fit(ds, epochs=1, verbose=0)
+            results.append((strategy.num_replicas_in_sync, model.net.alpha.numpy(),
+                            model.net.dense.kernel.numpy()))
+        (n1, a1, w1), (n2, a2, w2) = results
+        assert n2 == 2, n2
+        assert np.allclose(a1, a2, atol=1e-5), (a1, a2)
+        assert np.allclose(w1, w2, atol=1e-5)
+        print("OK")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- supernet
+
+def test_shared_bn_convs_equal_separate_binary_convs():
+    x = tf.random.stateless_normal([4, 9, 9, 4], seed=[1, 2])
+    config = ops.OpConfig(affine=False, pool_bn=True)
+    names = ("none", "bin_conv_3x3", "bin_dil_conv_3x3", "bin_dil_conv_5x5", "max_pool_3x3")
+    mix = [tf.constant(v) for v in (0.1, 0.2, 0.3, 0.25, 0.15)]
+    for stride in (1, 2):
+        shared = supernet.MixedOp(names, 4, stride, config, share_bn=True)
+        separate = supernet.MixedOp(names, 4, stride, config, share_bn=False)
+        shared(x, mix, training=True)
+        separate(x, mix, training=True)
+        layers = dict(separate.singles)
+        for conv, k in zip(shared.convs.convs, shared.conv_indices):
+            conv.kernel.assign(layers[k].conv.kernel)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ys, yp = shared(x, mix, training=True), separate(x, mix, training=True)
+        assert ys.shape == yp.shape == (4, 9 if stride == 1 else 5, 9 if stride == 1 else 5, 4)
+        assert np.allclose(ys.numpy(), yp.numpy(), atol=1e-5)
+        assert np.allclose(tape.gradient(ys, x).numpy(), tape.gradient(yp, x).numpy(),
+                           atol=1e-5)
+
+
+def test_supernet_structure_and_variables():
+    net = supernet.Supernet(FEW_OPS, cells=3, channels=4, num_classes=10)
+    logits = net(tf.zeros([2, 16, 16, 3]), training=False)
+    assert logits.shape == (2, 10)
+    assert [c.reduction for c in net.cells] == [False, True, True]
+    assert net.alpha_normal.shape == (14, 3) and net.alpha_reduce.shape == (14, 3)
+    arch = {v.ref() for v in net.arch_variables}
+    assert len(arch) == 2 and arch <= {v.ref() for v in net.trainable_variables}
+    # BNAS template: reduction cells get the float residual, normal cells after cell 0
+    # the identity skip; cell 0 nothing. DARTS template: no skips at all.
+    assert net.cells[1].residual_conv is not None and net.cells[2].residual_conv is not None
+    assert net.cells[0].residual_conv is None and not net.cells[0].identity_skip
+    plain = supernet.Supernet(FEW_OPS, cells=4, channels=4, template="darts")
+    plain(tf.zeros([1, 16, 16, 3]))
+    assert all(c.residual_conv is None and not c.identity_skip for c in plain.cells)
+    skip = supernet.Supernet(FEW_OPS, cells=4, channels=4)
+    skip(tf.zeros([1, 16, 16, 3]))
+    assert [c.identity_skip for c in skip.cells] == [False, False, False, True]
+
+
+# ----------------------------------------------------------------------------- config & CLI
+
+def test_config_and_ops_errors():
+    assert parse_ops("bnas,sep") == ops.BNAS_OPS + ops.SEP_OPS
+    assert "bin_dil_conv_3x3" not in parse_ops("bnas,-bin_dil_conv_3x3,-bin_dil_conv_5x5")
+    with pytest.raises(ValueError, match="unknown op 'bin_conv_7x7'"):
+        parse_ops("bnas,bin_conv_7x7")
+    with pytest.raises(ValueError, match="unknown op"):
+        SearchConfig(ops=("none", "conv_9x9")).validate()
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        SearchConfig(gamma=0.0).validate()
+    with pytest.raises(ValueError, match="at least 2 cells"):
+        SearchConfig(cells=1).validate()
+    with pytest.raises(ValueError, match="order"):
+        SearchConfig(order=3).validate()
+    cfg = SearchConfig(ops=FEW_OPS, extra={"warmup_epochs": 5})
+    assert SearchConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def _run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "search.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_cli_rejects_bad_input_in_one_line(tmp_path, cifar_dir):
+    base = ["--dataset=folder", f"--data_dir={cifar_dir}", f"--output_dir={tmp_path / 'o'}"]
+    # (gamma <= 0 and cells < 2 take the same path: SearchConfig.validate, tested above.)
+    for flag, message in (("--ops=bnas,bin_conv_9x9", "unknown op 'bin_conv_9x9'"),
+                          ("--max_examples=20", "larger than the search_train split")):
+        out = _run_cli(*base, flag, "--batch_size=16")
+        assert out.returncode != 0
+        lines = [l for l in out.stderr.splitlines() if message in l]
+        assert lines, (flag, out.stderr[-2000:])
+        assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- full runs
+
+def _small(cifar_dir, epochs=2, **kw):
+    cfg = SearchConfig(cells=3, channels=4, epochs=epochs, batch_size=16, ops=FEW_OPS, **kw)
+    dc = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=128,
+                         image_size=16)
+    return dc, cfg
+
+
+def _ckpt_alphas(directory):
+    reader = tf.train.load_checkpoint(os.path.join(directory, "ckpt"))
+    keys = sorted(k for k in reader.get_variable_to_shape_map()
+                  if "alpha_" in k and "OPTIMIZER" not in k)
+    assert len(keys) == 2, keys
+    return [reader.get_tensor(k) for k in keys]
+
+
+@pytest.fixture(scope="module")
+def interrupted_search(tmp_path_factory, cifar_dir):
+    """A 2-epoch search run through the CLI, stopped after epoch 1."""
+    out = tmp_path_factory.mktemp("search") / "run"
+    args = ["--method=bnas", "--dataset=folder", f"--data_dir={cifar_dir}",
+            "--max_examples=128", "--image_size=16", "--batch_size=16", "--epochs=2",
+            "--cells=3", "--channels=4", f"--ops={','.join(FEW_OPS)}", "--progress=epoch",
+            f"--output_dir={out}"]
+    first = _run_cli(*args, "--stop_after=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    return out, args, first
+
+
+def test_one_epoch_search_writes_a_trainable_genotype(interrupted_search):
+    out, _, first = interrupted_search
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert result["epochs_done"] == 1
+    path = out / "genotype.json"
+    genotype = genotypes.load(str(path))
+    assert isinstance(genotype, genotypes.BnasGenotype)
+    assert set(genotype.ops_used()) <= set(FEW_OPS)
+    assert genotypes.load(str(out / "genotypes" / "epoch_000.json")) == genotype
+    summary = json.loads((out / "search_summary.json").read_text())
+    entry = summary["epochs"][0]
+    assert entry["learnable_ops"] == runner.learnable_ops(genotype)
+    for key in ("val_accuracy", "val_loss", "loss", "alpha_entropy", "diversity_term"):
+        assert np.isfinite(entry[key]), key
+    spec = models.presets.resolve(genotype=str(path), cells=3, channels=4)
+    model = models.build(spec, 10, 32)
+    assert model.output_shape == (None, 10)
+    # TensorBoard: Keras scalars plus the search logs (scalars, heatmaps, genotype text).
+    tags = set()
+    for event_file in (out / "logs" / "search").glob("events.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"alpha_entropy", "alphas/normal", "alphas/reduce", "genotype"} <= tags
+    assert list((out / "logs" / "train").glob("events.*"))
+
+
+def test_different_run_in_the_same_directory_is_refused(interrupted_search, cifar_dir):
+    out, _, _ = interrupted_search
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    dc, cfg = _small(cifar_dir, gamma=2.0)
+    with pytest.raises(runner.SearchDirError, match="different search.*gamma"):
+        runner.run_search("bnas", dc, cfg, str(out))
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_resumed_search_matches_an_uninterrupted_one(interrupted_search, cifar_dir,
+                                                     tmp_path):
+    out, args, _ = interrupted_search
+    resumed = _run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    dc, cfg = _small(cifar_dir)
+    straight = tmp_path / "straight"
+    summary = runner.run_search("bnas", dc, cfg, str(straight), verbose=0)
+    assert [e["epoch"] for e in summary["epochs"]] == [0, 1]
+    for a, b in zip(_ckpt_alphas(out), _ckpt_alphas(straight)):
+        assert np.allclose(a, b, atol=1e-6)
+    resumed_summary = json.loads((out / "search_summary.json").read_text())
+    assert [e["epoch"] for e in resumed_summary["epochs"]] == [0, 1]
+    assert resumed_summary["epochs"][1]["val_loss"] == pytest.approx(
+        summary["epochs"][1]["val_loss"], rel=1e-5)
+    assert (out / "genotypes" / "epoch_001.json").exists()
