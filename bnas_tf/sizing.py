@@ -280,7 +280,10 @@ def search_alphas(search_dir):
     """(alpha_normal, alpha_reduce, search config dict) from a search directory's latest
     checkpoint (the final alphas of the run)."""
     config_path = os.path.join(search_dir, "search_config.json")
-    config = mdir.read_json(config_path, "search config (is this a tools/search.py output?)")
+    record = mdir.read_json(config_path, "search config (is this a tools/search.py output?)")
+    config = record.get("search", record)  # {"data": ..., "search": SearchConfig fields}
+    if not isinstance(config, dict) or not config.get("ops"):
+        raise ValueError(f"{config_path}: no search settings with the op list ('ops')")
     if config.get("method", "bnas") != "bnas":
         raise ValueError(f"--tune_gamma re-derives BNAS cells; {search_dir} holds a "
                          f"{config.get('method')!r} search")

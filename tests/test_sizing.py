@@ -150,7 +150,7 @@ def _fake_search_dir(directory):
     'none' narrowly beats bin_conv_3x3 on every edge."""
     config = SearchConfig()
     with open(os.path.join(directory, "search_config.json"), "w") as f:
-        json.dump(config.to_dict(), f)
+        json.dump({"data": {}, "search": config.to_dict()}, f)
     op_names = list(config.ops)
     alpha = np.zeros((14, len(op_names)), np.float32)
     alpha[:, op_names.index("none")] = 1.0
