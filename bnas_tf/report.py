@@ -69,6 +69,9 @@ PAPER = {
     "bnas-e": (_bnas(58.76, 7, "~163", 80.61),),
     "bnas-f": (_bnas(60.67, 13, "249", 81.88, (("cells", 12), ("channels", 84))),),
     "bnas-g": (_bnas(63.51, 13, "639", 83.91, (("cells", 16), ("channels", 128))),),
+    # Table 13's "BNAS-G" (16 cells x 128 channels) is the size of our bnas-h preset.
+    "bnas-h": (PaperResult(63.51, "BNAS T13 'G'", 83.91, "639",
+                           (("cells", 16), ("channels", 128))),),
     "xnor-resnet18": (_bnas(88.82, 6, "~16"), _bars(90.55, 2, "25.55"), _bars(90.6, 1)),
     "xnor-resnet18-bds": (_bars(89.7, 1),),
     "xnor-resnet18-ids": (_bars(89.9, 1),),
