@@ -180,3 +180,38 @@ def test_tune_gamma_rederives_the_cell_from_the_search_alphas(tmp_path):
     (empty / "search_config.json").write_text(json.dumps(SearchConfig().to_dict()))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         sizing.gamma_genotypes(str(empty), (1.0,))
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_chief_and_worker_on_localhost(cifar_dir, tmp_path):
+    """keras-tuner's distributed mode: the chief serves the oracle, the worker trains."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    output = tmp_path / "sized.json"
+    args = [sys.executable, os.path.join(repo, "tools", "size.py"), "--genotype=bnas_a",
+            f"--flops_budget={BUDGET}", "--dataset=folder", f"--data_dir={cifar_dir}",
+            "--max_examples=32", "--batch_size=16", "--recipe=adam_cosine", "--progress=none",
+            "--min_cells=2", "--max_cells=4", "--min_channels=4", "--max_channels=8",
+            "--channels_step=2", "--max_trials=2", f"--directory={tmp_path / 'run'}",
+            f"--output={output}"]
+    env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1",
+               KERASTUNER_ORACLE_PORT=str(_free_port()))
+    chief = subprocess.Popen(args, env=dict(env, KERASTUNER_TUNER_ID="chief"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.run(args, env=dict(env, KERASTUNER_TUNER_ID="tuner0"),
+                            capture_output=True, text=True, timeout=600)
+    chief_out, _ = chief.communicate(timeout=120)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert "worker tuner tuner0 finished" in worker.stdout
+    assert chief.returncode == 0, chief_out[-2000:]
+    preset = presets.get(str(output))
+    assert preset["equivalent_ops"] <= BUDGET
+    assert len(_oracle_trials(tmp_path / "run" / "sizing")) == 2
