@@ -76,3 +76,11 @@ def test_presets_and_errors():
         models.build(presets.resolve(genotype="bnas_a", cells=1), 10, 32)
     with pytest.raises(ValueError, match="give a preset"):
         presets.resolve()
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_auxiliary_head_on_small_feature_maps(size):
+    model = models.build(presets.resolve(genotype="bnas_a", cells=3, channels=4), 10, size,
+                         auxiliary=True)
+    logits, aux = model(tf.zeros((1, size, size, 3)))
+    assert logits.shape == aux.shape == (1, 10)

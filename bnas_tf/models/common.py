@@ -49,7 +49,7 @@ def auxiliary_head(x, num_classes, name="aux"):
     """DARTS' float auxiliary tower (applied at 2/3 depth during training)."""
     size = x.shape[1]
     x = tf.keras.layers.ReLU()(x)
-    pool = 5 if size <= 8 else size // 2
+    pool = min(5, size) if size <= 8 else size // 2  # 8x8 (CIFAR) -> 2x2, tiny maps -> 1x1
     x = tf.keras.layers.AveragePooling2D(pool, 3 if size <= 8 else 2, padding="valid",
                                          name=f"{name}_pool")(x)
     x = float_conv(128, 1, name=f"{name}_conv0")(x)
