@@ -196,7 +196,7 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=None, nam
                          name=f"stage{i}_reduce", **cell_args)(x)
         for k in range(1 + stage.depth):
             x = BarsCell(stage.cell, channels[i], name=f"stage{i}_cell{k}", **cell_args)(x)
-        if auxiliary and i == len(genotype.stages) - 2:
+        if auxiliary and i == max(0, len(genotype.stages) - 2):
             aux_logits = common.auxiliary_head(x, num_classes)
     logits = common.classifier(x, num_classes)
     outputs = [logits, aux_logits] if aux_logits is not None else logits
