@@ -279,8 +279,7 @@ def convert(model, converter="lce") -> bytes:
     try:
         traced = trace(model)
         if converter == "tflite":
-            return tf.lite.TFLiteConverter.from_concrete_functions(
-                [traced.function], traced.model).convert()
+            return tf.lite.TFLiteConverter.from_concrete_functions([traced.frozen]).convert()
         return _lce_convert(traced)
     except Exception as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -50,7 +50,7 @@ def trained_dir(tmp_path_factory):
     spec = presets.resolve(genotype="bnas_a", cells=3, channels=8)
     model = randomize_batchnorm(models.build(spec, 10, 32))
     model_dir.write_spec(directory, spec, 10, 32)
-    # weights.h5 is what model_dir.load_model reads (save_model also writes a SavedModel)
+    # weights.h5 is all model_dir.load_model reads (save_model adds a slow SavedModel)
     model.save_weights(model_dir.path(directory, model_dir.WEIGHTS))
     probe = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     return directory, probe, model(probe, training=False).numpy()
@@ -105,6 +105,17 @@ def test_tool_exports_model_dir_with_bconvs_and_float_twin(trained_dir, tmp_path
     assert binary_weights["LceBconv2d"] * 8 < float_weights["CONV_2D"] - binary_weights["CONV_2D"]
     # the whole file is smaller too, though float stem/residual convs dominate a tiny net
     assert len(flatbuffer) * 1.1 < len(twin_bytes)
+
+
+def test_samples_from_a_data_split(trained_dir, cifar_dir):
+    from bnas_tf import data
+    directory, _, _ = trained_dir
+    config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), batch_size=8)
+    images = export.data_samples(config, "test", 12, image_size=32)
+    sampled = export.sample_images(None, 12, images)
+    assert sampled.shape == (12, 32, 32, 3) and sampled.std() > 0.1  # real, normalised images
+    report = export.export(directory, samples=12, images=images)
+    assert report.samples == 12 and report.agreement >= export.DEFAULT_MIN_AGREEMENT
 
 
 def test_float_twin_has_float_convs_and_trained_weights(trained_dir):
