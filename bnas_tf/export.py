@@ -390,8 +390,8 @@ def write_atomic(path, data: bytes):
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a plain open() would not
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes it private; open() would not
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
