@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from bnas_tf import data, genotypes, models
-from bnas_tf.models import bars as bars_models
 from bnas_tf.search import bars, runner
 
 SIZE = 16

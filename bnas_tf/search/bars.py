@@ -9,7 +9,8 @@ between stages: 3 * (1 + 3) + 2 = 14 cells by default. Every feature map of
 stage i is multiplied by the relaxed width mask sum_w m_w M_w (Eq. 3), M_w keeping
 the first ``width_channels(r_w, C_i)`` channels; binary convs also mask their
 *binarised* input (sign(0) = +1 would otherwise leak the dead channels), so at
-one-hot widths a stage computes exactly what the narrow network computes.
+one-hot widths a stage computes what the narrow network computes (up to the
+weight scale mean|W|, which spans the whole kernel).
 Cells are dense (node 0 = binary 3x3 preprocess without shortcut, nodes 1..4 sum
 all earlier nodes through a mixed op per edge); one op alpha per stage, one shared
 by the reduction cells; every decision (ops, widths, depths) is Gumbel-softmax
@@ -312,9 +313,6 @@ class BarsSupernet(tf.keras.Model):
     @property
     def arch_variables(self):
         return list(self.alpha_ops) + [self.alpha_reduce, self.alpha_width, self.alpha_depth]
-
-    def _all_alphas(self):
-        return self.arch_variables
 
     # ------------------------------------------------------------------ arch weights
     def _gumbel_softmax(self, logits):
