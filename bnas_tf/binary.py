@@ -88,13 +88,30 @@ def scheme(name_or_binarization) -> Binarization:
                          f"choose one of {', '.join(SCHEMES)}") from None
 
 
+@tf.keras.utils.register_keras_serializable(SERIAL)
+class QuantConv2D(lq.layers.QuantConv2D):
+    """Larq's QuantConv2D, with dilated convs as one Conv2D(dilations=...) op.
+
+    TensorFlow otherwise lowers a dilated conv to SpaceToBatch -> Conv2D ->
+    BatchToSpace; when two dilated convs read the same binarised tensor the
+    converter shares the SpaceToBatch and LCE can no longer fuse either into
+    LceBconv2d.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if max(self.dilation_rate) == 1 or self.groups != 1:
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.conv2d(inputs, kernel, list(self.strides), self.padding.upper(),
+                            dilations=list(self.dilation_rate))
+
+
 def quant_conv(filters, kernel_size, binarization: Binarization, strides=1,
                dilation_rate=1, groups=1, name=None):
     """A Larq QuantConv2D (no bias, 'same' padding) binarised as `binarization` says.
 
     Padding uses +1 (pad_values) so that LCE turns it into LceBconv2d.
     """
-    return lq.layers.QuantConv2D(
+    return QuantConv2D(
         filters, kernel_size, strides=strides, padding="same",
         pad_values=binarization.pad_values if binarization.enabled else 0.0,
         dilation_rate=dilation_rate, groups=groups, use_bias=False,

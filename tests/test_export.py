@@ -241,10 +241,6 @@ def test_op_counts_rejects_garbage_and_formats_table():
     assert table.splitlines()[-1].split() == ["total", "4"]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "binary.quant_conv builds dilated convs with tf.nn.convolution (SpaceToBatchND); two of "
-    "them on one identical binarised input share it and LCE cannot fuse them. Fix: run "
-    "dilated QuantConv2D through tf.nn.conv2d(dilations=...) (see docs/export.md)."))
 def test_dilated_binary_convs_on_one_input_convert():
     inputs = tf.keras.Input((16, 16, 3))
     x = tf.keras.layers.Conv2D(8, 1)(inputs)
