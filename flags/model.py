@@ -1,5 +1,5 @@
 """Model flags, defined once: --preset, --genotype, --cells, --channels, --binarization,
---auxiliary, --drop_path."""
+--residual, --auxiliary, --drop_path."""
 import os
 
 from absl import flags as absl_flags
@@ -19,6 +19,8 @@ _DEFINITIONS = (
      "Initial channels (overrides the preset)."),
     (absl_flags.DEFINE_enum, "binarization", None, dict(enum_values=sorted(binary.SCHEMES)),
      "Binarization scheme of the binary ops (default: the spec's, else xnor)."),
+    (absl_flags.DEFINE_enum, "residual", None, dict(enum_values=["float", "binary"]),
+     "BNAS reduction-cell residual: float (the paper) or binary (a really binary net)."),
     (absl_flags.DEFINE_boolean, "auxiliary", None, {},
      "Train with the auxiliary tower (default: the recipe's)."),
     (absl_flags.DEFINE_float, "drop_path", None, dict(lower_bound=0.0, upper_bound=0.99),
@@ -34,7 +36,7 @@ def spec_from_flags(**overrides):
     preset, genotype = FLAGS.preset, FLAGS.genotype
     if preset is None and genotype is None:
         raise ValueError("give --preset=NAME or --genotype=NAME_OR_JSON_PATH")
-    values = {"binarization": FLAGS.binarization}
+    values = {"binarization": FLAGS.binarization, "residual": FLAGS.residual}
     if preset is None:  # name the network after its genotype
         values["name"] = os.path.splitext(os.path.basename(genotype.rstrip("/")))[0] \
             if not genotype.lstrip().startswith("{") else "custom"

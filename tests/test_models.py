@@ -84,3 +84,16 @@ def test_auxiliary_head_on_small_feature_maps(size):
                          auxiliary=True)
     logits, aux = model(tf.zeros((1, size, size, 3)))
     assert logits.shape == aux.shape == (1, 10)
+
+
+def test_binary_residual_makes_reduction_cells_float_free():
+    spec = presets.resolve(genotype="bnas_a", cells=3, channels=4, residual="binary")
+    model = models.build(spec, 10, 32)
+    residual = model.get_layer("cell1").residual
+    assert residual.conv.input_quantizer is not None
+    floats = [m for m in model.submodules if isinstance(m, tf.keras.layers.Conv2D)
+              and getattr(m, "input_quantizer", None) is None]
+    assert [f.name for f in floats] == ["stem_conv"]
+    assert model(tf.zeros((1, 32, 32, 3))).shape == (1, 10)
+    with pytest.raises(ValueError, match="unknown residual 'half'"):
+        models.build({**spec, "residual": "half"}, 10, 32)
