@@ -156,6 +156,15 @@ def _checkpoint(model, net):
     return tf.train.Checkpoint(**items)
 
 
+def _epochs_done(output_dir):
+    """Completed epochs recorded in DIR/ckpt (0 without a checkpoint)."""
+    latest = tf.train.latest_checkpoint(os.path.join(output_dir, "ckpt"))
+    if not latest:
+        return 0
+    reader = tf.train.load_checkpoint(latest)
+    return int(reader.get_tensor("done/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
 def _search_datasets(data_config, epoch, steps):
     """(train, val) batches of one epoch, zipped; val repeats as needed."""
     cfg = dataclasses.replace(data_config, seed=data_seed(data_config.seed, epoch))
@@ -226,6 +235,12 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     if chief and not resuming:
         write_json(os.path.join(output_dir, CONFIG_FILE), identity)
 
+    summary_path = os.path.join(output_dir, SUMMARY_FILE)
+    if resuming and _epochs_done(output_dir) >= config.epochs and os.path.isfile(summary_path):
+        _log(f"{output_dir}: search already complete ({config.epochs} epochs)")
+        with open(summary_path, encoding="utf-8") as f:
+            return json.load(f)
+
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         net = method.build_supernet(config, info.num_classes, info.image_size)
@@ -240,7 +255,6 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         start = int(ckpt.done.numpy())
         _log(f"resuming {output_dir} after epoch {start}/{config.epochs}")
 
-    summary_path = os.path.join(output_dir, SUMMARY_FILE)
     summary = {"method": config.method, "epochs": []}
     if start and os.path.isfile(summary_path):
         with open(summary_path, encoding="utf-8") as f:
@@ -253,8 +267,6 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     writer = tf.summary.create_file_writer(os.path.join(output_dir, "logs", "search")) \
         if chief else tf.summary.create_noop_writer()
     end = config.epochs if stop_after is None else min(config.epochs, start + int(stop_after))
-    if start >= config.epochs:
-        _log(f"{output_dir}: search already complete ({config.epochs} epochs)")
     for epoch in range(start, end):
         model.set_epoch(epoch)
         control = getattr(method, "on_epoch_begin", None)

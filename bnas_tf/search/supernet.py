@@ -30,6 +30,9 @@ from bnas_tf.search import regularizers
 
 NODES = genotypes.NODES
 N_EDGES = derive_lib.edge_offsets(NODES)[1]
+# The supernet's calls are plain Python over a static structure: autograph would
+# only add tracing time (it converts every nested call), so it is switched off.
+_no_autograph = tf.autograph.experimental.do_not_convert
 
 
 def reduction_cells(cells):
@@ -53,6 +56,7 @@ class ReLUConvBN(tf.keras.layers.Layer):
         super().__init__(name=name)
         self.conv, self.bn = _conv(filters, 1, name="conv"), _bn("bn")
 
+    @_no_autograph
     def call(self, x, training=None):
         return self.bn(self.conv(tf.nn.relu(x)), training=training)
 
@@ -68,6 +72,7 @@ class FactorizedReduce(tf.keras.layers.Layer):
         self.conv1 = _conv(filters // 2, 1, 2, name="conv1")
         self.bn = _bn("bn")
 
+    @_no_autograph
     def call(self, x, training=None):
         x = tf.nn.relu(x)
         shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
@@ -102,6 +107,7 @@ class SharedInputConvs(tf.keras.layers.Layer):
                 kernel_constraint=binarization.kernel_constraint(),
                 kernel_initializer="glorot_normal", name=f"conv{i}_{kernel}x{kernel}_d{dilation}"))
 
+    @_no_autograph
     def call(self, x, training=None):
         h = self.bn(x, training=training)
         signed = self.sign(h) if self.sign is not None else h
@@ -158,6 +164,7 @@ class MixedOp(tf.keras.layers.Layer):
                                        name="convs") if specs else None)
         self.single_layers = [layer for _, layer in self.singles]
 
+    @_no_autograph
     def call(self, x, mix, training=None):
         terms = [mix[k] * layer(x, training=training) for k, layer in self.singles]
         if self.convs is not None:
@@ -198,6 +205,7 @@ class SearchCell(tf.keras.layers.Layer):
             self.identity_skip = prev[-1] == out_channels
         super().build(input_shapes)
 
+    @_no_autograph
     def call(self, inputs, mix, training=None):
         s0, s1 = inputs
         states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
@@ -262,6 +270,7 @@ class Supernet(tf.keras.Model):
         return regularizers.diversity(self.arch_variables, self.diversity_lambda,
                                       self.diversity_tau, epoch)
 
+    @_no_autograph
     def call(self, x, training=None):
         s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
         # Per edge, the list of scalar op weights (unstacked once per call).
