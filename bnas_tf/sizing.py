@@ -23,7 +23,7 @@ Project layout (``DIR/PROJECT``, keras-tuner's own files plus):
 
 * ``sizing.json``  what the run depends on; a rerun must match it (max_trials may grow);
 * ``costs.json``   cached cost counts of every size visited;
-* ``sizes/<genotype>-<cells>x<channels>/``  a model directory per trained size
+* ``sizes/<spec hash>-<cells>x<channels>/``  a model directory per trained size
   (training.train output + ``size_result.json``); a size proposed twice is not
   retrained;
 * ``logs/``        TensorBoard: validation accuracy and Equivalent OPs per trial.
@@ -120,7 +120,10 @@ class Size:
 
     @property
     def key(self):
-        return f"{genotype_key(self.spec['genotype'])}-{self.cells}x{self.channels}"
+        """Names the size's cost-cache row and model directory: a hash of the spec (cell,
+        stem, binarization, ...) then cells x channels."""
+        base = {k: v for k, v in self.spec.items() if k not in ("cells", "channels", "name")}
+        return f"{spec_key(base)}-{self.cells}x{self.channels}"
 
     def network_spec(self):
         spec = copy.deepcopy(self.spec)
@@ -130,9 +133,9 @@ class Size:
         return spec
 
 
-def genotype_key(genotype):
-    """Short stable hash of a genotype dict (names cost-cache rows and size dirs)."""
-    text = json.dumps(genotype, sort_keys=True)
+def spec_key(data):
+    """Short stable hash of plain data (a spec without its size)."""
+    text = json.dumps(data, sort_keys=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
 
 
@@ -179,7 +182,9 @@ class CostTable:
             if self.verbose:
                 print(f"  cost of {size.cells} cells x {size.channels} channels: "
                       f"{c.equivalent_ops:.4g} equivalent OPs", flush=True)
-            if self.path:
+            if self.path:  # merge rows other processes (distributed workers) counted
+                if os.path.isfile(self.path):
+                    self.rows = {**mdir.read_json(self.path, "cost cache"), **self.rows}
                 mdir.write_json(self.path, self.rows)
         return self.rows[key]
 
