@@ -579,7 +579,3 @@ def _is_worker():
     from keras_tuner.src.distribute import utils as dist_utils
     return dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
 
-
-def load_preset(path):
-    """The spec of a preset JSON written by `size` (models.presets.get)."""
-    return presets.get(path)
