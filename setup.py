@@ -17,6 +17,7 @@ setup(
         "larq-compute-engine==0.16.0",
         "tensorflow-datasets==4.9.10",
         "keras-tuner==1.4.8",
+        "scikit-learn>=1.3",  # keras-tuner's Bayesian oracle (tools/size.py --oracle=bayesian)
         "absl-py>=2.1",
         "tensorboard==2.21.0",
         "matplotlib>=3.8",

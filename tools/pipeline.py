@@ -1,0 +1,50 @@
+"""The main job: a search, the derived network trained briefly, and its binary .tflite.
+
+  python tools/pipeline.py --dataset=folder --data_dir=../shared/datasets/cifar10/train \
+      --max_examples=512 --search_epochs=2 --train_epochs=2 --cells=5 --channels=8 \
+      --batch_size=32 --output_dir=runs/demo
+
+Everything lands in --output_dir (search/, train/, model.tflite, pipeline.json);
+rerunning the same command continues an interrupted run.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bnas_tf  # noqa: E402,F401  (before TensorFlow)
+from absl import app  # noqa: E402
+
+from bnas_tf import genotypes, pipeline  # noqa: E402
+from flags import data as data_flags  # noqa: E402
+from flags import pipeline as pipeline_flags  # noqa: E402
+from flags import search as search_flags  # noqa: E402
+from flags import train as train_flags  # noqa: E402
+
+FLAGS = pipeline_flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir=DIR is required")
+    try:
+        search_config = search_flags.search_config_from_flags(epochs=FLAGS.search_epochs)
+        train_config = train_flags.train_config_from_flags(epochs=FLAGS.train_epochs)
+        summary = pipeline.run(data_flags.data_config_from_flags(), search_config, train_config,
+                               FLAGS.output_dir, cells=FLAGS.train_cells,
+                               channels=FLAGS.train_channels,
+                               export_samples=FLAGS.export_samples)
+    except (ValueError, FileNotFoundError, genotypes.GenotypeError) as e:
+        raise app.UsageError(str(e)) from None
+    print(json.dumps(summary, indent=2))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    app.run(main)
