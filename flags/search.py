@@ -103,28 +103,49 @@ def _numbers(name, text, kind):
     return values
 
 
-def bars_extra_from_flags():
-    """The BARS settings as the dict stored in SearchConfig.extra."""
-    extra = {name: FLAGS[name].value for name in BARS_FLAGS}
-    extra["base_channels"] = _numbers("base_channels", extra["base_channels"], int)
-    extra["width_choices"] = _numbers("width_choices", extra["width_choices"], float)
-    return extra
+# flag name -> SearchConfig field (flags/data.py provides batch_size and seed)
+_FIELDS = {"epochs": "epochs", "cells": "cells", "channels": "channels", "ops": "ops",
+           "cell_template": "cell_template", "order": "order",
+           "diversity_lambda": "diversity_lambda", "diversity_tau": "diversity_tau",
+           "gamma": "gamma", "derive": "derive", "binarization": "binarization",
+           "w_lr": "w_lr", "w_lr_min": "w_lr_min", "w_wd": "w_wd", "a_lr": "a_lr",
+           "a_wd": "a_wd", "eval_batches": "eval_batches", "strategy": "strategy",
+           "batch_size": "batch_size", "seed": "seed"}
+
+
+def _flag_value(name):
+    value = FLAGS[name].value
+    if name == "ops":
+        return parse_ops(value)
+    if name in ("base_channels", "width_choices"):
+        return _numbers(name, value, int if name == "base_channels" else float)
+    return value
+
+
+def bars_extra_from_flags(present_only=False):
+    """The BARS flags as the dict stored in SearchConfig.extra."""
+    return {name: _flag_value(name) for name in BARS_FLAGS
+            if not present_only or FLAGS[name].present}
 
 
 def search_config_from_flags(**overrides) -> SearchConfig:
-    """SearchConfig from the search flags (+ --batch_size/--seed of flags/data.py)."""
-    values = dict(method=FLAGS.method, epochs=FLAGS.epochs, cells=FLAGS.cells,
-                  channels=FLAGS.channels, ops=parse_ops(FLAGS.ops),
-                  cell_template=FLAGS.cell_template, order=FLAGS.order,
-                  diversity_lambda=FLAGS.diversity_lambda, diversity_tau=FLAGS.diversity_tau,
-                  gamma=FLAGS.gamma, derive=FLAGS.derive, binarization=FLAGS.binarization,
-                  w_lr=FLAGS.w_lr, w_lr_min=FLAGS.w_lr_min, w_wd=FLAGS.w_wd,
-                  a_lr=FLAGS.a_lr, a_wd=FLAGS.a_wd, eval_batches=FLAGS.eval_batches,
-                  strategy=FLAGS.strategy)
-    for name in ("batch_size", "seed"):
-        if name in FLAGS:
-            values[name] = FLAGS[name].value
-    if values["method"] == "bars":
-        values["extra"] = bars_extra_from_flags()
+    """SearchConfig of --method: the method's own defaults (its optional
+    ``default_config()``, e.g. BARS' Adam and op set; else SearchConfig's), then
+    every flag given on the command line, then `overrides`."""
+    from bnas_tf.search import runner  # imports the method lazily
+
+    method = runner.get_method(FLAGS.method)
+    make_default = getattr(method, "default_config", None)
+    base = make_default() if make_default else SearchConfig(method=FLAGS.method)
+    values = base.to_dict()
+    values["method"] = FLAGS.method
+    # Only flags given on the command line override (the defaults of the flags are
+    # SearchConfig's, and a flag another group defined may carry another default).
+    for flag, field in _FIELDS.items():
+        if flag in FLAGS and FLAGS[flag].present:
+            values[field] = _flag_value(flag)
+    if FLAGS.method == "bars":
+        values["extra"] = {**values.get("extra", {}),
+                           **bars_extra_from_flags(present_only=bool(make_default))}
     values.update(overrides)
     return SearchConfig(**values).validate()

@@ -255,6 +255,46 @@ def test_config_and_ops_errors():
     assert SearchConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
+def test_flags_give_method_defaults_then_command_line_values():
+    sys.path.insert(0, str(REPO))
+    from absl.testing import flagsaver
+
+    from flags import data as _data_flags  # noqa: F401  (--batch_size, --seed)
+    from flags import search as search_flags
+
+    with flagsaver.flagsaver():
+        search_flags.FLAGS(["search.py", "--method=bnas", "--gamma=2",
+                            "--ops=bnas,-bin_conv_5x5", "--batch_size=32", "--epochs=3"])
+        cfg = search_flags.search_config_from_flags()
+    assert (cfg.method, cfg.gamma, cfg.batch_size, cfg.epochs) == ("bnas", 2.0, 32, 3)
+    assert "bin_conv_5x5" not in cfg.ops and cfg.extra == {}
+    assert cfg.w_lr == SearchConfig().w_lr
+    with flagsaver.flagsaver():
+        search_flags.FLAGS(["search.py", "--method=bars", "--flops_budget=10",
+                            "--base_channels=8,16", "--w_lr=0.001"])
+        cfg = search_flags.search_config_from_flags()
+    assert cfg.method == "bars" and cfg.w_lr == 0.001
+    assert cfg.ops == ops.BARS_OPS  # the BARS method's own default, not the BNAS set
+    assert cfg.extra["flops_budget"] == 10.0 and cfg.extra["base_channels"] == [8, 16]
+    with flagsaver.flagsaver():
+        search_flags.FLAGS(["search.py", "--method=bars", "--width_choices=0.5,x"])
+        with pytest.raises(ValueError, match="width_choices"):
+            search_flags.search_config_from_flags()
+
+
+def test_net_defined_arch_loss_replaces_the_additive_one():
+    """A net with arch_loss(ce, epoch) (BARS' multiplicative budget) owns the alpha loss."""
+    steps = []
+    for scale in (None, 3.0):
+        model = _toy_model()
+        if scale is not None:
+            model.net.arch_loss = lambda ce, epoch, s=scale: s * ce
+        a0 = model.net.alpha.numpy()
+        model.train_step(_batches())
+        steps.append(a0 - model.net.alpha.numpy())
+    assert np.allclose(steps[1], 3.0 * steps[0], rtol=1e-5, atol=1e-7)
+
+
 def _run_cli(*args, timeout=600):
     return subprocess.run([sys.executable, str(REPO / "tools" / "search.py"), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
@@ -357,3 +397,27 @@ def test_resumed_search_matches_an_uninterrupted_one(interrupted_search, cifar_d
     # A finished search reruns as a no-op.
     again = runner.run_search("bnas", dc, cfg, str(out), verbose=0)
     assert again["epochs"] == resumed["epochs"]
+
+
+@pytest.mark.slow
+def test_search_runs_under_mirrored_strategy(tmp_path, cifar_dir):
+    """A 1-epoch supernet search on 2 logical CPUs (MirroredStrategy, subprocess)."""
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        import bnas_tf, json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from bnas_tf import data
+        from bnas_tf.search import SearchConfig, runner
+        cfg = SearchConfig(cells=3, channels=4, epochs=1, batch_size=16, ops={FEW_OPS!r},
+                           strategy="mirrored")
+        dc = data.DataConfig(dataset="folder", data_dir={str(cifar_dir)!r}, max_examples=128,
+                             image_size=16)
+        summary = runner.run_search("bnas", dc, cfg, {str(tmp_path / 'm')!r}, verbose=0)
+        print(json.dumps(summary["epochs"][0]["val_accuracy"]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=900, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 0.0 <= float(out.stdout.strip().splitlines()[-1]) <= 1.0
+    assert genotypes.load(str(tmp_path / "m" / "genotype.json"))

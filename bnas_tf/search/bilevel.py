@@ -6,7 +6,8 @@
 * lists its architecture variables in the property ``net.arch_variables``
   (every other trainable variable of `net` is a weight);
 * optionally adds an architecture-loss term ``net.arch_regularization(epoch)``
-  (a scalar tensor; BNAS: the diversity regulariser, BARS: entropy/FLOPs terms).
+  (a scalar tensor; BNAS: the diversity regulariser), or defines the whole
+  architecture loss as ``net.arch_loss(ce, epoch)`` (BARS' multiplicative budget).
 
 Each training step takes ``((x_train, y_train), (x_val, y_val))`` and
 
@@ -148,10 +149,19 @@ class BilevelModel(tf.keras.Model):
         return tf.nn.compute_average_loss(per_example), per_example, logits
 
     def _arch_loss(self, x_val, y_val):
-        """Scaled loss for the alpha step, the unscaled CE and the regulariser."""
+        """Scaled loss for the alpha step, the unscaled CE and the regulariser.
+
+        A net with ``arch_loss(ce, epoch)`` defines the whole alpha loss itself (BARS'
+        multiplicative FLOPs budget); `ce` is the replica-scaled validation CE, so
+        additive alpha-only terms should go through tf.nn.scale_regularization_loss.
+        Otherwise the loss is CE + ``arch_regularization(epoch)``.
+        """
         ce, per_example, _ = self._ce(x_val, y_val)
         reg = self._arch_reg()
-        return ce + tf.nn.scale_regularization_loss(reg), tf.reduce_mean(per_example), reg
+        custom = getattr(self.net, "arch_loss", None)
+        loss = custom(ce, self.epoch) if custom is not None \
+            else ce + tf.nn.scale_regularization_loss(reg)
+        return loss, tf.reduce_mean(per_example), reg
 
     def _train_loss_grads(self, x, y, variables):
         with tf.GradientTape() as tape:

@@ -25,7 +25,11 @@ A *method* is a module (or any object) with
 * ``on_epoch_begin(net, epoch) -> None | dict`` (optional): a returned
   ``{"alpha_update": bool}`` switches architecture updates for that epoch;
 * ``validate_config(search_config)`` (optional): one-line ValueError for bad
-  method-specific settings (``search_config.extra``).
+  method-specific settings (``search_config.extra``);
+* ``build_model(net, search_config, steps_per_epoch, image_size)`` (optional): a
+  compiled BilevelModel (default `bilevel.build`), for method-specific optimisers;
+* ``default_config()`` (optional): the method's SearchConfig defaults, used by
+  tools/search.py for every setting not given on the command line.
 
 Epoch ``e`` reads its data with seed ``data_seed(seed, e)``, so a resumed run sees
 the same batches as an uninterrupted one.
@@ -244,7 +248,8 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         net = method.build_supernet(config, info.num_classes, info.image_size)
-        model = bilevel.build(net, config, steps, info.image_size)
+        build_model = getattr(method, "build_model", None) or bilevel.build
+        model = build_model(net, config, steps, info.image_size)
     ckpt = _checkpoint(model, net)
     ckpt_dir = os.path.join(output_dir, "ckpt")
     manager = tf.train.CheckpointManager(ckpt, dirs.path(ckpt_dir), max_to_keep=2)
