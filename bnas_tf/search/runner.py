@@ -109,16 +109,17 @@ def run_identity(data_config, search_config):
 
 
 def check_output_dir(output_dir, identity):
-    """Raise SearchDirError if `output_dir` holds a checkpoint of a different run."""
+    """True if `output_dir` holds a checkpoint of this run (resume), False if it holds
+    none; SearchDirError if it belongs to a different run (its search_config.json
+    differs) or holds a checkpoint without a search_config.json."""
     ckpt_dir = os.path.join(output_dir, "ckpt")
-    has_ckpt = tf.train.latest_checkpoint(ckpt_dir) is not None if os.path.isdir(ckpt_dir) \
-        else False
-    if not has_ckpt:
-        return False
+    has_ckpt = os.path.isdir(ckpt_dir) and tf.train.latest_checkpoint(ckpt_dir) is not None
     path = os.path.join(output_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise SearchDirError(f"{output_dir} holds a search checkpoint without {CONFIG_FILE}; "
-                             "choose another --output_dir")
+        if has_ckpt:
+            raise SearchDirError(f"{output_dir} holds a search checkpoint without "
+                                 f"{CONFIG_FILE}; choose another --output_dir")
+        return False
     with open(path, encoding="utf-8") as f:
         try:
             saved = json.load(f)
@@ -126,9 +127,10 @@ def check_output_dir(output_dir, identity):
             raise SearchDirError(f"{path} is malformed; choose another --output_dir") from None
     diffs = _diff(saved, identity)
     if diffs:
-        raise SearchDirError(f"{output_dir} holds the checkpoint of a different search "
-                             f"(differs in {', '.join(diffs[:6])}); use another --output_dir")
-    return True
+        raise SearchDirError(f"{output_dir} holds a different search (differs in "
+                             f"{', '.join(diffs[:6])}); use another --output_dir or "
+                             "delete it")
+    return has_ckpt
 
 
 def _diff(saved, current, prefix=""):
@@ -236,7 +238,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     identity = run_identity(data_config, config)
     resuming = check_output_dir(output_dir, identity)
     os.makedirs(os.path.join(output_dir, "genotypes"), exist_ok=True)
-    if chief and not resuming:
+    if chief and not os.path.isfile(os.path.join(output_dir, CONFIG_FILE)):
         write_json(os.path.join(output_dir, CONFIG_FILE), identity)
 
     summary_path = os.path.join(output_dir, SUMMARY_FILE)
