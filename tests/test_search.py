@@ -170,7 +170,8 @@ def test_mirrored_step_equals_single_device_step():
         import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
         import bnas_tf, numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import test_search as t
         results = []
         for strategy in (tf.distribute.get_strategy(),
@@ -406,7 +407,8 @@ def test_search_runs_under_mirrored_strategy(tmp_path, cifar_dir):
         import sys; sys.path.insert(0, {str(REPO)!r})
         import bnas_tf, json, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from bnas_tf import data
         from bnas_tf.search import SearchConfig, runner
         cfg = SearchConfig(cells=3, channels=4, epochs=1, batch_size=16, ops={FEW_OPS!r},

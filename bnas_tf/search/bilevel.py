@@ -107,6 +107,9 @@ class BilevelModel(tf.keras.Model):
         Use tf.keras.optimizers.legacy optimizers. Build the net first
         (`build_net`) so the optimizers' slots can be created eagerly here.
         """
+        if self.order == 2 and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError("second-order search (order=2) runs on a single device only; "
+                             "use order=1 with a multi-device strategy")
         super().compile(optimizer=w_optimizer, **kwargs)
         self.w_optimizer, self.a_optimizer = w_optimizer, a_optimizer
         if self.net.built:
