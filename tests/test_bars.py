@@ -312,3 +312,12 @@ def test_settings_parse_flag_strings_and_reject_bad_values():
     cfg = bars.default_config()
     assert cfg.method == "bars" and cfg.ops == ops.BARS_OPS and cfg.w_wd == 0.0
     assert cfg.extra["warmup_epochs"] == 5 and cfg.extra["num_samples"] == 8
+
+
+def test_logits_keep_their_scale_at_initialisation():
+    """Op, cell and stage shortcuts add up; the float BN before the classifier keeps the
+    initial cross-entropy near log(10) instead of ~10 (logit std ~9 without it)."""
+    genotype = bars_models.random_genotype(seed=1, base_channels=(8, 16, 32))
+    model = models.build({"family": "bars", "genotype": genotype.to_dict()}, 10, 32)
+    logits = model(tf.random.stateless_normal((16, 32, 32, 3), seed=(1, 2)), training=True)
+    assert float(tf.math.reduce_std(logits)) < 3.0

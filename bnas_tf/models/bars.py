@@ -198,7 +198,9 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=None, nam
             x = BarsCell(stage.cell, channels[i], name=f"stage{i}_cell{k}", **cell_args)(x)
         if auxiliary and i == max(0, len(genotype.stages) - 2):
             aux_logits = common.auxiliary_head(x, num_classes)
-    logits = common.classifier(x, num_classes)
+    # Shortcuts at op, cell and stage level add up: a float BN before the classifier
+    # keeps the logits' scale (std ~9 at initialisation without it).
+    logits = common.classifier(common.batchnorm("classifier_bn")(x), num_classes)
     outputs = [logits, aux_logits] if aux_logits is not None else logits
     return tf.keras.Model(inputs, outputs, name=name or "bars")
 

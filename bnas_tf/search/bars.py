@@ -265,6 +265,7 @@ class BarsSupernet(tf.keras.Model):
             self.stage_cells.append([SearchCell(self.op_names, c, False, downsample,
                                                 self.op_config, name=f"stage{i}_cell{k}")
                                      for k in range(1 + self.max_depth)])
+        self.head_bn = common.batchnorm("classifier_bn")  # as the final network (models/bars.py)
         self.pool = tf.keras.layers.GlobalAveragePooling2D(name="classifier_pool")
         self.fc = tf.keras.layers.Dense(self.num_classes, name="classifier")
 
@@ -363,6 +364,7 @@ class BarsSupernet(tf.keras.Model):
         x = self.stem(inputs, training=training) * masks[0]
         for i in range(len(self.stage_cells)):
             x, _ = self.run_stage(i, x, arch_weights, masks, training=training)
+        x = self.head_bn(x, training=training) * masks[-1]
         return self.fc(self.pool(x))
 
     def run_stage(self, i, x, arch_weights, masks, training=None):
