@@ -74,7 +74,7 @@ def draw_bnas_cell(ax, edges, concat, reduction=False, template="bnas", title=No
     _node(ax, out, "c_{k}", "output")
     for k, (op, src) in enumerate(edges):
         dst = 2 + k // 2
-        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        (_, y0), (_, y1) = pos[src], pos[dst]
         # Longer edges bend away from the nodes they would cross.
         rad = 0.0 if dst - src == 1 or (src < 2 and dst == 2) else (0.3 if y1 < y0 else -0.3)
         style = ":" if op == ops.ZERO else "-"

@@ -3,6 +3,8 @@ import os
 
 from absl import flags as absl_flags
 
+from flags import define
+
 from bnas_tf import data
 
 FLAGS = absl_flags.FLAGS
@@ -24,9 +26,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_float, "validation_fraction", 0.1, dict(lower_bound=0.0, upper_bound=0.99),
      "Per-class hold-out of train used as validation when the data has no own validation split."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)
 
 
 def data_config_from_flags(**overrides) -> data.DataConfig:

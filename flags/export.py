@@ -1,6 +1,8 @@
 """Export flags, defined once: --model_dir, --output, --float_twin, --samples, ..."""
 from absl import flags as absl_flags
 
+from flags import define
+
 from bnas_tf import data, export
 
 FLAGS = absl_flags.FLAGS
@@ -25,6 +27,4 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_integer, "latency_runs", 0, dict(lower_bound=0),
      "Time this many single-image runs through the LCE interpreter (0 = skip)."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)

@@ -4,6 +4,8 @@ import os
 
 from absl import flags as absl_flags
 
+from flags import define
+
 from bnas_tf import binary
 from bnas_tf.models import presets
 
@@ -26,9 +28,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_float, "drop_path", None, dict(lower_bound=0.0, upper_bound=0.99),
      "Final drop-path rate, raised linearly over the epochs (default: the recipe's)."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)
 
 
 def spec_from_flags(**overrides):

@@ -1,6 +1,8 @@
 """Flags of the main job (tools/pipeline.py) on top of the data, search and train flags."""
 from absl import flags as absl_flags
 
+from flags import define
+
 from flags import data as _data  # noqa: F401  (--dataset, --data_dir, --batch_size, ...)
 from flags import search as _search  # noqa: F401  (--method, --cells, --channels, BARS flags)
 from flags import train as _train  # noqa: F401  (--recipe and its numbers)
@@ -17,6 +19,4 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_integer, "export_samples", 32, dict(lower_bound=0),
      "Sample images on which the .tflite must agree with Keras (0 = skip)."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)

@@ -5,6 +5,8 @@ group is imported first defines them (same types), the others reuse them.
 """
 from absl import flags as absl_flags
 
+from flags import define
+
 FLAGS = absl_flags.FLAGS
 FORMATS = ("table", "json", "csv")
 _DEFINITIONS = (
@@ -24,6 +26,4 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_integer, "image_size", None, dict(lower_bound=8),
      "Image side in pixels (default: 32 for CIFAR presets, 224 for ImageNet)."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)

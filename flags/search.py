@@ -6,6 +6,8 @@ from flags/data.py.
 """
 from absl import flags as absl_flags
 
+from flags import define
+
 from bnas_tf import distribute, ops
 from bnas_tf.search import METHODS, SearchConfig, parse_ops
 
@@ -15,10 +17,14 @@ _D = SearchConfig()
 _DEFINITIONS = (
     (absl_flags.DEFINE_enum, "method", "bnas", dict(enum_values=list(METHODS)),
      "Search method: bnas (cell search, BNAS paper) or bars (BARS macro+micro search)."),
-    (absl_flags.DEFINE_integer, "epochs", _D.epochs, dict(lower_bound=1), "Search epochs."),
-    (absl_flags.DEFINE_integer, "cells", _D.cells, {}, "Cells of the supernet (>= 2)."),
-    (absl_flags.DEFINE_integer, "channels", _D.channels, dict(lower_bound=1),
-     "Channels of the first cell."),
+    # Shared with flags/model.py and flags/train.py: no default here (None), so whichever
+    # group defines them first, an unset flag means "the method's / the preset's value".
+    (absl_flags.DEFINE_integer, "epochs", None, dict(lower_bound=1),
+     f"Search epochs (default {_D.epochs})."),
+    (absl_flags.DEFINE_integer, "cells", None, {},
+     f"Cells of the supernet (>= 2; default {_D.cells})."),
+    (absl_flags.DEFINE_integer, "channels", None, dict(lower_bound=1),
+     f"Channels of the first cell (default {_D.channels})."),
     (absl_flags.DEFINE_string, "ops", "bnas", {},
      "Op list: comma-separated names; 'bnas' = the BNAS set, 'sep' = the binary "
      f"separable convs, '-name' removes one. Known ops: {', '.join(ops.OPS)}."),
@@ -34,7 +40,7 @@ _DEFINITIONS = (
      "Eq. 4 transferability: Zeroise weight divided by gamma when deriving (> 0)."),
     (absl_flags.DEFINE_enum, "derive", _D.derive, dict(enum_values=["bnas", "darts"]),
      "bnas: Zeroise may be picked; darts: never (the 'No Zeroise' ablation)."),
-    (absl_flags.DEFINE_enum, "binarization", _D.binarization,
+    (absl_flags.DEFINE_enum, "binarization", None,
      dict(enum_values=["xnor", "bars", "binarynet", "float"]),
      "Binarisation of the supernet's binary ops."),
     (absl_flags.DEFINE_float, "w_lr", _D.w_lr, {}, "Weight SGD learning rate (cosine)."),
@@ -82,9 +88,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_boolean, "op_shortcut", True, {},
      "BARS: op-level shortcut around each binary conv."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)
 
 BARS_FLAGS = ("flops_budget", "warmup_epochs", "temperature", "temperature_decay",
               "entropy_start", "entropy_step", "budget_theta_above", "budget_theta_below",

@@ -3,6 +3,8 @@ tools/size.py, the model list of tools/compare.py. Data, model and training flag
 come from flags/data.py, flags/model.py and flags/train.py."""
 from absl import flags as absl_flags
 
+from flags import define
+
 from bnas_tf import sizing
 
 FLAGS = absl_flags.FLAGS
@@ -42,9 +44,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_list, "models", None, {},
      "Comma-separated presets (or preset JSON files) to train and compare."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)
 
 
 def sizing_config_from_flags(**overrides) -> sizing.SizingConfig:

@@ -2,6 +2,8 @@
 --strategy, --progress; --model_dir and --split for evaluation."""
 from absl import flags as absl_flags
 
+from flags import define
+
 from bnas_tf import distribute, training
 
 FLAGS = absl_flags.FLAGS
@@ -49,9 +51,7 @@ _DEFINITIONS = (
         enum_values=["train", "validation", "test", "search_train", "search_val"]),
      "Data split to evaluate on."),
 )
-for _define, _name, _default, _kwargs, _help in _DEFINITIONS:
-    if _name not in FLAGS:  # importing twice (or another module defining it) must not crash
-        _define(_name, _default, help=_help, **_kwargs)
+define(_DEFINITIONS)
 
 _RECIPE_FLAGS = ("optimizer", "schedule", "learning_rate", "min_learning_rate", "warmup_fraction",
                  "restart_epochs", "momentum", "weight_decay", "label_smoothing", "epochs",

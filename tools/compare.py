@@ -15,6 +15,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from bnas_tf import compare, training  # noqa: E402
+import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import model as model_flags  # noqa: E402,F401  (--drop_path, --auxiliary)
 from flags import size as size_flags  # noqa: E402  (--models)
@@ -24,19 +25,13 @@ FLAGS = size_flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.models:
-        raise app.UsageError("--models=NAME,NAME,... is required (presets or preset JSON files)")
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir=DIR is required")
-    try:
+    flags.check_args(argv, models="NAME,NAME,... (presets or preset JSON files)",
+                     output_dir="DIR")
+    with flags.usage_errors():
         strategy = training.make_strategy(FLAGS.strategy)  # first: before any TF op
         compare.compare(FLAGS.models, data_flags.data_config_from_flags(),
                         train_flags.train_config_from_flags(), FLAGS.output_dir,
                         strategy=strategy)
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
 
 
 def run():

@@ -14,6 +14,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from bnas_tf import training  # noqa: E402
+import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import train as train_flags  # noqa: E402
 
@@ -21,16 +22,11 @@ FLAGS = train_flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir=DIR is required")
+    flags.check_args(argv, model_dir="DIR")
     given = FLAGS["dataset"].present or FLAGS["data_dir"].present
-    try:
+    with flags.usage_errors():
         config = data_flags.data_config_from_flags() if given else None
         results = training.evaluate(FLAGS.model_dir, config, split=FLAGS.split, verbose=1)
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
     print(json.dumps(results))
 
 

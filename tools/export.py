@@ -16,6 +16,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from bnas_tf import export, model_dir  # noqa: E402
+import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import export as export_flags  # noqa: E402
 
@@ -38,12 +39,7 @@ def _export(model, output, images, converter):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir=DIR is required")
-    if not FLAGS.output:
-        raise app.UsageError("--output=FILE.tflite is required")
+    flags.check_args(argv, model_dir="DIR", output="FILE.tflite")
     try:
         images = _sample_images()
         report = _export(FLAGS.model_dir, FLAGS.output, images, "lce")

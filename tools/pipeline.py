@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
-from bnas_tf import genotypes, pipeline  # noqa: E402
+from bnas_tf import pipeline  # noqa: E402
+import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import pipeline as pipeline_flags  # noqa: E402
 from flags import search as search_flags  # noqa: E402
@@ -26,19 +27,14 @@ FLAGS = pipeline_flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir=DIR is required")
-    try:
+    flags.check_args(argv, output_dir="DIR")
+    with flags.usage_errors():
         search_config = search_flags.search_config_from_flags(epochs=FLAGS.search_epochs)
         train_config = train_flags.train_config_from_flags(epochs=FLAGS.train_epochs)
         summary = pipeline.run(data_flags.data_config_from_flags(), search_config, train_config,
                                FLAGS.output_dir, cells=FLAGS.train_cells,
                                channels=FLAGS.train_channels,
                                export_samples=FLAGS.export_samples)
-    except (ValueError, FileNotFoundError, genotypes.GenotypeError) as e:
-        raise app.UsageError(str(e)) from None
     print(json.dumps(summary, indent=2))
 
 

@@ -10,41 +10,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bnas_tf  # noqa: E402,F401
 from absl import app  # noqa: E402
-from absl import flags as absl_flags  # noqa: E402
 
+import flags  # noqa: E402
 from bnas_tf import genotypes  # noqa: E402
+from flags import plot as plot_flags  # noqa: E402
 
-FLAGS = absl_flags.FLAGS
-if "genotype" not in FLAGS:
-    absl_flags.DEFINE_string("genotype", None, "Released genotype name, JSON file or JSON string.")
-if "output" not in FLAGS:
-    absl_flags.DEFINE_string("output", "cell.png", "Output image (.png, .svg, .pdf).")
-if "title" not in FLAGS:
-    absl_flags.DEFINE_string("title", None, "Figure title (default: the genotype's name).")
-
-FORMATS = (".png", ".svg", ".pdf")
+FLAGS = plot_flags.FLAGS
+FORMATS = plot_flags.FORMATS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.genotype:
-        raise app.UsageError("--genotype=NAME_OR_PATH is required")
-    ext = os.path.splitext(FLAGS.output)[1].lower()
+    flags.check_args(argv, genotype="NAME_OR_PATH")
+    output = FLAGS.output or "cell.png"
+    ext = os.path.splitext(output)[1].lower()
     if ext not in FORMATS:
-        raise app.UsageError(f"--output must end in {', '.join(FORMATS)}, got {FLAGS.output!r}")
-    folder = os.path.dirname(os.path.abspath(FLAGS.output))
+        raise app.UsageError(f"--output must end in {', '.join(FORMATS)}, got {output!r}")
+    folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise app.UsageError(f"output folder {folder} does not exist")
-    try:
+    with flags.usage_errors():
         genotype = genotypes.load(FLAGS.genotype)
-    except genotypes.GenotypeError as e:
-        raise app.UsageError(str(e)) from None
     from bnas_tf import plot  # matplotlib only when drawing
 
     title = FLAGS.title or os.path.basename(str(FLAGS.genotype))
-    plot.plot_genotype(genotype, FLAGS.output, title=title)
-    print(FLAGS.output)
+    plot.plot_genotype(genotype, output, title=title)
+    print(output)
 
 
 def run():

@@ -13,6 +13,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from bnas_tf import report  # noqa: E402
+import flags  # noqa: E402
 from flags import report as report_flags  # noqa: E402
 
 FLAGS = report_flags.FLAGS
@@ -27,9 +28,8 @@ def render(rows, fmt, kind=None):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
+    flags.check_args(argv)
+    with flags.usage_errors():
         if FLAGS.table:
             rows = report.paper_table(FLAGS.table, results=FLAGS.results or (),
                                       models=FLAGS.models or None, progress=True)
@@ -44,8 +44,6 @@ def main(argv):
         text = render(rows, FLAGS.format, FLAGS.table)
         if FLAGS.output:
             report.write(rows, FLAGS.output)
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
     print(text)
 
 

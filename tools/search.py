@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
-from bnas_tf import genotypes  # noqa: E402
 from bnas_tf.search import runner  # noqa: E402
+import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import search as search_flags  # noqa: E402
 
@@ -25,17 +25,12 @@ FLAGS = search_flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir=DIR is required")
-    try:
+    flags.check_args(argv, output_dir="DIR")
+    with flags.usage_errors():
         config = search_flags.search_config_from_flags()
         summary = runner.run_search(config.method, data_flags.data_config_from_flags(), config,
                                     FLAGS.output_dir, stop_after=FLAGS.stop_after,
                                     verbose=search_flags.PROGRESS[FLAGS.progress])
-    except (ValueError, FileNotFoundError, genotypes.GenotypeError) as e:
-        raise app.UsageError(str(e)) from None
     path = os.path.join(FLAGS.output_dir, runner.GENOTYPE_FILE)
     print(json.dumps({"genotype": path if os.path.isfile(path) else None,
                       "best_epoch": summary.get("best_epoch"),

@@ -19,6 +19,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from bnas_tf import sizing  # noqa: E402
+import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import model as model_flags  # noqa: E402,F401  (--preset, --genotype)
 from flags import size as size_flags  # noqa: E402
@@ -28,8 +29,7 @@ FLAGS = size_flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    flags.check_args(argv)
     try:
         config = size_flags.sizing_config_from_flags()
         spec, search_dir = sizing.resolve_spec(FLAGS.preset, FLAGS.genotype, FLAGS.search_dir,

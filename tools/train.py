@@ -13,6 +13,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from bnas_tf import training  # noqa: E402
+import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import model as model_flags  # noqa: E402
 from flags import train as train_flags  # noqa: E402
@@ -22,18 +23,14 @@ SUMMARY = ("top1", "top5", "loss", "params", "flops", "biops", "equivalent_ops",
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir=DIR is required")
+    flags.check_args(argv, output_dir="DIR")
     try:
-        strategy = training.make_strategy(FLAGS.strategy)  # first: before any TF op
-        spec = model_flags.spec_from_flags()
-        config = train_flags.train_config_from_flags()
-        metrics = training.train(spec, data_flags.data_config_from_flags(), config,
-                                 FLAGS.output_dir, strategy=strategy)
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
+        with flags.usage_errors():
+            strategy = training.make_strategy(FLAGS.strategy)  # first: before any TF op
+            spec = model_flags.spec_from_flags()
+            config = train_flags.train_config_from_flags()
+            metrics = training.train(spec, data_flags.data_config_from_flags(), config,
+                                     FLAGS.output_dir, strategy=strategy)
     except FloatingPointError as e:
         sys.exit(f"train.py: {e}")
     print(json.dumps({k: metrics[k] for k in SUMMARY if k in metrics}))

@@ -1,0 +1,44 @@
+"""Benchmark flags, defined once: --output, --quick, --only, sizes and thread settings."""
+from absl import flags as absl_flags
+
+from flags import define
+
+from bnas_tf import benchmark
+
+FLAGS = absl_flags.FLAGS
+_D = benchmark.BenchConfig()
+_DEFINITIONS = (
+    (absl_flags.DEFINE_string, "output", None, {},
+     "Where to write the JSON results (atomically)."),
+    (absl_flags.DEFINE_bool, "quick", False, {},
+     "Small shapes and few repetitions: a smoke run of every measurement."),
+    (absl_flags.DEFINE_list, "only", [], {},
+     f"Run only these parts (comma list of {', '.join(benchmark.PARTS)}); default all."),
+    (absl_flags.DEFINE_integer, "repeats", None, dict(lower_bound=1),
+     f"Timed repetitions per figure, median reported (default {_D.repeats}; quick 2)."),
+    (absl_flags.DEFINE_string, "bench_data_dir", "../shared/datasets/cifar10/train", {},
+     "Image folder (<class>/*.jpg) for the input-pipeline figures."),
+    (absl_flags.DEFINE_integer, "intra_op_threads", 0, dict(lower_bound=0),
+     "TensorFlow intra-op threads (0 = TensorFlow's default)."),
+    (absl_flags.DEFINE_integer, "inter_op_threads", 0, dict(lower_bound=0),
+     "TensorFlow inter-op threads (0 = TensorFlow's default)."),
+    (absl_flags.DEFINE_integer, "latency_runs", None, dict(lower_bound=1),
+     f"Single-image .tflite runs timed (default {_D.latency_runs})."),
+)
+define(_DEFINITIONS)
+
+
+def config_from_flags(**overrides) -> benchmark.BenchConfig:
+    """BenchConfig (quick or full) with the given flags applied, then `overrides`."""
+    values = {"data_dir": FLAGS.bench_data_dir,
+              "intra_op_threads": FLAGS.intra_op_threads,
+              "inter_op_threads": FLAGS.inter_op_threads}
+    if FLAGS.only:
+        values["parts"] = tuple(p.strip() for p in FLAGS.only if p.strip())
+    for name in ("repeats", "latency_runs"):
+        if FLAGS[name].value is not None:
+            values[name] = FLAGS[name].value
+    values.update(overrides)
+    if FLAGS.quick:
+        return benchmark.quick_config(**values)
+    return benchmark.BenchConfig(**values)

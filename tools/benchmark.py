@@ -1,0 +1,40 @@
+"""Speed, memory and size figures: search step, first step, train step, input
+pipeline, peak RSS, LCE export sizes and latency; compared with the PyTorch reference.
+
+  python tools/benchmark.py --output=bench.json            # the full run (~15 min)
+  python tools/benchmark.py --quick --output=/tmp/b.json   # smoke run, small shapes
+  python tools/benchmark.py --only=search,train --output=b.json
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bnas_tf  # noqa: E402,F401  (before TensorFlow)
+from absl import app  # noqa: E402
+
+from bnas_tf import benchmark  # noqa: E402
+import flags  # noqa: E402
+from flags import benchmark as benchmark_flags  # noqa: E402
+
+FLAGS = benchmark_flags.FLAGS
+
+
+def main(argv):
+    flags.check_args(argv, output="bench.json")
+    with flags.usage_errors():
+        config = benchmark_flags.config_from_flags().validate()
+        if os.path.isdir(FLAGS.output):
+            raise ValueError(f"--output {FLAGS.output} is a directory; give a .json file path")
+    result = benchmark.run(config, progress=lambda line: print(line, flush=True))
+    benchmark.write_json(FLAGS.output, result)
+    print(benchmark.format_table(result))
+    print(f"wrote {FLAGS.output}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    app.run(main)
