@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bnas_tf import benchmark
@@ -78,3 +79,68 @@ def test_write_json_is_atomic_and_keeps_the_old_file_on_failure(tmp_path):
         benchmark.write_json(str(path), {"bad": object()})
     assert json.loads(path.read_text()) == {"search_step_s": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["b.json"]
+
+
+# ----------------------------------------------------------------------------- speed work
+
+def _copy_into_separate(grouped, separate):
+    """Give the per-edge cell the grouped cell's weights (a grouped kernel is the
+    concatenation of its edges' kernels, in edge order)."""
+    from bnas_tf.search import supernet
+    for a, b in ((grouped.pre0, separate.pre0), (grouped.pre1, separate.pre1)):
+        for va, vb in zip(a.weights, b.weights):
+            vb.assign(va)
+    if grouped.residual_conv is not None:
+        separate.residual_conv.kernel.assign(grouped.residual_conv.kernel)
+    for src, layer in enumerate(grouped.sources):
+        edges = supernet._edges_from(src)
+        for conv, k in zip(layer.convs, layer.conv_indices):
+            parts = np.split(conv.kernel.numpy(), len(edges), axis=-1)
+            for (e, _), part in zip(edges, parts):
+                dict(separate.edges[e].singles)[k].conv.kernel.assign(part)
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+def test_grouped_search_cell_equals_one_layer_per_edge(reduction):
+    """The supernet's grouped cell (shared BN -> sign per source state, one wide conv
+    per conv type, shared pools) computes what separate per-edge ops compute: same
+    outputs and same gradients w.r.t. inputs and alphas. Odd channel counts make every
+    binary conv output an odd multiple of its scale (never a ReLU tie at 0), so the
+    two summation orders cannot differ in a ReLU mask."""
+    import tensorflow as tf
+    from bnas_tf import ops
+    from bnas_tf.search import supernet
+    x0 = tf.random.stateless_normal([4, 8, 8, 6], seed=[1, 2])
+    x1 = tf.random.stateless_normal([4, 8, 8, 6], seed=[3, 4])
+    alpha = tf.Variable(tf.random.stateless_normal([14, len(ops.BNAS_OPS)], seed=[5, 6]))
+    config = ops.OpConfig(affine=False, pool_bn=True)
+    cells = [supernet.SearchCell(ops.BNAS_OPS, 3, reduction, False, True, config,
+                                 share_bn=grouped) for grouped in (True, False)]
+    for cell in cells:
+        cell([x0, x1], tf.nn.softmax(alpha))
+    grouped, separate = cells
+    assert len(grouped.sources) == 5 and not grouped.edges and len(separate.edges) == 14
+    assert sum(int(np.prod(v.shape)) for v in grouped.trainable_weights) == \
+        sum(int(np.prod(v.shape)) for v in separate.trainable_weights)
+    _copy_into_separate(grouped, separate)
+    results = []
+    for cell in cells:
+        with tf.GradientTape() as tape:
+            tape.watch([x0, x1])
+            y = cell([x0, x1], tf.nn.softmax(alpha), training=True)
+            loss = tf.reduce_sum(y * tf.random.stateless_normal(y.shape, seed=[7, 8]))
+        results.append([y] + tape.gradient(loss, [x0, x1, alpha]))
+    for a, b in zip(*results):
+        assert np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_kernels_start_like_separate_glorot_kernels():
+    """Each edge's slice of a grouped kernel is its own glorot draw (fan of one edge)."""
+    from bnas_tf.search import supernet
+    init = supernet.StackedInitializer("glorot_normal", 4)
+    kernel = init([5, 5, 16, 4 * 16]).numpy()
+    parts = np.split(kernel, 4, axis=-1)
+    expected_std = np.sqrt(2.0 / (2 * 25 * 16))  # glorot on one (5, 5, 16, 16) kernel
+    for part in parts:
+        assert 0.8 * expected_std < part.std() < 1.2 * expected_std
+    assert not np.allclose(parts[0], parts[1])
