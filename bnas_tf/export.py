@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import tempfile
 import time
 import warnings
 
@@ -36,7 +35,7 @@ from larq_compute_engine.tflite.python.interpreter import Interpreter
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from bnas_tf import binary, model_dir as model_dir_lib, models
+from bnas_tf import binary, files, model_dir as model_dir_lib, models
 
 BCONV = "LceBconv2d"
 FLOAT_CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D")
@@ -379,30 +378,6 @@ def data_samples(config, split, samples, image_size=None):
 
 # ----------------------------------------------------------------------------- files
 
-def write_atomic(path, data: bytes):
-    """Write `data` to `path` via a temporary file in the same folder and a rename."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"output {path} is a directory; give a .tflite file path")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes it private; open() would not
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _load(model_or_dir):
     if isinstance(model_or_dir, (tf.keras.Model, Traced)):
         return model_or_dir
@@ -462,5 +437,5 @@ def export(model_or_dir, output=None, *, samples=32, images=None,
         report.latency_ms = latency_ms(flatbuffer, latency_runs, num_threads,
                                        xnnpack=report.bconv_ops == 0)
     if output is not None:
-        report.path = write_atomic(output, flatbuffer)
+        report.path = files.write_atomic(output, flatbuffer)
     return report

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 
-from bnas_tf import ops
+from bnas_tf import files, ops
 
 NODES = 4
 TEMPLATES = ("bnas", "darts")
@@ -252,9 +252,4 @@ def save(genotype, path, extra=None):
     data = genotype.to_dict()
     if extra:
         data.update(extra)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(path, data)

@@ -19,6 +19,8 @@ import os
 import bnas_tf  # noqa: F401
 import tensorflow as tf
 
+from bnas_tf.files import write_json  # noqa: F401  (re-exported: model_dir.write_json)
+
 SPEC = "spec.json"
 SAVED_MODEL = "saved_model"
 WEIGHTS = "weights.h5"
@@ -29,25 +31,6 @@ LOGS = "logs"
 
 def path(model_dir, name):
     return os.path.join(model_dir, name)
-
-
-def write_json(file_path, data):
-    """Write JSON atomically: a crash mid-write never leaves a truncated file."""
-    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
-    tmp = f"{file_path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, file_path)
-    return file_path
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def read_json(file_path, what="file"):

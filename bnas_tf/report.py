@@ -18,7 +18,7 @@ import os
 
 import bnas_tf  # noqa: F401
 
-from bnas_tf import costs, model_dir
+from bnas_tf import costs, files, model_dir
 from bnas_tf.models import presets
 
 KINDS = ("cifar", "imagenet")
@@ -340,9 +340,4 @@ def write(rows, file_path):
         return model_dir.write_json(file_path, rows)
     if ext != ".csv":
         raise ValueError(f"--output must end in .json or .csv, got {file_path}")
-    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
-    tmp = f"{file_path}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(to_csv(rows))
-    os.replace(tmp, file_path)
-    return file_path
+    return files.write_atomic(file_path, to_csv(rows))

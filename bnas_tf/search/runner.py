@@ -47,7 +47,7 @@ import bnas_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import data, distribute, genotypes, ops
+from bnas_tf import data, distribute, files, genotypes, ops
 from bnas_tf.search import METHODS, SearchConfig, bilevel  # noqa: F401  (re-export)
 
 CONFIG_FILE = "search_config.json"
@@ -80,32 +80,13 @@ def data_seed(seed, epoch):
     return int(seed) * 100_003 + int(epoch)
 
 
-def write_json(path, payload):
-    """Write JSON atomically (a failed write leaves the old file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def run_identity(data_config, search_config):
     """What must match for a directory's checkpoint to be resumed."""
     data_part = {k: getattr(data_config, k) for k in DATA_IDENTITY if hasattr(data_config, k)}
     if data_part.get("data_dir"):
         data_part["data_dir"] = os.path.abspath(os.path.expanduser(data_part["data_dir"]))
     return json.loads(json.dumps({"search": search_config.to_dict(), "data": data_part},
-                                 default=_json_default))
+                                 default=files.jsonable))
 
 
 def check_output_dir(output_dir, identity):
@@ -239,7 +220,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     resuming = check_output_dir(output_dir, identity)
     os.makedirs(os.path.join(output_dir, "genotypes"), exist_ok=True)
     if chief and not os.path.isfile(os.path.join(output_dir, CONFIG_FILE)):
-        write_json(os.path.join(output_dir, CONFIG_FILE), identity)
+        files.write_json(os.path.join(output_dir, CONFIG_FILE), identity, sort_keys=True)
 
     summary_path = os.path.join(output_dir, SUMMARY_FILE)
     if resuming and _epochs_done(output_dir) >= config.epochs and os.path.isfile(summary_path):
@@ -316,7 +297,7 @@ def _finish_summary(summary, output_dir):
         genotypes.save(genotypes.from_dict(best["genotype"]),
                        os.path.join(output_dir, GENOTYPE_FILE),
                        extra={"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]})
-    write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
+    files.write_json(os.path.join(output_dir, SUMMARY_FILE), summary, sort_keys=True)
 
 
 def _log(message):

@@ -1,0 +1,49 @@
+"""Atomic file writes: a failed or interrupted write never leaves a truncated file or
+clobbers the previous one (checkpoints, genotypes, metrics, .tflite files)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+
+def write_atomic(path, data):
+    """Write `data` (bytes or str) to `path` via a temporary file in the same folder."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"output {path} is a directory; give a file path")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes it private; open() would not
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def jsonable(value):
+    """`json.dump`'s default: numpy scalars and arrays, tuples."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(path, data, sort_keys=False):
+    """Write `data` as indented JSON, atomically (the JSON is built before any write)."""
+    text = json.dumps(data, indent=2, sort_keys=sort_keys, default=jsonable) + "\n"
+    write_atomic(path, text)
+    return path
