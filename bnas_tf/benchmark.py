@@ -274,7 +274,7 @@ def search_process(config, timeout=3600):
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if status != 0:
-        tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+        tail = _error_line(stderr)
         raise RuntimeError(f"the first-step child failed (exit status {status}): {tail}")
     report = json.loads(stdout.strip().splitlines()[-1])
     start = report["process_start"] or launched
@@ -286,6 +286,16 @@ def search_process(config, timeout=3600):
             "median_s": float(np.median(report["step_times_s"])),
             "times_s": report["step_times_s"],
             "peak_rss_mb": usage.ru_maxrss / 1024.0}  # Linux: ru_maxrss in KB
+
+
+def _error_line(stderr):
+    """The last 'SomethingError: message' line of a traceback (else the last line)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head:
+            return line
+    return lines[-1] if lines else "no output"
 
 
 def _wait(proc, timeout):

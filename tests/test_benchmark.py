@@ -115,7 +115,8 @@ def test_grouped_search_cell_equals_one_layer_per_edge(reduction):
     alpha = tf.Variable(tf.random.stateless_normal([14, len(ops.BNAS_OPS)], seed=[5, 6]))
     config = ops.OpConfig(affine=False, pool_bn=True)
     cells = [supernet.SearchCell(ops.BNAS_OPS, 3, reduction, False, True, config,
-                                 share_bn=grouped) for grouped in (True, False)]
+                                 share_bn=grouped, conv_dtype="float32")
+             for grouped in (True, False)]
     for cell in cells:
         cell([x0, x1], tf.nn.softmax(alpha))
     grouped, separate = cells
@@ -123,13 +124,30 @@ def test_grouped_search_cell_equals_one_layer_per_edge(reduction):
     assert sum(int(np.prod(v.shape)) for v in grouped.trainable_weights) == \
         sum(int(np.prod(v.shape)) for v in separate.trainable_weights)
     _copy_into_separate(grouped, separate)
+    # the binary kernels of both cells, as grouped (per source and conv type) tensors
+    kernel_pairs = []
+    for src, layer in enumerate(grouped.sources):
+        edges = supernet._edges_from(src)
+        for conv, k in zip(layer.convs, layer.conv_indices):
+            kernel_pairs.append((conv.kernel, [dict(separate.edges[e].singles)[k].conv.kernel
+                                               for e, _ in edges]))
     results = []
-    for cell in cells:
+    for cell, side in zip(cells, (0, 1)):
+        kernels = [pair[0] for pair in kernel_pairs] if side == 0 else \
+            [v for pair in kernel_pairs for v in pair[1]]
         with tf.GradientTape() as tape:
             tape.watch([x0, x1])
             y = cell([x0, x1], tf.nn.softmax(alpha), training=True)
             loss = tf.reduce_sum(y * tf.random.stateless_normal(y.shape, seed=[7, 8]))
-        results.append([y] + tape.gradient(loss, [x0, x1, alpha]))
+        grads = tape.gradient(loss, [x0, x1, alpha] + kernels)
+        if side == 1:  # concatenate the per-edge kernel gradients like the kernels
+            sizes = [len(pair[1]) for pair in kernel_pairs]
+            flat, grads = grads[3:], grads[:3]
+            for n in sizes:
+                grads.append(tf.concat(flat[:n], axis=-1))
+                flat = flat[n:]
+        results.append([y] + grads)
+    assert len(results[0]) == len(results[1]) == 4 + len(kernel_pairs)
     for a, b in zip(*results):
         assert np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 

@@ -21,9 +21,17 @@ Speed: a cell computes the ops of all edges leaving one state together
 (`SourceOps`): one BN -> sign per state, one wide conv per conv type whose output
 channels concatenate the edges' convs, one pool per kind. With non-affine BNs this
 is exactly the per-edge computation (tested against ``share_bn=False``, which
-builds one `MixedOp` with separate layers per edge) at 2.4x the speed.
+builds one `MixedOp` with separate layers per edge) at 2.4x the speed. Binary convs
+run as ``scale * conv(sign(x), sign(W))`` (`binary_conv`): +-1 operands, the XNOR
+scale folded into the op weights, the +1 padding as zero padding plus a constant
+border term; with ``conv_dtype='bfloat16'`` (the default 'auto' picks it on CPUs
+with native bfloat16) the +-1 products run in bfloat16: exact products, float32
+accumulation, results rounded to 8 significant bits (numerics differ slightly from
+float32; gradients are bfloat16 too), about 1.4x faster again.
 """
 from __future__ import annotations
+
+import os
 
 import bnas_tf  # noqa: F401
 import larq as lq
@@ -131,6 +139,78 @@ class SharedInputConvs(tf.keras.layers.Layer):
         return outs
 
 
+CONV_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16():
+    """True if this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and no GPU is
+    visible: then bfloat16 binary convs run about twice as fast as float32 ones."""
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_conv_dtype(conv_dtype):
+    """'auto' -> 'bfloat16' where native (`native_bfloat16`), else 'float32'."""
+    if conv_dtype not in CONV_DTYPES:
+        raise ValueError(f"unknown conv_dtype {conv_dtype!r}; choose one of "
+                         f"{', '.join(CONV_DTYPES)}")
+    if conv_dtype == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return conv_dtype
+
+
+def _onednn_disabled():
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
+
+
+def binary_conv(conv, x, compute_dtype="float32"):
+    """A larq QuantConv2D without input quantizer applied to the signed `x`, computed
+    as ``scale * conv(x, Q)`` with Q = quantized kernel / scale exactly +-1 (scale =
+    the per-output-channel max |quantized kernel|, constant for the gradient).
+
+    Returns (z, scale): the caller multiplies by `scale` (> 0), which commutes with
+    ReLU, so it can be folded into the op weights. z is an integer-valued sum of +-1
+    products: exact in float32 in any summation order, and in bfloat16 its products
+    are exact too (accumulated in float32 by oneDNN; the bfloat16 result keeps 8
+    significant bits, i.e. sums beyond 256 are rounded). Gradients equal those of the
+    plain conv. The +1 padding of binary convs (`pad_values`) is zero padding plus a
+    constant border term (the conv of the padding mask, one image): no padded copy
+    of the input. Float convs (no kernel quantizer) run as the layer itself.
+    """
+    if conv.kernel_quantizer is None:
+        return conv(x), None
+    if not conv.built:
+        with tf.name_scope(conv.name):
+            conv.build(x.shape)
+    kernel = conv.kernel_quantizer(getattr(conv.kernel, "latent_variable", conv.kernel))
+    scale = tf.stop_gradient(tf.reduce_max(tf.abs(kernel), axis=[0, 1, 2]))
+    scale = tf.where(scale > 0, scale, tf.ones_like(scale))
+    signs = kernel / scale
+    strides, dilations = list(conv.strides), list(conv.dilation_rate)
+    padded = conv.padding == "same" and conv.pad_values != 0
+    padding = "SAME" if padded else conv.padding.upper()
+    if compute_dtype != "float32":
+        z = tf.cast(tf.nn.conv2d(tf.cast(x, compute_dtype), tf.cast(signs, compute_dtype),
+                                 strides, padding, dilations=dilations), tf.float32)
+    elif max(dilations) > 1 and _onednn_disabled():  # Eigen: no dilated backprop kernel
+        z = tf.nn.convolution(x, signs, strides, padding, dilations=dilations)
+    else:
+        z = tf.nn.conv2d(x, signs, strides, padding, dilations=dilations)
+    if padded:
+        pads = conv._get_padding_same(x)
+        if any(p for pair in pads for p in pair):
+            mask = tf.pad(tf.zeros([1] + x.shape[1:].as_list()), pads,
+                          constant_values=conv.pad_values)
+            z = z + tf.nn.conv2d(mask, signs, strides, "VALID", dilations=dilations)
+    return z, scale
+
+
 def _sum(tensors):
     return tf.add_n(tensors) if len(tensors) > 1 else tensors[0]
 
@@ -236,8 +316,10 @@ class SourceOps(tf.keras.layers.Layer):
     `targets` mixed edge outputs sum_k w[t, k] * op_k(x).
     """
 
-    def __init__(self, op_names, channels, stride, targets, config, name=None):
+    def __init__(self, op_names, channels, stride, targets, config, conv_dtype="float32",
+                 name=None):
         super().__init__(name=name)
+        self.compute_dtype_ = resolve_conv_dtype(conv_dtype)
         self.op_names, self.channels, self.stride = tuple(op_names), channels, stride
         self.targets, self.binarization = int(targets), config.binarization
         self.pools, self.singles, self.conv_indices, self.specs = [], [], [], []
@@ -277,29 +359,34 @@ class SourceOps(tf.keras.layers.Layer):
     def call(self, x, weights, training=None):
         """x: the state; weights: [targets, n_ops] op weights -> list of targets outputs."""
         stride, targets, channels = self.stride, self.targets, self.channels
+        columns = tf.unstack(tf.transpose(weights))  # n_ops tensors of shape [targets]
         acc = None  # [B, H, W, targets, C]
         if self.convs:
             h = self.bn(x, training=training)
             signed = self.sign(h) if self.sign is not None else h
             even = signed[:, ::2, ::2, :] if stride > 1 else signed
+            dtype = self.compute_dtype_ if self.sign is not None else "float32"
             for conv, k, (kernel, dilation, relu, _) in zip(self.convs, self.conv_indices,
                                                            self.specs):
-                y = conv(even if dilation > 1 and stride > 1 else signed)
+                y, scale = binary_conv(conv, even if dilation > 1 and stride > 1 else signed,
+                                       dtype)
+                factor = tf.reshape(columns[k], [targets, 1])
                 if self.binarization.enabled and self.binarization.activation_scale:
                     y = y * binary.activation_scale(h, kernel, stride)
+                if scale is not None:  # scale > 0 commutes with ReLU: fold it in
+                    factor = factor * tf.reshape(scale, [targets, channels])
                 if relu:
                     y = tf.nn.relu(y)
-                shape = [-1, y.shape[1], y.shape[2], targets, channels]
-                term = tf.reshape(y, shape) * tf.reshape(weights[:, k], [targets, 1])
+                term = tf.reshape(y, [-1, y.shape[1], y.shape[2], targets, channels]) * factor
                 acc = term if acc is None else acc + term
         for k, layer in self.pools:
             p = layer(x, training=training)
-            term = p[:, :, :, None, :] * tf.reshape(weights[:, k], [targets, 1])
+            term = p[:, :, :, None, :] * tf.reshape(columns[k], [targets, 1])
             acc = term if acc is None else acc + term
         outs = tf.unstack(acc, axis=3) if acc is not None else [None] * targets
         for k, per_edge in self.singles:
             for t, layer in enumerate(per_edge):
-                term = weights[t, k] * layer(x, training=training)
+                term = columns[k][t] * layer(x, training=training)
                 outs[t] = term if outs[t] is None else outs[t] + term
         if outs[0] is None:  # only Zeroise: zeros at the output's shape
             zero = tf.zeros_like(x[:, ::stride, ::stride, :] if stride > 1 else x)
@@ -311,7 +398,7 @@ class SearchCell(tf.keras.layers.Layer):
     """A DARTS search cell with the BNAS (or plain DARTS) inter-cell skip."""
 
     def __init__(self, op_names, channels, reduction, reduction_prev, skip, op_config,
-                 share_bn=True, name=None):
+                 share_bn=True, conv_dtype="float32", name=None):
         super().__init__(name=name)
         self.channels, self.reduction, self.skip = channels, reduction, skip
         self.pre0 = (FactorizedReduce(channels, name="pre0") if reduction_prev
@@ -324,7 +411,7 @@ class SearchCell(tf.keras.layers.Layer):
                 stride = 2 if reduction and src < 2 else 1
                 self.sources.append(SourceOps(op_names, channels, stride,
                                               len(_edges_from(src)), op_config,
-                                              name=f"from{src}"))
+                                              conv_dtype=conv_dtype, name=f"from{src}"))
         else:  # one MixedOp (with its own layers) per edge
             for node in range(NODES):
                 for src in range(2 + node):
@@ -383,7 +470,7 @@ class Supernet(tf.keras.Model):
 
     def __init__(self, op_names=ops.BNAS_OPS, cells=8, channels=16, num_classes=10,
                  template="bnas", binarization="xnor", diversity_lambda=1.0,
-                 diversity_tau=7.7, share_bn=True, name="bnas_supernet"):
+                 diversity_tau=7.7, share_bn=True, conv_dtype="auto", name="bnas_supernet"):
         super().__init__(name=name)
         self.op_names = ops.check_ops(op_names)
         if cells < 2:
@@ -391,6 +478,7 @@ class Supernet(tf.keras.Model):
         if template not in genotypes.TEMPLATES:
             raise ValueError(f"unknown cell template {template!r}")
         self.cells_count, self.channels, self.template = cells, channels, template
+        self.conv_dtype = resolve_conv_dtype(conv_dtype)
         self.diversity_lambda, self.diversity_tau = diversity_lambda, diversity_tau
         config = ops.OpConfig(binarization=binary.scheme(binarization), affine=False,
                               pool_bn=True)
@@ -406,7 +494,7 @@ class Supernet(tf.keras.Model):
             self.cells.append(SearchCell(self.op_names, current, reduction, reduction_prev,
                                          skip=template == "bnas" and i > 0,
                                          op_config=config, share_bn=share_bn,
-                                         name=f"cell{i}"))
+                                         conv_dtype=self.conv_dtype, name=f"cell{i}"))
             reduction_prev = reduction
         self.pool = tf.keras.layers.GlobalAveragePooling2D(name="pool")
         self.classifier = tf.keras.layers.Dense(num_classes, name="classifier")
@@ -448,7 +536,19 @@ def build_supernet(search_config, num_classes, image_size):
                     num_classes, template=search_config.cell_template,
                     binarization=search_config.binarization,
                     diversity_lambda=search_config.diversity_lambda,
-                    diversity_tau=search_config.diversity_tau)
+                    diversity_tau=search_config.diversity_tau,
+                    conv_dtype=(search_config.extra or {}).get("conv_dtype", "auto"))
+
+
+def validate_config(search_config):
+    """One-line ValueError for bad BNAS settings in `search_config.extra` (only
+    ``conv_dtype``: 'auto', 'float32' or 'bfloat16' binary convs)."""
+    extra = dict(search_config.extra or {})
+    unknown = sorted(set(extra) - {"conv_dtype"})
+    if unknown:
+        raise ValueError(f"unknown BNAS search settings: {', '.join(unknown)} "
+                         "(the only one is conv_dtype)")
+    resolve_conv_dtype(extra.get("conv_dtype", "auto"))
 
 
 def derive(net, search_config, val_batches=None):
