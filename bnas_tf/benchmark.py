@@ -84,6 +84,8 @@ class BenchConfig:
     image_size: int = 32
     search_cells: int = 8
     search_channels: int = 16
+    conv_dtype: str = "auto"         # BNAS supernet binary convs: auto | float32 | bfloat16
+    compare_float32: bool = True     # also time the float32 supernet when auto picks bf16
     bars_extra: dict = dataclasses.field(default_factory=dict)  # overrides of BARS defaults
     train_preset: str = "bnas-a"     # final network of the train-step / export figures
     train_genotype: str | None = None  # or a genotype (with train_cells/train_channels)
@@ -120,7 +122,8 @@ def quick_config(**overrides) -> BenchConfig:
     """Small shapes and few repetitions: a smoke run of every measurement."""
     values = dict(repeats=2, warmup=0, batch_size=8, image_size=16, search_cells=3,
                   search_channels=4,
-                  bars_extra={"base_channels": [4, 8, 16], "max_depth": 2},
+                  bars_extra={"base_channels": [4, 8, 16], "max_depth": 1,
+                              "width_choices": [0.5, 1.0]},
                   train_preset=None, train_genotype="bnas_imagenet", train_cells=3,
                   train_channels=8, input_max_examples=256, input_batches=8,
                   latency_runs=2, export_samples=2, quick=True)
@@ -183,10 +186,11 @@ def _clear():
 
 # ----------------------------------------------------------------------------- search
 
-def bnas_search_config(config):
+def bnas_search_config(config, conv_dtype=None):
     from bnas_tf.search import SearchConfig
     return SearchConfig(cells=config.search_cells, channels=config.search_channels,
-                        batch_size=config.batch_size)
+                        batch_size=config.batch_size,
+                        extra={"conv_dtype": conv_dtype or config.conv_dtype})
 
 
 def bars_search_config(config):
@@ -232,11 +236,24 @@ def child_search(args):
                   for s in (0, 1))
     step, _, _ = _keras_step(model, (train, val))
     first_done = time.time()
+    cpu_before = _cpu_seconds()
     times = median_time(step, args["repeats"], args["warmup"])[1]
+    cpu_per_step = (_cpu_seconds() - cpu_before) / (args["repeats"] + args["warmup"])
     del tf
     print(json.dumps({"started": started, "imported": imported, "built": built,
                       "first_done": first_done, "step_times_s": times,
+                      "cpu_s_per_step": cpu_per_step, "conv_dtype": net_dtype(model),
                       "process_start": _process_start_time()}), flush=True)
+
+
+def _cpu_seconds():
+    usage = os.times()
+    return usage.user + usage.system
+
+
+def net_dtype(model):
+    """The BNAS supernet's resolved binary-conv dtype (None for other nets)."""
+    return getattr(getattr(model, "net", None), "conv_dtype", None)
 
 
 def _process_start_time():
@@ -252,13 +269,14 @@ def _process_start_time():
         return None
 
 
-def search_process(config, timeout=3600):
+def search_process(config, conv_dtype=None, timeout=3600):
     """Launch a fresh Python process running the BNAS search step loop at the
     configured shape: the wall time from launch to the end of its first step (and its
-    breakdown), the median of the timed steps after warm-up, and the child's peak
-    resident memory (MB) over the whole run."""
-    args = {"search": {k: v for k, v in dataclasses.asdict(bnas_search_config(config)).items()
-                       if k in ("cells", "channels", "batch_size")},
+    breakdown), the median of the timed steps after warm-up, the process CPU time
+    per step, and the child's peak resident memory (MB) over the whole run."""
+    search = bnas_search_config(config, conv_dtype)
+    args = {"search": {k: v for k, v in dataclasses.asdict(search).items()
+                       if k in ("cells", "channels", "batch_size", "extra")},
             "image_size": config.image_size, "repeats": config.repeats,
             "warmup": config.warmup,
             "intra": config.intra_op_threads, "inter": config.inter_op_threads}
@@ -285,6 +303,8 @@ def search_process(config, timeout=3600):
             "first_call_s": report["first_done"] - report["built"],
             "median_s": float(np.median(report["step_times_s"])),
             "times_s": report["step_times_s"],
+            "cpu_s_per_step": report["cpu_s_per_step"],
+            "conv_dtype": report["conv_dtype"],
             "peak_rss_mb": usage.ru_maxrss / 1024.0}  # Linux: ru_maxrss in KB
 
 
@@ -338,10 +358,13 @@ def train_step(config):
     training.compile_model(model, recipe, optimizer)
     common.set_drop_path(model, recipe.drop_path)
     step, first, logs = _keras_step(model, _random_batch(config.batch_size, config.image_size))
+    cpu_before = _cpu_seconds()
     median, times = median_time(step, config.repeats, config.warmup)
+    cpu_per_step = (_cpu_seconds() - cpu_before) / (config.repeats + config.warmup)
     params = int(model.count_params())
     _clear()
     return {"median_s": median, "times_s": times, "first_call_s": first, "params": params,
+            "cpu_s_per_step": cpu_per_step,
             "loss_finite": bool(math.isfinite(logs.get("loss", float("nan"))))}
 
 
@@ -438,6 +461,13 @@ def environment(config):
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
+def _report_search(progress, r):
+    progress(f"[benchmark] BNAS search step ({r['conv_dtype']} convs) {r['median_s']:.3f} s "
+             f"({r['cpu_s_per_step']:.2f} CPU s), first step {r['first_step_s']:.1f} s from "
+             f"launch (imports {r['startup_and_imports_s']:.1f} s, build {r['build_s']:.1f} s, "
+             f"first call {r['first_call_s']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB")
+
+
 def _met(value, comparison, bound):
     if value is None:
         return None
@@ -459,10 +489,13 @@ def run(config: BenchConfig, progress=print) -> dict:
         r = details["search"] = search_process(config)
         out["search_step_s"], out["first_step_s"] = r["median_s"], r["first_step_s"]
         out["peak_rss_mb"] = r["peak_rss_mb"]
-        progress(f"[benchmark] BNAS search step {r['median_s']:.3f} s, first step "
-                 f"{r['first_step_s']:.1f} s from launch (imports "
-                 f"{r['startup_and_imports_s']:.1f} s, build {r['build_s']:.1f} s, first call "
-                 f"{r['first_call_s']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB")
+        out["search_conv_dtype"] = r["conv_dtype"]
+        _report_search(progress, r)
+        if config.compare_float32 and r["conv_dtype"] != "float32" and not config.quick:
+            progress("[benchmark] BNAS search step with float32 binary convs ...")
+            r = details["search_float32"] = search_process(config, "float32")
+            out["search_step_float32_s"] = r["median_s"]
+            _report_search(progress, r)
     if "bars" in config.parts:
         progress("[benchmark] BARS search step ...")
         r = details["bars"] = search_step("bars", bars_search_config(config), config)
@@ -504,6 +537,8 @@ def run(config: BenchConfig, progress=print) -> dict:
         out["all_binary_convs_converted"] = all(
             details[k]["bconv_ops"] == details[k]["live_binary_convs"]
             for k in ("export", "export_binres"))
+    out["environment"]["load_average_end"] = list(os.getloadavg()) \
+        if hasattr(os, "getloadavg") else None
     out["speedup"] = {}
     for key in ("search_step_s", "first_step_s", "train_step_s"):
         if out.get(key):
@@ -547,6 +582,7 @@ def write_json(path, result):
 
 ROWS = (
     ("search_step_s", "BNAS search step (s)", "{:.3f}"),
+    ("search_step_float32_s", "BNAS search step, float32 convs (s)", "{:.3f}"),
     ("bars_search_step_s", "BARS search step (s)", "{:.3f}"),
     ("first_step_s", "first search step from process start (s)", "{:.1f}"),
     ("peak_rss_mb", "peak RSS of the search (MB)", "{:.0f}"),

@@ -22,6 +22,10 @@ _DEFINITIONS = (
      "TensorFlow intra-op threads (0 = TensorFlow's default)."),
     (absl_flags.DEFINE_integer, "inter_op_threads", 0, dict(lower_bound=0),
      "TensorFlow inter-op threads (0 = TensorFlow's default)."),
+    (absl_flags.DEFINE_enum, "conv_dtype", "auto", dict(enum_values=["auto", "float32",
+                                                                       "bfloat16"]),
+     "Binary convs of the BNAS supernet: auto (bfloat16 where the CPU has it natively), "
+     "float32 or bfloat16. With auto picking bfloat16 the float32 step is timed too."),
     (absl_flags.DEFINE_integer, "latency_runs", None, dict(lower_bound=1),
      f"Single-image .tflite runs timed (default {_D.latency_runs})."),
 )
@@ -32,7 +36,8 @@ def config_from_flags(**overrides) -> benchmark.BenchConfig:
     """BenchConfig (quick or full) with the given flags applied, then `overrides`."""
     values = {"data_dir": FLAGS.bench_data_dir,
               "intra_op_threads": FLAGS.intra_op_threads,
-              "inter_op_threads": FLAGS.inter_op_threads}
+              "inter_op_threads": FLAGS.inter_op_threads,
+              "conv_dtype": FLAGS.conv_dtype}
     if FLAGS.only:
         values["parts"] = tuple(p.strip() for p in FLAGS.only if p.strip())
     for name in ("repeats", "latency_runs"):
