@@ -146,9 +146,13 @@ class _Block(tf.keras.layers.Layer):
 class BinaryConv(_Block):
     """BN -> sign -> conv -> ReLU, with an optional op-level shortcut (BARS).
 
-    Strided dilated convolutions (which TensorFlow refuses in one conv) run the
-    dilated conv at stride 1 and subsample its output. The shortcut is identity at
-    stride 1 and 2x2 average pooling at stride 2; it needs equal channel counts.
+    Strided dilated convolutions (which TensorFlow refuses in one conv) read only
+    every `strides`-th pixel when the dilation equals the stride (BNAS: 2 and 2): they
+    run as an undilated conv on those pixels (exactly the same outputs, 1/4 of the
+    work of a stride-1 dilated conv, and still one LceBconv2d after conversion);
+    other combinations run the dilated conv at stride 1 and subsample its output.
+    The shortcut is identity at stride 1 and 2x2 average pooling at stride 2; it
+    needs equal channel counts.
     """
 
     def __init__(self, filters, kernel_size, strides=1, dilation_rate=1,
@@ -161,12 +165,19 @@ class BinaryConv(_Block):
                          **kwargs)
         self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
         self.binarization, self.use_relu, self.use_shortcut = binarization, relu, shortcut
-        self.subsample = strides if dilation_rate > 1 else 1
+        dilated_stride = dilation_rate > 1 and strides > 1
+        # dilation == stride: the conv reads exactly the pixels of the strided grid.
+        # Subclasses with their own call() (BARS' masked conv) expect the stride-1
+        # conv + `subsample` formulation and keep it.
+        own_call = type(self).call is BinaryConv.call
+        self.pick = strides if dilated_stride and dilation_rate == strides and own_call else 1
+        self.subsample = strides if dilated_stride and self.pick == 1 else 1
         self.bn = tf.keras.layers.BatchNormalization(center=affine, scale=affine,
                                                      momentum=0.9, epsilon=1e-5, name="bn")
         self.conv = quant_conv(filters, kernel_size, binarization,
-                               strides=1 if self.subsample > 1 else strides,
-                               dilation_rate=dilation_rate, groups=groups, name="conv")
+                               strides=1 if dilated_stride else strides,
+                               dilation_rate=1 if self.pick > 1 else dilation_rate,
+                               groups=groups, name="conv")
 
     def build(self, input_shape):
         if self.use_shortcut and input_shape[-1] != self.filters:
@@ -176,7 +187,7 @@ class BinaryConv(_Block):
 
     def call(self, inputs, training=None):
         x = self.bn(inputs, training=training)
-        y = self.conv(x)
+        y = self.conv(x[:, ::self.pick, ::self.pick, :] if self.pick > 1 else x)
         if self.subsample > 1:
             y = y[:, ::self.subsample, ::self.subsample, :]
         if self.binarization.enabled and self.binarization.activation_scale:

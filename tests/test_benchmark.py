@@ -100,20 +100,23 @@ def _copy_into_separate(grouped, separate):
                 dict(separate.edges[e].singles)[k].conv.kernel.assign(part)
 
 
-@pytest.mark.parametrize("reduction", [False, True])
-def test_grouped_search_cell_equals_one_layer_per_edge(reduction):
+@pytest.mark.parametrize("reduction,scheme", [(False, "xnor"), (True, "xnor"),
+                                               (False, "bars"), (True, "binarynet"),
+                                               (False, "float")])
+def test_grouped_search_cell_equals_one_layer_per_edge(reduction, scheme):
     """The supernet's grouped cell (shared BN -> sign per source state, one wide conv
     per conv type, shared pools) computes what separate per-edge ops compute: same
     outputs and same gradients w.r.t. inputs and alphas. Odd channel counts make every
     binary conv output an odd multiple of its scale (never a ReLU tie at 0), so the
-    two summation orders cannot differ in a ReLU mask."""
+    two summation orders cannot differ in a ReLU mask. BARS' tensor-wide weight scale
+    stays one scale per edge inside a grouped kernel."""
     import tensorflow as tf
-    from bnas_tf import ops
+    from bnas_tf import binary, ops
     from bnas_tf.search import supernet
     x0 = tf.random.stateless_normal([4, 8, 8, 6], seed=[1, 2])
     x1 = tf.random.stateless_normal([4, 8, 8, 6], seed=[3, 4])
     alpha = tf.Variable(tf.random.stateless_normal([14, len(ops.BNAS_OPS)], seed=[5, 6]))
-    config = ops.OpConfig(affine=False, pool_bn=True)
+    config = ops.OpConfig(binarization=binary.scheme(scheme), affine=False, pool_bn=True)
     cells = [supernet.SearchCell(ops.BNAS_OPS, 3, reduction, False, True, config,
                                  share_bn=grouped, conv_dtype="float32")
              for grouped in (True, False)]
@@ -162,3 +165,32 @@ def test_grouped_kernels_start_like_separate_glorot_kernels():
     for part in parts:
         assert 0.8 * expected_std < part.std() < 1.2 * expected_std
     assert not np.allclose(parts[0], parts[1])
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_strided_dilated_binary_conv_reads_the_strided_grid_and_exports(kernel):
+    """binary.BinaryConv at stride 2, dilation 2 runs an undilated conv on the even
+    pixels: the outputs of the stride-1 dilated conv subsampled (what it computed
+    before, at 4x the work), and still one LceBconv2d after conversion."""
+    import tensorflow as tf
+    from bnas_tf import binary, export
+    from bnas_tf.benchmark import randomize_batchnorm
+    x = tf.random.stateless_normal([2, 7, 7, 4], seed=[1, kernel])
+    layer = binary.BinaryConv(6, kernel, 2, 2)
+    y = layer(x, training=True)
+    assert layer.pick == 2 and layer.subsample == 1 and layer.conv.dilation_rate == (1, 1)
+    reference = binary.quant_conv(6, kernel, binary.XNOR, strides=1, dilation_rate=2)
+    h = layer.bn(x, training=True)
+    reference(h)
+    reference.kernel.latent_variable.assign(layer.conv.kernel.latent_variable)
+    expected = tf.nn.relu(reference(h)[:, ::2, ::2, :])
+    assert y.shape == expected.shape == (2, 4, 4, 6)
+    assert np.allclose(y.numpy(), expected.numpy(), atol=1e-5)
+
+    inputs = tf.keras.Input((16, 16, 3))
+    z = tf.keras.layers.Conv2D(8, 1)(inputs)
+    z = binary.BinaryConv(8, kernel, 2, 2, name="dil")(z)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(10)(
+        tf.keras.layers.GlobalAveragePooling2D()(z)))
+    report = export.export(randomize_batchnorm(model), samples=4)
+    assert report.bconv_ops == report.binary_convs == 1

@@ -169,29 +169,57 @@ def _onednn_disabled():
     return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
 
 
-def binary_conv(conv, x, compute_dtype="float32"):
-    """A larq QuantConv2D without input quantizer applied to the signed `x`, computed
-    as ``scale * conv(x, Q)`` with Q = quantized kernel / scale exactly +-1 (scale =
-    the per-output-channel max |quantized kernel|, constant for the gradient).
+def kernel_signs(quantizer, kernel, parts=1):
+    """(signs, scale): +-1 kernel and per-output-channel scale >= 0 (no gradient) with
+    ``quantizer(k) == scale * signs`` for each of the `parts` equal slices k of the
+    kernel along its output axis (each slice is one edge's kernel in a grouped conv),
+    with the quantizer's straight-through gradient. None for quantizers it does not
+    know (their convs are not grouped)."""
+    if quantizer is None:
+        return None
+    channels = kernel.shape[-1]
+    if isinstance(quantizer, binary.TensorScaledSign):  # one scale per edge's kernel
+        signs = lq.quantizers.ste_sign(kernel, clip_value=quantizer.clip_value)
+        per_part = tf.reduce_mean(tf.abs(tf.reshape(kernel, [-1, parts, channels // parts])),
+                                  axis=[0, 2])
+        return signs, tf.stop_gradient(tf.repeat(per_part, channels // parts))
+    if isinstance(quantizer, lq.quantizers.MagnitudeAwareSign):  # XNOR: one per channel
+        signs = lq.quantizers.ste_sign(kernel, clip_value=quantizer.clip_value)
+        return signs, tf.stop_gradient(tf.reduce_mean(tf.abs(kernel), axis=[0, 1, 2]))
+    if type(quantizer) is lq.quantizers.SteSign:  # noqa: E721  (BinaryNet: no scale)
+        return quantizer(kernel), tf.ones([channels])
+    return None
 
-    Returns (z, scale): the caller multiplies by `scale` (> 0), which commutes with
+
+def groupable(binarization):
+    """True if the binary convs of `binarization` can share one wide conv per source
+    (float convs, or a weight quantizer `kernel_signs` can split per edge)."""
+    quantizer = binarization.kernel_quantizer()
+    return quantizer is None or kernel_signs(quantizer, tf.ones([1, 1, 1, 2]), 2) is not None
+
+
+def binary_conv(conv, x, compute_dtype="float32", parts=1):
+    """A larq QuantConv2D without input quantizer applied to the signed `x`, computed
+    as ``scale * conv(x, signs)`` (`kernel_signs`: signs exactly +-1, the scale per
+    output channel, constant for the gradient; `parts` = edges sharing the kernel).
+
+    Returns (z, scale): the caller multiplies by `scale` (>= 0), which commutes with
     ReLU, so it can be folded into the op weights. z is an integer-valued sum of +-1
-    products: exact in float32 in any summation order, and in bfloat16 its products
-    are exact too (accumulated in float32 by oneDNN; the bfloat16 result keeps 8
-    significant bits, i.e. sums beyond 256 are rounded). Gradients equal those of the
-    plain conv. The +1 padding of binary convs (`pad_values`) is zero padding plus a
-    constant border term (the conv of the padding mask, one image): no padded copy
-    of the input. Float convs (no kernel quantizer) run as the layer itself.
+    products: exact in float32 in any summation order; with `compute_dtype`
+    'bfloat16' its products are exact too (accumulated in float32 by oneDNN; the
+    bfloat16 result keeps 8 significant bits, i.e. sums beyond 256 are rounded).
+    Gradients equal those of the plain conv. The +1 padding of binary convs
+    (`pad_values`) is zero padding plus a constant border term (the conv of the
+    padding mask, one image): no padded copy of the input. Float convs (no kernel
+    quantizer) run as the layer itself.
     """
     if conv.kernel_quantizer is None:
         return conv(x), None
     if not conv.built:
         with tf.name_scope(conv.name):
             conv.build(x.shape)
-    kernel = conv.kernel_quantizer(getattr(conv.kernel, "latent_variable", conv.kernel))
-    scale = tf.stop_gradient(tf.reduce_max(tf.abs(kernel), axis=[0, 1, 2]))
-    scale = tf.where(scale > 0, scale, tf.ones_like(scale))
-    signs = kernel / scale
+    latent = getattr(conv.kernel, "latent_variable", conv.kernel)
+    signs, scale = kernel_signs(conv.kernel_quantizer, latent, parts)
     strides, dilations = list(conv.strides), list(conv.dilation_rate)
     padded = conv.padding == "same" and conv.pad_values != 0
     padding = "SAME" if padded else conv.padding.upper()
@@ -205,9 +233,10 @@ def binary_conv(conv, x, compute_dtype="float32"):
     if padded:
         pads = conv._get_padding_same(x)
         if any(p for pair in pads for p in pair):
-            mask = tf.pad(tf.zeros([1] + x.shape[1:].as_list()), pads,
-                          constant_values=conv.pad_values)
-            z = z + tf.nn.conv2d(mask, signs, strides, "VALID", dilations=dilations)
+            mask = np.pad(np.zeros([1] + x.shape[1:].as_list(), np.float32), pads,
+                          constant_values=float(conv.pad_values))
+            z = z + tf.nn.conv2d(tf.constant(mask), signs, strides, "VALID",
+                                 dilations=dilations)
     return z, scale
 
 
@@ -330,7 +359,7 @@ class SourceOps(tf.keras.layers.Layer):
             spec = _conv_spec(layer)
             if type(layer) is binary.Pool:  # noqa: E721  (a pure function of x: share it)
                 self.pools.append((k, layer))
-            elif spec is not None and not spec[3]:
+            elif spec is not None and not spec[3] and groupable(config.binarization):
                 self.conv_indices.append(k)
                 self.specs.append(spec)
             else:
@@ -369,11 +398,11 @@ class SourceOps(tf.keras.layers.Layer):
             for conv, k, (kernel, dilation, relu, _) in zip(self.convs, self.conv_indices,
                                                            self.specs):
                 y, scale = binary_conv(conv, even if dilation > 1 and stride > 1 else signed,
-                                       dtype)
+                                       dtype, parts=targets)
                 factor = tf.reshape(columns[k], [targets, 1])
                 if self.binarization.enabled and self.binarization.activation_scale:
                     y = y * binary.activation_scale(h, kernel, stride)
-                if scale is not None:  # scale > 0 commutes with ReLU: fold it in
+                if scale is not None:  # scale >= 0 commutes with ReLU: fold it in
                     factor = factor * tf.reshape(scale, [targets, channels])
                 if relu:
                     y = tf.nn.relu(y)
