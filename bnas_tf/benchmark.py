@@ -491,7 +491,7 @@ def run(config: BenchConfig, progress=print) -> dict:
         out["peak_rss_mb"] = r["peak_rss_mb"]
         out["search_conv_dtype"] = r["conv_dtype"]
         _report_search(progress, r)
-        if config.compare_float32 and r["conv_dtype"] != "float32" and not config.quick:
+        if config.compare_float32 and r["conv_dtype"] not in ("float32", None) and not config.quick:
             progress("[benchmark] BNAS search step with float32 binary convs ...")
             r = details["search_float32"] = search_process(config, "float32")
             out["search_step_float32_s"] = r["median_s"]
