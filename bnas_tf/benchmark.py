@@ -111,10 +111,12 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.search_cells < 2:
             raise ValueError(f"search_cells must be >= 2, got {self.search_cells}")
-        if "input" in self.parts and not self.data_dir:
-            raise ValueError("the input-pipeline benchmark needs an image folder (--data_dir)")
-        if self.data_dir and not os.path.isdir(self.data_dir):
-            raise FileNotFoundError(f"image folder not found: {self.data_dir}")
+        if "input" in self.parts:
+            if not self.data_dir:
+                raise ValueError("the input-pipeline benchmark needs an image folder "
+                                 "(--bench_data_dir)")
+            if not os.path.isdir(self.data_dir):
+                raise FileNotFoundError(f"image folder not found: {self.data_dir}")
         return self
 
 
