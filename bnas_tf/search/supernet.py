@@ -145,7 +145,7 @@ CONV_DTYPES = ("auto", "float32", "bfloat16")
 def native_bfloat16():
     """True if this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and no GPU is
     visible: then bfloat16 binary convs run about twice as fast as float32 ones."""
-    if tf.config.list_physical_devices("GPU"):
+    if tf.config.list_physical_devices("GPU") or _onednn_disabled():
         return False
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -223,20 +223,19 @@ def binary_conv(conv, x, compute_dtype="float32", parts=1):
     strides, dilations = list(conv.strides), list(conv.dilation_rate)
     padded = conv.padding == "same" and conv.pad_values != 0
     padding = "SAME" if padded else conv.padding.upper()
+    # Eigen (oneDNN off) has no dilated conv gradient: space-to-batch convs there
+    op = tf.nn.convolution if max(dilations) > 1 and _onednn_disabled() else tf.nn.conv2d
     if compute_dtype != "float32":
-        z = tf.cast(tf.nn.conv2d(tf.cast(x, compute_dtype), tf.cast(signs, compute_dtype),
-                                 strides, padding, dilations=dilations), tf.float32)
-    elif max(dilations) > 1 and _onednn_disabled():  # Eigen: no dilated backprop kernel
-        z = tf.nn.convolution(x, signs, strides, padding, dilations=dilations)
+        z = tf.cast(op(tf.cast(x, compute_dtype), tf.cast(signs, compute_dtype), strides,
+                       padding, dilations=dilations), tf.float32)
     else:
-        z = tf.nn.conv2d(x, signs, strides, padding, dilations=dilations)
+        z = op(x, signs, strides, padding, dilations=dilations)
     if padded:
         pads = conv._get_padding_same(x)
         if any(p for pair in pads for p in pair):
             mask = np.pad(np.zeros([1] + x.shape[1:].as_list(), np.float32), pads,
                           constant_values=float(conv.pad_values))
-            z = z + tf.nn.conv2d(tf.constant(mask), signs, strides, "VALID",
-                                 dilations=dilations)
+            z = z + op(tf.constant(mask), signs, strides, "VALID", dilations=dilations)
     return z, scale
 
 
