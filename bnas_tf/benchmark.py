@@ -562,24 +562,9 @@ def _jsonable(value):
 
 
 def write_json(path, result):
-    """Write the result atomically (temporary file in the same folder, then rename)."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"output {path} is a directory; give a .json file path")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write the result atomically (a failed write keeps an existing file)."""
+    from bnas_tf import files
+    return files.write_json(path, result, sort_keys=True)
 
 
 ROWS = (
