@@ -16,6 +16,7 @@ Block order is BNAS's: BatchNorm -> sign -> conv (no bias) -> ReLU.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import bnas_tf  # noqa: F401
 import larq as lq
@@ -88,6 +89,11 @@ def scheme(name_or_binarization) -> Binarization:
                          f"choose one of {', '.join(SCHEMES)}") from None
 
 
+def onednn_disabled():
+    """True when TF_ENABLE_ONEDNN_OPTS turns TensorFlow's oneDNN CPU kernels off."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
+
+
 @tf.keras.utils.register_keras_serializable(SERIAL)
 class QuantConv2D(lq.layers.QuantConv2D):
     """Larq's QuantConv2D, with dilated convs as one Conv2D(dilations=...) op.
@@ -99,7 +105,8 @@ class QuantConv2D(lq.layers.QuantConv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        if max(self.dilation_rate) == 1 or self.groups != 1:
+        # Without oneDNN, TensorFlow's Eigen kernels have no gradient for a dilated conv2d.
+        if max(self.dilation_rate) == 1 or self.groups != 1 or onednn_disabled():
             return super().convolution_op(inputs, kernel)
         return tf.nn.conv2d(inputs, kernel, list(self.strides), self.padding.upper(),
                             dilations=list(self.dilation_rate))

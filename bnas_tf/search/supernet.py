@@ -31,7 +31,6 @@ float32; gradients are bfloat16 too), about 1.4x faster again.
 """
 from __future__ import annotations
 
-import os
 
 import bnas_tf  # noqa: F401
 import larq as lq
@@ -145,7 +144,7 @@ CONV_DTYPES = ("auto", "float32", "bfloat16")
 def native_bfloat16():
     """True if this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and no GPU is
     visible: then bfloat16 binary convs run about twice as fast as float32 ones."""
-    if tf.config.list_physical_devices("GPU") or _onednn_disabled():
+    if tf.config.list_physical_devices("GPU") or binary.onednn_disabled():
         return False
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -163,10 +162,6 @@ def resolve_conv_dtype(conv_dtype):
     if conv_dtype == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return conv_dtype
-
-
-def _onednn_disabled():
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
 
 
 def kernel_signs(quantizer, kernel, parts=1):
@@ -224,7 +219,7 @@ def binary_conv(conv, x, compute_dtype="float32", parts=1):
     padded = conv.padding == "same" and conv.pad_values != 0
     padding = "SAME" if padded else conv.padding.upper()
     # Eigen (oneDNN off) has no dilated conv gradient: space-to-batch convs there
-    op = tf.nn.convolution if max(dilations) > 1 and _onednn_disabled() else tf.nn.conv2d
+    op = tf.nn.convolution if max(dilations) > 1 and binary.onednn_disabled() else tf.nn.conv2d
     if compute_dtype != "float32":
         z = tf.cast(op(tf.cast(x, compute_dtype), tf.cast(signs, compute_dtype), strides,
                        padding, dilations=dilations), tf.float32)
