@@ -8,29 +8,11 @@ import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
 
+from bnas_tf.benchmark import randomize_batchnorm
 from bnas_tf import binary, export, model_dir, models, ops
 from bnas_tf.models import presets
 
 LEARNABLE_CONVS = ("bin_conv_3x3", "bin_conv_5x5", "bin_dil_conv_3x3", "bin_dil_conv_5x5")
-
-
-def randomize_batchnorm(model, seed=0):
-    """BN statistics and affine parameters as after training (not the identical init).
-
-    With identical BNs the converter merges the binarised inputs of parallel ops,
-    which is not what a trained network looks like.
-    """
-    rng = np.random.default_rng(seed)
-    for layer in model.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization) and layer.built:
-            n = layer.moving_mean.shape
-            layer.moving_mean.assign(rng.normal(0.0, 0.3, n))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
-            if layer.gamma is not None:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-            if layer.beta is not None:
-                layer.beta.assign(rng.normal(0.0, 0.3, n))
-    return model
 
 
 def one_op_model(layer, channels=8, size=16, classes=10):
