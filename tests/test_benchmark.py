@@ -83,21 +83,27 @@ def test_write_json_is_atomic_and_keeps_the_old_file_on_failure(tmp_path):
 
 # ----------------------------------------------------------------------------- speed work
 
-def _copy_into_separate(grouped, separate):
-    """Give the per-edge cell the grouped cell's weights (a grouped kernel is the
-    concatenation of its edges' kernels, in edge order)."""
+def _edge_kernels(grouped, separate):
+    """(grouped kernel variable, the per-edge kernel variables of `separate` in its
+    column order) per conv type: a grouped kernel concatenates the 14 edges' kernels
+    in `supernet.SOURCE_ORDER`."""
     from bnas_tf.search import supernet
+    return [(kernel, [dict(separate.edges[e].singles)[k].conv.kernel
+                      for e in supernet.SOURCE_ORDER])
+            for kernel, k in zip(grouped.kernels, grouped.conv_indices)]
+
+
+def _copy_into_separate(grouped, separate):
+    """Give the per-edge cell the grouped cell's weights."""
     for a, b in ((grouped.pre0, separate.pre0), (grouped.pre1, separate.pre1)):
         for va, vb in zip(a.weights, b.weights):
             vb.assign(va)
     if grouped.residual_conv is not None:
         separate.residual_conv.kernel.assign(grouped.residual_conv.kernel)
-    for src, layer in enumerate(grouped.sources):
-        edges = supernet._edges_from(src)
-        for conv, k in zip(layer.convs, layer.conv_indices):
-            parts = np.split(conv.kernel.numpy(), len(edges), axis=-1)
-            for (e, _), part in zip(edges, parts):
-                dict(separate.edges[e].singles)[k].conv.kernel.assign(part)
+    for kernel, edge_kernels in _edge_kernels(grouped, separate):
+        for part, edge_kernel in zip(np.split(kernel.numpy(), len(edge_kernels), axis=-1),
+                                     edge_kernels):
+            edge_kernel.assign(part)
 
 
 @pytest.mark.parametrize("reduction,scheme", [(False, "xnor"), (True, "xnor"),
@@ -127,13 +133,8 @@ def test_grouped_search_cell_equals_one_layer_per_edge(reduction, scheme):
     assert sum(int(np.prod(v.shape)) for v in grouped.trainable_weights) == \
         sum(int(np.prod(v.shape)) for v in separate.trainable_weights)
     _copy_into_separate(grouped, separate)
-    # the binary kernels of both cells, as grouped (per source and conv type) tensors
-    kernel_pairs = []
-    for src, layer in enumerate(grouped.sources):
-        edges = supernet._edges_from(src)
-        for conv, k in zip(layer.convs, layer.conv_indices):
-            kernel_pairs.append((conv.kernel, [dict(separate.edges[e].singles)[k].conv.kernel
-                                               for e, _ in edges]))
+    # the binary kernels of both cells: one grouped kernel per conv type, 14 per edge
+    kernel_pairs = _edge_kernels(grouped, separate)
     results = []
     for cell, side in zip(cells, (0, 1)):
         kernels = [pair[0] for pair in kernel_pairs] if side == 0 else \

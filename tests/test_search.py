@@ -110,6 +110,82 @@ def test_alpha_update_flag_freezes_alphas_only():
     assert not np.allclose(net.alpha.numpy(), a0)
 
 
+def test_train_function_follows_the_alpha_update_variable():
+    """The compiled step leaves the alpha step out while `alpha_update` is off, read
+    from the variable before every call (a restored checkpoint or a callback may set
+    it), and traces the step with it once the flag is back on."""
+    model = _toy_model(adam=True)
+    net = model.net
+    batch = _batches()
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    train_function = model.make_train_function()
+    a0, w0 = net.alpha.numpy(), net.dense.kernel.numpy()
+    model.alpha_update.assign(False)  # not through set_alpha_update
+    for _ in range(2):
+        logs = train_function(iterator)
+    assert np.array_equal(net.alpha.numpy(), a0)
+    assert not np.allclose(net.dense.kernel.numpy(), w0)
+    assert float(logs["arch_loss"]) == 0.0
+    model.alpha_update.assign(True)
+    logs = train_function(iterator)
+    assert not np.allclose(net.alpha.numpy(), a0)
+    assert float(logs["arch_loss"]) > 0.0
+    assert model.make_train_function() is train_function
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_shared_kernel_quantisation_gives_the_same_step(order):
+    """The bilevel step quantises the supernet's binary kernels once for its alpha and
+    weight passes (recorded on the weight tape, re-entered for the weight pass): after
+    two compiled steps, every variable equals that of the step quantising per pass."""
+    batch = tuple((tf.random.stateless_normal([4, 16, 16, 3], seed=[s, 1]),
+                   tf.constant([s, 1, 2, 3], tf.int32)) for s in (1, 2))
+    results = []
+    for shared in (True, False):
+        tf.keras.utils.set_random_seed(3)
+        net = supernet.Supernet(FEW_OPS, cells=3, channels=4, conv_dtype="float32")
+        config = SearchConfig(cells=3, channels=4, batch_size=4, order=order, ops=FEW_OPS)
+        model = bilevel.build(net, config, steps_per_epoch=2, image_size=16)
+        if not shared:
+            net.quantize = None  # the step then quantises inside each pass
+        iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+        train_function = model.make_train_function()
+        for _ in range(2):
+            train_function(iterator)
+        results.append([v.numpy() for v in net.variables])
+    for a, b in zip(*results):
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-6)
+    tf.keras.utils.set_random_seed(3)
+    fresh = supernet.Supernet(FEW_OPS, cells=3, channels=4, conv_dtype="float32")
+    fresh(batch[0][0])
+    moved = sum(not np.allclose(a, v.numpy()) for a, v in zip(results[0], fresh.variables))
+    assert moved > len(fresh.trainable_variables) // 2  # the steps did train
+
+
+def test_supernet_reuses_given_quantised_kernels():
+    """net(x, quantized=net.quantize()) equals net(x), and gradients reach the latent
+    kernels through the given signs (straight-through)."""
+    tf.keras.utils.set_random_seed(4)
+    net = supernet.Supernet(FEW_OPS, cells=3, channels=4, conv_dtype="float32")
+    x = tf.random.stateless_normal([2, 16, 16, 3], seed=[4, 4])
+    net(x)
+    kernels = [k for cell in net.cells for k in cell.kernels]
+    assert len(kernels) == 3 and kernels[0].shape == (3, 3, 4, 14 * 4)
+    grads = []
+    for given in (True, False):
+        with tf.GradientTape() as tape:
+            quantized = net.quantize() if given else None
+            y = net(x, training=True, quantized=quantized)
+            loss = tf.reduce_sum(y * y)
+        grads.append(tape.gradient(loss, kernels))
+        if given:
+            y_given = y
+    assert np.allclose(y_given.numpy(), y.numpy(), atol=1e-6)
+    for a, b in zip(*grads):
+        assert a is not None and np.abs(a.numpy()).sum() > 0
+        assert np.allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_diversity_regulariser_pushes_alphas_towards_uniform():
     """CE does not touch alpha_free: only the regulariser moves it."""
     entropies = {}

@@ -682,8 +682,8 @@ class BarsBilevelModel(bilevel.BilevelModel):
     """BilevelModel whose alpha loss is the net's `arch_loss(ce, epoch)` (BARS'
     multiplicative FLOPs budget does not fit the additive `arch_regularization`)."""
 
-    def _arch_loss(self, x_val, y_val):
-        ce, per_example, _ = self._ce(x_val, y_val)
+    def _arch_loss(self, x_val, y_val, quantized=None):
+        ce, per_example, _ = self._ce(x_val, y_val, quantized=quantized)
         loss = self.net.arch_loss(ce, self.epoch)
         return loss, tf.reduce_mean(per_example), self.net.arch_regularization(self.epoch)
 

@@ -47,6 +47,12 @@ def _all_reduce(grads):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
 
 
+def _tape(variables=None):
+    """A gradient tape that watches only `variables` (the step's other variables are
+    not differentiated: their backward ops are not even traced); enter it first."""
+    return tf.GradientTape(watch_accessed_variables=variables is None)
+
+
 def _dense(grads, variables):
     """Replace missing gradients by zeros and IndexedSlices by dense tensors."""
     return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
@@ -80,6 +86,7 @@ class BilevelModel(tf.keras.Model):
         self.arch_loss_tracker = tf.keras.metrics.Mean("arch_loss")
         self.arch_reg_tracker = tf.keras.metrics.Mean("arch_reg")
         self.w_optimizer = self.a_optimizer = None
+        self._alpha_step_on = True  # the traced step's copy of alpha_update
 
     # ------------------------------------------------------------------ variables
     @property
@@ -135,6 +142,7 @@ class BilevelModel(tf.keras.Model):
         if enabled and not bool(self.alpha_update.numpy()) and self.a_optimizer is not None:
             self.a_optimizer.iterations.assign(0)
         self.alpha_update.assign(enabled)
+        self._alpha_step_on = enabled
 
     def set_epoch(self, epoch):
         self.epoch.assign(float(epoch))
@@ -146,12 +154,13 @@ class BilevelModel(tf.keras.Model):
             return tf.constant(0.0)
         return tf.cast(reg(self.epoch), tf.float32)
 
-    def _ce(self, x, y, training=True):
-        logits = self.net(x, training=training)
+    def _ce(self, x, y, training=True, quantized=None):
+        logits = (self.net(x, training=training) if quantized is None
+                  else self.net(x, training=training, quantized=quantized))
         per_example = cross_entropy(y, logits)
         return tf.nn.compute_average_loss(per_example), per_example, logits
 
-    def _arch_loss(self, x_val, y_val):
+    def _arch_loss(self, x_val, y_val, quantized=None):
         """Scaled loss for the alpha step, the unscaled CE and the regulariser.
 
         A net with ``arch_loss(ce, epoch)`` defines the whole alpha loss itself (BARS'
@@ -159,7 +168,7 @@ class BilevelModel(tf.keras.Model):
         additive alpha-only terms should go through tf.nn.scale_regularization_loss.
         Otherwise the loss is CE + ``arch_regularization(epoch)``.
         """
-        ce, per_example, _ = self._ce(x_val, y_val)
+        ce, per_example, _ = self._ce(x_val, y_val, quantized=quantized)
         reg = self._arch_reg()
         custom = getattr(self.net, "arch_loss", None)
         loss = custom(ce, self.epoch) if custom is not None \
@@ -167,19 +176,22 @@ class BilevelModel(tf.keras.Model):
         return loss, tf.reduce_mean(per_example), reg
 
     def _train_loss_grads(self, x, y, variables):
-        with tf.GradientTape() as tape:
+        with _tape(variables) as tape:
+            tape.watch(variables)
             loss, _, _ = self._ce(x, y)
         return _all_reduce(_dense(tape.gradient(loss, variables), variables))
 
     # ------------------------------------------------------------------ alpha step
-    def _first_order_arch_grads(self, x_train, y_train, x_val, y_val):
+    def _first_order_arch_grads(self, x_train, y_train, x_val, y_val, quantized=None):
         alphas = self.arch_variables
-        with tf.GradientTape() as tape:
-            loss, ce, reg = self._arch_loss(x_val, y_val)
+        with _tape(alphas) as tape:
+            tape.watch(alphas)
+            loss, ce, reg = self._arch_loss(x_val, y_val, quantized)
         grads = _dense(tape.gradient(loss, alphas), alphas)
         return grads, ce, reg
 
-    def _second_order_arch_grads(self, x_train, y_train, x_val, y_val):
+    def _second_order_arch_grads(self, x_train, y_train, x_val, y_val, quantized=None):
+        del quantized  # the virtual steps change the weights: quantised anew each pass
         alphas, weights = self.arch_variables, self.weight_variables
         xi = self._w_lr()
         # Virtual step w' = w - xi * grad_w L_train(w, alpha) (with the L2 term).
@@ -187,7 +199,8 @@ class BilevelModel(tf.keras.Model):
         backup = [tf.identity(w) for w in weights]
         for w, g, w0 in zip(weights, g_train, backup):
             w.assign(w0 - xi * (g + self.w_wd * w0))
-        with tf.GradientTape() as tape:
+        with _tape(alphas + weights) as tape:
+            tape.watch(alphas + weights)
             loss, ce, reg = self._arch_loss(x_val, y_val)
         grads = _all_reduce(_dense(tape.gradient(loss, alphas + weights), alphas + weights))
         d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
@@ -211,36 +224,28 @@ class BilevelModel(tf.keras.Model):
         lr = opt.learning_rate
         return tf.cast(lr(opt.iterations) if callable(lr) else lr, tf.float32)
 
-    def _arch_step(self, x_train, y_train, x_val, y_val):
+    def _arch_step(self, x_train, y_train, x_val, y_val, quantized=None):
         alphas = self.arch_variables
         if self.order == 2:
             if tf.distribute.get_strategy().num_replicas_in_sync > 1:
                 raise ValueError("second-order search (order=2) runs on a single device only")
-            compute = self._second_order_arch_grads
+            grads, ce, reg = self._second_order_arch_grads(x_train, y_train, x_val, y_val)
         else:
-            compute = self._first_order_arch_grads
-
-        def on():
-            grads, ce, reg = compute(x_train, y_train, x_val, y_val)
-            return grads, ce, reg
-
-        def off():
-            return [tf.zeros_like(a) for a in alphas], tf.constant(0.0), tf.constant(0.0)
-
-        grads, ce, reg = tf.cond(self.alpha_update, on, off)
-        if self.order == 1:
+            grads, ce, reg = self._first_order_arch_grads(x_train, y_train, x_val, y_val,
+                                                          quantized)
             grads = _all_reduce(grads)
-        gate = tf.cast(self.alpha_update, tf.float32)
-        grads = [g + gate * self.a_wd * a for g, a in zip(grads, alphas)]
+        grads = [g + self.a_wd * a for g, a in zip(grads, alphas)]
         self.a_optimizer.apply_gradients(zip(grads, alphas),
                                          experimental_aggregate_gradients=False)
         return ce, reg
 
     # ------------------------------------------------------------------ weight step
-    def _weight_step(self, x, y):
+    def _weight_step(self, x, y, tape=None, quantized=None):
         weights = self.weight_variables
-        with tf.GradientTape() as tape:
-            loss, per_example, logits = self._ce(x, y)
+        tape = tape if tape is not None else _tape(weights)
+        with tape:
+            tape.watch(weights)
+            loss, per_example, logits = self._ce(x, y, quantized=quantized)
         grads = _all_reduce(_dense(tape.gradient(loss, weights), weights))
         if self.grad_clip:
             grads, _ = tf.clip_by_global_norm(grads, self.grad_clip)
@@ -251,14 +256,50 @@ class BilevelModel(tf.keras.Model):
         return per_example, logits
 
     def train_step(self, data):
+        """One bilevel step. A net with ``quantize()`` (the BNAS supernet) has its
+        binary kernels quantised once, recorded on the weight step's tape, and shared
+        by the alpha and weight passes (the weights do not change in between). The
+        alpha step is left out while `alpha_update` is off: eagerly read from the
+        variable, in a traced step from its Python copy, which `set_alpha_update` and
+        the train function (`make_train_function`) keep in sync."""
         (x_train, y_train), (x_val, y_val) = data
-        arch_ce, reg = self._arch_step(x_train, y_train, x_val, y_val)
-        per_example, logits = self._weight_step(x_train, y_train)
+        tape, quantized = _tape(self.weight_variables), None
+        quantize = getattr(self.net, "quantize", None)
+        if quantize is not None and self.order == 1:
+            with tape:
+                tape.watch(self.weight_variables)
+                quantized = quantize()
+        on = bool(self.alpha_update.numpy()) if tf.executing_eagerly() else self._alpha_step_on
+        if on:
+            arch_ce, reg = self._arch_step(x_train, y_train, x_val, y_val, quantized)
+        else:
+            arch_ce, reg = tf.constant(0.0), tf.constant(0.0)
+        per_example, logits = self._weight_step(x_train, y_train, tape, quantized)
         self.loss_tracker.update_state(per_example)
         self.accuracy.update_state(y_train, logits)
         self.arch_loss_tracker.update_state(arch_ce)
         self.arch_reg_tracker.update_state(reg)
         return {m.name: m.result() for m in self.metrics}
+
+    def make_train_function(self, force=False):
+        """Keras' train function, traced once per value of the `alpha_update` flag
+        (read before every step): a step without the alpha step while it is off (BARS'
+        warm-up) instead of a graph-level conditional around it, which would add its
+        lowering and a switch per captured tensor to every step's graph."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        functions = {}
+
+        def train_function(iterator):
+            on = bool(self.alpha_update.numpy())
+            self._alpha_step_on = on  # read while (re)tracing
+            if on not in functions:
+                functions[on] = super(BilevelModel, self).make_train_function(force=True)
+                self.train_function = train_function
+            return functions[on](iterator)
+
+        self.train_function = train_function
+        return train_function
 
     def test_step(self, data):
         x, y = data[:2] if isinstance(data, (tuple, list)) else data

@@ -193,45 +193,31 @@ def groupable(binarization):
     return quantizer is None or kernel_signs(quantizer, tf.ones([1, 1, 1, 2]), 2) is not None
 
 
-def binary_conv(conv, x, compute_dtype="float32", parts=1):
-    """A larq QuantConv2D without input quantizer applied to the signed `x`, computed
-    as ``scale * conv(x, signs)`` (`kernel_signs`: signs exactly +-1, the scale per
-    output channel, constant for the gradient; `parts` = edges sharing the kernel).
+def same_padding(size, kernel, stride=1, dilation=1):
+    """TensorFlow's 'SAME' padding (before, after) of one spatial axis."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
 
-    Returns (z, scale): the caller multiplies by `scale` (>= 0), which commutes with
-    ReLU, so it can be folded into the op weights. z is an integer-valued sum of +-1
-    products: exact in float32 in any summation order; with `compute_dtype`
-    'bfloat16' its products are exact too (accumulated in float32 by oneDNN; the
-    bfloat16 result keeps 8 significant bits, i.e. sums beyond 256 are rounded).
-    Gradients equal those of the plain conv. The +1 padding of binary convs
-    (`pad_values`) is zero padding plus a constant border term (the conv of the
-    padding mask, one image): no padded copy of the input. Float convs (no kernel
-    quantizer) run as the layer itself.
-    """
-    if conv.kernel_quantizer is None:
-        return conv(x), None
-    if not conv.built:
-        with tf.name_scope(conv.name):
-            conv.build(x.shape)
-    latent = getattr(conv.kernel, "latent_variable", conv.kernel)
-    signs, scale = kernel_signs(conv.kernel_quantizer, latent, parts)
-    strides, dilations = list(conv.strides), list(conv.dilation_rate)
-    padded = conv.padding == "same" and conv.pad_values != 0
-    padding = "SAME" if padded else conv.padding.upper()
-    # Eigen (oneDNN off) has no dilated conv gradient: space-to-batch convs there
-    op = tf.nn.convolution if max(dilations) > 1 and binary.onednn_disabled() else tf.nn.conv2d
-    if compute_dtype != "float32":
-        z = tf.cast(op(tf.cast(x, compute_dtype), tf.cast(signs, compute_dtype), strides,
-                       padding, dilations=dilations), tf.float32)
-    else:
-        z = op(x, signs, strides, padding, dilations=dilations)
-    if padded:
-        pads = conv._get_padding_same(x)
-        if any(p for pair in pads for p in pair):
-            mask = np.pad(np.zeros([1] + x.shape[1:].as_list(), np.float32), pads,
-                          constant_values=float(conv.pad_values))
-            z = z + op(tf.constant(mask), signs, strides, "VALID", dilations=dilations)
-    return z, scale
+
+def conv_op(dilation):
+    """tf.nn.conv2d, or tf.nn.convolution (space-to-batch) for dilated convs when oneDNN
+    is off: Eigen has no dilated conv2d gradient."""
+    return tf.nn.convolution if dilation > 1 and binary.onednn_disabled() else tf.nn.conv2d
+
+
+def border_term(signs, in_hw, stride, dilation, pad_value):
+    """The conv of the padding alone: a binary conv padded with `pad_value` equals the
+    zero-padded conv plus this constant-input conv of one image (zeros inside,
+    `pad_value` in the 'SAME' border) - no padded copy of the batch. None when there
+    is no padding or its value is 0."""
+    kernel = int(signs.shape[0])
+    pads = [same_padding(int(n), kernel, stride, dilation) for n in in_hw]
+    if not pad_value or not any(p for pair in pads for p in pair):
+        return None
+    mask = np.pad(np.zeros([1, *in_hw, int(signs.shape[2])], np.float32),
+                  [(0, 0), *pads, (0, 0)], constant_values=float(pad_value))
+    return conv_op(dilation)(tf.constant(mask), signs, stride, "VALID", dilations=dilation)
 
 
 def _sum(tensors):
@@ -325,34 +311,34 @@ class SourceOps(tf.keras.layers.Layer):
 
     All edges leaving a state read the same tensor at the same stride, so in the
     search (non-affine BatchNorms, whose batch and moving statistics are then
-    identical for every edge) their ops can share work exactly:
+    identical for every edge) their ops share work exactly:
 
     * one BN -> sign front end for all binary convs of all these edges;
     * per conv type (kernel, dilation), ONE conv whose output channels are the
       concatenation of the `targets` edges' convs (per-output-channel XNOR scales and
-      the weight clip act per channel, so this equals separate convs; initialised as
-      separate glorot kernels), then split;
-    * one pool (and its non-affine BN) per pool kind, shared by the edges.
+      the weight clip act per channel, so this equals separate convs); the kernels
+      belong to the cell (`SearchCell.quantize`), which passes them in;
+    * one pool per pool kind, shared by the edges, and ONE non-affine BN over the
+      concatenated channels of the pools (and of the state itself at stride 1):
+      a non-affine BN is per channel, so this equals one BN per tensor.
 
     Ops of other kinds (separable convs, op shortcuts, ...) are built once per edge.
-    `call(x, weights)` takes the `targets` x n_ops op weights and returns the
-    `targets` mixed edge outputs sum_k w[t, k] * op_k(x).
     """
 
-    def __init__(self, op_names, channels, stride, targets, config, conv_dtype="float32",
-                 name=None):
+    def __init__(self, op_names, channels, stride, targets, config, name=None):
         super().__init__(name=name)
-        self.compute_dtype_ = resolve_conv_dtype(conv_dtype)
         self.op_names, self.channels, self.stride = tuple(op_names), channels, stride
         self.targets, self.binarization = int(targets), config.binarization
-        self.pools, self.singles, self.conv_indices, self.specs = [], [], [], []
+        self.pool_kinds, self.pool_indices, self.singles = [], [], []
+        self.conv_indices, self.specs = [], []
         for k, op in enumerate(self.op_names):
             if op == ops.ZERO:
                 continue
             layer = ops.make(op, channels, stride, config, layer_name=f"{k}_{op}")
             spec = _conv_spec(layer)
             if type(layer) is binary.Pool:  # noqa: E721  (a pure function of x: share it)
-                self.pools.append((k, layer))
+                self.pool_kinds.append(layer._config["kind"])
+                self.pool_indices.append(k)
             elif spec is not None and not spec[3] and groupable(config.binarization):
                 self.conv_indices.append(k)
                 self.specs.append(spec)
@@ -361,55 +347,88 @@ class SourceOps(tf.keras.layers.Layer):
                                                layer_name=f"{k}_{op}_t{t}")
                                       for t in range(1, self.targets)]
                 self.singles.append((k, per_edge))
-        self.pool_layers = [layer for _, layer in self.pools]
         self.single_layers = [layer for _, per_edge in self.singles for layer in per_edge]
+        self.pool_bn = bool(config.pool_bn)
+        # at stride 1 the state and its pools have one shape: one BN for all of them
+        self.joint_bn = bool(self.specs and self.pool_kinds and self.pool_bn and stride == 1)
         self.bn = _bn("bn") if self.specs else None
+        self.pools_bn = (_bn("pools_bn") if self.pool_kinds and self.pool_bn
+                         and not self.joint_bn else None)
         self.sign = self.binarization.input_quantizer() if self.specs else None
-        self.convs = []
-        width = self.targets * channels
-        for kernel, dilation, _relu, _shortcut in self.specs:
-            dilated_stride = dilation > 1 and stride > 1
-            self.convs.append(binary.QuantConv2D(
-                width, kernel, strides=1 if dilated_stride else stride, padding="same",
-                pad_values=self.binarization.pad_values if self.binarization.enabled else 0.0,
-                dilation_rate=1 if dilated_stride else dilation, use_bias=False,
-                input_quantizer=None, kernel_quantizer=self.binarization.kernel_quantizer(),
-                kernel_constraint=self.binarization.kernel_constraint(),
-                kernel_initializer=StackedInitializer("glorot_normal", self.targets),
-                name=f"conv_{kernel}x{kernel}_d{dilation}"))
+
+    def conv_geometry(self, in_hw, spec):
+        """(input height and width, stride, dilation) of a grouped conv: a dilated conv
+        at stride 2 runs undilated on the even pixels (TensorFlow has no strided
+        dilated conv; these are the pixels it reads)."""
+        kernel, dilation = spec[0], spec[1]
+        del kernel
+        if dilation > 1 and self.stride > 1:
+            return tuple(-(-int(n) // self.stride) for n in in_hw), 1, 1
+        return tuple(int(n) for n in in_hw), self.stride, dilation
+
+    def _pools(self, x):
+        return [tf.nn.max_pool2d(x, 3, self.stride, "SAME") if kind == "max"
+                else tf.nn.avg_pool2d(x, 3, self.stride, "SAME") for kind in self.pool_kinds]
+
+    @staticmethod
+    def _normalize(bn, tensors, training):
+        if len(tensors) == 1:
+            return [bn(tensors[0], training=training)]
+        y = bn(tf.concat(tensors, axis=-1), training=training)
+        return tf.split(y, [int(t.shape[-1]) for t in tensors], axis=-1)
 
     @_no_autograph
-    def call(self, x, weights, training=None):
-        """x: the state; weights: [targets, n_ops] op weights -> list of targets outputs."""
+    def call(self, x, rows, conv_factors=None, pool_factors=None, kernels=None,
+             compute_dtype="float32", training=None):
+        """x: the state; rows: [targets, n_ops] op weights; conv_factors:
+        [n_conv, targets, C or 1] op weights times kernel scales; pool_factors:
+        [n_pools, targets]; kernels: {"signs": ..., "borders": ...} per conv type
+        (`SearchCell.quantize`) ->
+        the list of `targets` mixed edge outputs sum_k w[t, k] * op_k(x)."""
         stride, targets, channels = self.stride, self.targets, self.channels
-        columns = tf.unstack(tf.transpose(weights))  # n_ops tensors of shape [targets]
+        pooled = self._pools(x) if self.pool_kinds else []
+        h = None
+        if self.joint_bn:
+            h, *pooled = self._normalize(self.bn, [x] + pooled, training)
+        else:
+            if self.specs:
+                h = self.bn(x, training=training)
+            if self.pools_bn is not None:
+                pooled = self._normalize(self.pools_bn, pooled, training)
         acc = None  # [B, H, W, targets, C]
-        if self.convs:
-            h = self.bn(x, training=training)
+        if self.specs:
             signed = self.sign(h) if self.sign is not None else h
             even = signed[:, ::2, ::2, :] if stride > 1 else signed
-            dtype = self.compute_dtype_ if self.sign is not None else "float32"
-            for conv, k, (kernel, dilation, relu, _) in zip(self.convs, self.conv_indices,
-                                                           self.specs):
-                y, scale = binary_conv(conv, even if dilation > 1 and stride > 1 else signed,
-                                       dtype, parts=targets)
-                factor = tf.reshape(columns[k], [targets, 1])
+            dtype = compute_dtype if self.sign is not None else "float32"
+            # one chain of elementwise ops per conv type (measured faster than
+            # concatenating the conv types and reducing over them)
+            for signs, border, factor, spec in zip(kernels["signs"], kernels["borders"],
+                                                   tf.unstack(conv_factors), self.specs):
+                kernel, dilation, relu, _ = spec
+                _, conv_stride, conv_dilation = self.conv_geometry(x.shape[1:3], spec)
+                inp = even if dilation > 1 and stride > 1 else signed
+                conv = conv_op(conv_dilation)
+                if dtype != "float32":
+                    y = tf.cast(conv(tf.cast(inp, dtype), signs, conv_stride, "SAME",
+                                     dilations=conv_dilation), tf.float32)
+                else:
+                    y = conv(inp, signs, conv_stride, "SAME", dilations=conv_dilation)
+                if border is not None:
+                    y = y + border
                 if self.binarization.enabled and self.binarization.activation_scale:
                     y = y * binary.activation_scale(h, kernel, stride)
-                if scale is not None:  # scale >= 0 commutes with ReLU: fold it in
-                    factor = factor * tf.reshape(scale, [targets, channels])
                 if relu:
                     y = tf.nn.relu(y)
                 term = tf.reshape(y, [-1, y.shape[1], y.shape[2], targets, channels]) * factor
                 acc = term if acc is None else acc + term
-        for k, layer in self.pools:
-            p = layer(x, training=training)
-            term = p[:, :, :, None, :] * tf.reshape(columns[k], [targets, 1])
-            acc = term if acc is None else acc + term
+        if pooled:
+            for p, factor in zip(pooled, tf.unstack(tf.expand_dims(pool_factors, -1))):
+                term = tf.expand_dims(p, 3) * factor
+                acc = term if acc is None else acc + term
         outs = tf.unstack(acc, axis=3) if acc is not None else [None] * targets
         for k, per_edge in self.singles:
             for t, layer in enumerate(per_edge):
-                term = columns[k][t] * layer(x, training=training)
+                term = rows[t, k] * layer(x, training=training)
                 outs[t] = term if outs[t] is None else outs[t] + term
         if outs[0] is None:  # only Zeroise: zeros at the output's shape
             zero = tf.zeros_like(x[:, ::stride, ::stride, :] if stride > 1 else x)
@@ -417,8 +436,19 @@ class SourceOps(tf.keras.layers.Layer):
         return outs
 
 
+# the 14 edges ordered by source state (all edges leaving s0, then s1, then node 0, ...):
+# the column order of a cell's grouped kernels and of `SearchCell.quantize`'s outputs
+SOURCE_ORDER = [e for src in range(1 + NODES) for e, _ in _edges_from(src)]
+
+
 class SearchCell(tf.keras.layers.Layer):
-    """A DARTS search cell with the BNAS (or plain DARTS) inter-cell skip."""
+    """A DARTS search cell with the BNAS (or plain DARTS) inter-cell skip.
+
+    Grouped (the default): the binary conv kernels of all 14 edges are ONE variable per
+    conv type, [k, k, C, 14 * C] with the edges in `SOURCE_ORDER`; `quantize()` turns
+    them into signs, scales and padding border terms once (the bilevel step does it
+    once for both of its passes) and `call` hands each source its slice.
+    """
 
     def __init__(self, op_names, channels, reduction, reduction_prev, skip, op_config,
                  share_bn=True, conv_dtype="float32", name=None):
@@ -428,13 +458,19 @@ class SearchCell(tf.keras.layers.Layer):
                      else ReLUConvBN(channels, name="pre0"))
         self.pre1 = ReLUConvBN(channels, name="pre1")
         self.grouped = bool(share_bn)
-        self.edges, self.sources = [], []
+        self.binarization = op_config.binarization
+        self.compute_dtype_ = resolve_conv_dtype(conv_dtype)
+        self.edges, self.sources, self.kernels, self.specs = [], [], [], []
         if self.grouped:  # all edges leaving a state computed together (SourceOps)
             for src in range(1 + NODES):
                 stride = 2 if reduction and src < 2 else 1
                 self.sources.append(SourceOps(op_names, channels, stride,
                                               len(_edges_from(src)), op_config,
-                                              conv_dtype=conv_dtype, name=f"from{src}"))
+                                              name=f"from{src}"))
+            first = self.sources[0]
+            self.specs = first.specs
+            self.conv_indices, self.pool_indices = first.conv_indices, first.pool_indices
+            self.targets = [source.targets for source in self.sources]
         else:  # one MixedOp (with its own layers) per edge
             for node in range(NODES):
                 for src in range(2 + node):
@@ -443,6 +479,7 @@ class SearchCell(tf.keras.layers.Layer):
                                               name=f"n{node}_from{src}"))
         self.residual_bn = self.residual_conv = None
         self.identity_skip = False
+        self.in_hw = None
 
     def build(self, input_shapes):
         prev = input_shapes[1]
@@ -452,22 +489,100 @@ class SearchCell(tf.keras.layers.Layer):
             self.residual_conv = _conv(out_channels, 2, 2, name="residual_conv")
         elif self.skip:
             self.identity_skip = prev[-1] == out_channels
+        self.in_hw = tuple(int(n) for n in prev[1:3])
+        b, c = self.binarization, self.channels
+        self.kernels = [self.add_weight(
+            name=f"kernel_{k}x{k}_d{d}", shape=(k, k, c, N_EDGES * c), trainable=True,
+            initializer=StackedInitializer("glorot_normal", N_EDGES),
+            constraint=b.kernel_constraint()) for k, d, _, _ in self.specs]
+        self.kernel_quantizer = b.kernel_quantizer()
         super().build(input_shapes)
 
+    def _source_hw(self, src):
+        if src < 2 or not self.reduction:
+            return self.in_hw
+        return tuple(-(-n // 2) for n in self.in_hw)
+
+    def quantize(self):
+        """The cell's binary kernels ready for the convs: a dict with ``kernels``, per
+        source {"signs": per conv type in the compute dtype, "borders": per conv type
+        the padding border term or None}, and ``scales``
+        [n_conv, 14, C] (None without scales). Signs and scales
+        as in `kernel_signs` (straight-through gradients to the latent kernels)."""
+        if not self.kernels:
+            return None
+        widths = [t * self.channels for t in self.targets]
+        per_source = [[] for _ in self.sources]
+        scales = []
+        for variable, spec in zip(self.kernels, self.specs):
+            signed = (kernel_signs(self.kernel_quantizer, variable, N_EDGES)
+                      if self.kernel_quantizer is not None else None)
+            signs, scale = signed if signed is not None else (tf.convert_to_tensor(variable),
+                                                              None)
+            scales.append(scale)
+            cast = (tf.cast(signs, self.compute_dtype_)
+                    if self.compute_dtype_ != "float32" and signed is not None else signs)
+            parts = tf.split(cast, widths, axis=-1)
+            borders = [None] * len(self.sources)
+            if signed is not None and self.binarization.pad_values:
+                # sources with one conv geometry get one border conv
+                geometries = [source.conv_geometry(self._source_hw(s), spec)
+                              for s, source in enumerate(self.sources)]
+                groups = []
+                for s, geometry in enumerate(geometries):
+                    if groups and groups[-1][0] == geometry:
+                        groups[-1][1].append(s)
+                    else:
+                        groups.append((geometry, [s]))
+                group_signs = (tf.split(signs, [sum(widths[s] for s in members)
+                                                for _, members in groups], axis=-1)
+                               if len(groups) > 1 else [signs])
+                for (geometry, members), group in zip(groups, group_signs):
+                    border = border_term(group, *geometry, self.binarization.pad_values)
+                    if border is None:
+                        continue
+                    pieces = (tf.split(border, [widths[s] for s in members], axis=-1)
+                              if len(members) > 1 else [border])
+                    for s, piece in zip(members, pieces):
+                        borders[s] = piece
+            for s in range(len(self.sources)):
+                per_source[s].append((parts[s], borders[s]))
+        if any(scale is None for scale in scales):
+            stacked = None
+        else:
+            stacked = tf.reshape(tf.stack(scales), [len(scales), N_EDGES, self.channels])
+        kernels = [{"signs": [signs for signs, _ in pairs], "borders": [b for _, b in pairs]}
+                   for pairs in per_source]
+        return {"kernels": kernels, "scales": stacked}
+
     @_no_autograph
-    def call(self, inputs, mix, training=None):
-        """inputs [s0, s1]; mix: the cell type's softmaxed alphas [14, n_ops]."""
+    def call(self, inputs, mix, training=None, quantized=None):
+        """inputs [s0, s1]; mix: the cell type's softmaxed alphas [14, n_ops];
+        quantized: this cell's `quantize()` (computed here when None)."""
         s0, s1 = inputs
         states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
         if self.grouped:
+            q = quantized if quantized is not None or not self.kernels else self.quantize()
+            by_source = tf.gather(mix, SOURCE_ORDER)  # [14, n_ops], edges by source
+            rows = tf.split(by_source, self.targets, axis=0)
+            conv_factors = pool_factors = [None] * len(self.sources)
+            if self.specs:
+                w = tf.transpose(tf.gather(by_source, self.conv_indices, axis=1))[:, :, None]
+                if q["scales"] is not None:
+                    w = w * q["scales"]
+                conv_factors = tf.split(w, self.targets, axis=1)
+            if self.pool_indices:
+                pool_factors = tf.split(tf.transpose(tf.gather(by_source, self.pool_indices,
+                                                               axis=1)), self.targets, axis=1)
             # edge outputs per node; node n is complete once sources 0..n+1 are done
             incoming = [[] for _ in range(NODES)]
             for src, layer in enumerate(self.sources):
                 if src >= 2:
                     states.append(_sum(incoming[src - 2]))
-                edges = _edges_from(src)
-                rows = tf.gather(mix, [e for e, _ in edges])
-                for (_, node), out in zip(edges, layer(states[src], rows, training=training)):
+                outs = layer(states[src], rows[src], conv_factors[src], pool_factors[src],
+                             q["kernels"][src] if q is not None else None,
+                             compute_dtype=self.compute_dtype_, training=training)
+                for (_, node), out in zip(_edges_from(src), outs):
                     incoming[node].append(out)
             states.append(_sum(incoming[NODES - 1]))
         else:
@@ -535,14 +650,21 @@ class Supernet(tf.keras.Model):
         return regularizers.diversity(self.arch_variables, self.diversity_lambda,
                                       self.diversity_tau, epoch)
 
+    def quantize(self):
+        """Every cell's quantised binary kernels (`SearchCell.quantize`): pass them as
+        ``net(x, quantized=...)`` to reuse them across calls while the weights do not
+        change (the bilevel step's alpha and weight passes)."""
+        return [cell.quantize() for cell in self.cells]
+
     @_no_autograph
-    def call(self, x, training=None):
+    def call(self, x, training=None, quantized=None):
         s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
         mix_normal, mix_reduce = (tf.nn.softmax(alpha, axis=-1)
                                   for alpha in self.arch_variables)
-        for cell in self.cells:
+        for i, cell in enumerate(self.cells):
             mix = mix_reduce if cell.reduction else mix_normal
-            s0, s1 = s1, cell([s0, s1], mix, training=training)
+            s0, s1 = s1, cell([s0, s1], mix, training=training,
+                              quantized=None if quantized is None else quantized[i])
         return self.classifier(self.pool(s1))
 
     def alpha_arrays(self):
