@@ -318,9 +318,7 @@ class SourceOps(tf.keras.layers.Layer):
       concatenation of the `targets` edges' convs (per-output-channel XNOR scales and
       the weight clip act per channel, so this equals separate convs); the kernels
       belong to the cell (`SearchCell.quantize`), which passes them in;
-    * one pool per pool kind, shared by the edges, and ONE non-affine BN over the
-      concatenated channels of the pools (and of the state itself at stride 1):
-      a non-affine BN is per channel, so this equals one BN per tensor.
+    * one pool (and its non-affine BN) per pool kind, shared by the edges.
 
     Ops of other kinds (separable convs, op shortcuts, ...) are built once per edge.
     """
@@ -348,12 +346,11 @@ class SourceOps(tf.keras.layers.Layer):
                                       for t in range(1, self.targets)]
                 self.singles.append((k, per_edge))
         self.single_layers = [layer for _, per_edge in self.singles for layer in per_edge]
-        self.pool_bn = bool(config.pool_bn)
-        # at stride 1 the state and its pools have one shape: one BN for all of them
-        self.joint_bn = bool(self.specs and self.pool_kinds and self.pool_bn and stride == 1)
         self.bn = _bn("bn") if self.specs else None
-        self.pools_bn = (_bn("pools_bn") if self.pool_kinds and self.pool_bn
-                         and not self.joint_bn else None)
+        # one non-affine BN per pool kind (one BN over the concatenated pools and the
+        # state computes the same, but its concat and split copies measured slower)
+        self.pool_bns = ([_bn(f"pool_bn_{kind}") for kind in self.pool_kinds]
+                         if config.pool_bn else [])
         self.sign = self.binarization.input_quantizer() if self.specs else None
 
     def conv_geometry(self, in_hw, spec):
@@ -370,40 +367,29 @@ class SourceOps(tf.keras.layers.Layer):
         return [tf.nn.max_pool2d(x, 3, self.stride, "SAME") if kind == "max"
                 else tf.nn.avg_pool2d(x, 3, self.stride, "SAME") for kind in self.pool_kinds]
 
-    @staticmethod
-    def _normalize(bn, tensors, training):
-        if len(tensors) == 1:
-            return [bn(tensors[0], training=training)]
-        y = bn(tf.concat(tensors, axis=-1), training=training)
-        return tf.split(y, [int(t.shape[-1]) for t in tensors], axis=-1)
-
     @_no_autograph
     def call(self, x, rows, conv_factors=None, pool_factors=None, kernels=None,
              compute_dtype="float32", training=None):
         """x: the state; rows: [targets, n_ops] op weights; conv_factors:
-        [n_conv, targets, C or 1] op weights times kernel scales; pool_factors:
+        [n_conv, targets, C] op weights times kernel scales; pool_factors:
         [n_pools, targets]; kernels: {"signs": ..., "borders": ...} per conv type
         (`SearchCell.quantize`) ->
         the list of `targets` mixed edge outputs sum_k w[t, k] * op_k(x)."""
         stride, targets, channels = self.stride, self.targets, self.channels
         pooled = self._pools(x) if self.pool_kinds else []
-        h = None
-        if self.joint_bn:
-            h, *pooled = self._normalize(self.bn, [x] + pooled, training)
-        else:
-            if self.specs:
-                h = self.bn(x, training=training)
-            if self.pools_bn is not None:
-                pooled = self._normalize(self.pools_bn, pooled, training)
-        acc = None  # [B, H, W, targets, C]
+        if self.pool_bns:
+            pooled = [bn(p, training=training) for bn, p in zip(self.pool_bns, pooled)]
+        h = self.bn(x, training=training) if self.specs else None
+        acc = None  # [B, H, W, targets * C]
         if self.specs:
             signed = self.sign(h) if self.sign is not None else h
             even = signed[:, ::2, ::2, :] if stride > 1 else signed
             dtype = compute_dtype if self.sign is not None else "float32"
             # one chain of elementwise ops per conv type (measured faster than
             # concatenating the conv types and reducing over them)
+            factors = tf.unstack(tf.reshape(conv_factors, [len(self.specs), -1]))
             for signs, border, factor, spec in zip(kernels["signs"], kernels["borders"],
-                                                   tf.unstack(conv_factors), self.specs):
+                                                   factors, self.specs):
                 kernel, dilation, relu, _ = spec
                 _, conv_stride, conv_dilation = self.conv_geometry(x.shape[1:3], spec)
                 inp = even if dilation > 1 and stride > 1 else signed
@@ -419,13 +405,15 @@ class SourceOps(tf.keras.layers.Layer):
                     y = y * binary.activation_scale(h, kernel, stride)
                 if relu:
                     y = tf.nn.relu(y)
-                term = tf.reshape(y, [-1, y.shape[1], y.shape[2], targets, channels]) * factor
+                term = y * factor  # [B, H, W, targets * C]: edge t in channels t*C..
                 acc = term if acc is None else acc + term
         if pooled:
             for p, factor in zip(pooled, tf.unstack(tf.expand_dims(pool_factors, -1))):
-                term = tf.expand_dims(p, 3) * factor
+                term = tf.expand_dims(p, 3) * factor  # [B, H, W, targets, C]
+                term = tf.reshape(term, [-1, term.shape[1], term.shape[2], targets * channels])
                 acc = term if acc is None else acc + term
-        outs = tf.unstack(acc, axis=3) if acc is not None else [None] * targets
+        outs = (tf.split(acc, targets, axis=-1) if targets > 1 else [acc]) \
+            if acc is not None else [None] * targets
         for k, per_edge in self.singles:
             for t, layer in enumerate(per_edge):
                 term = rows[t, k] * layer(x, training=training)
@@ -568,8 +556,9 @@ class SearchCell(tf.keras.layers.Layer):
             conv_factors = pool_factors = [None] * len(self.sources)
             if self.specs:
                 w = tf.transpose(tf.gather(by_source, self.conv_indices, axis=1))[:, :, None]
-                if q["scales"] is not None:
-                    w = w * q["scales"]
+                # [n_conv, 14, C]: per channel (float convs: the op weight repeated)
+                w = w * (q["scales"] if q["scales"] is not None
+                         else tf.ones([1, 1, self.channels]))
                 conv_factors = tf.split(w, self.targets, axis=1)
             if self.pool_indices:
                 pool_factors = tf.split(tf.transpose(tf.gather(by_source, self.pool_indices,
