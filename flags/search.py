@@ -10,6 +10,7 @@ from flags import define
 
 from bnas_tf import distribute, ops
 from bnas_tf.search import METHODS, SearchConfig, parse_ops
+from bnas_tf.search.supernet import CONV_DTYPES
 
 FLAGS = absl_flags.FLAGS
 PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
@@ -87,6 +88,10 @@ _DEFINITIONS = (
      "BARS: downsampling block (improved binary, plain binary, float)."),
     (absl_flags.DEFINE_boolean, "op_shortcut", True, {},
      "BARS: op-level shortcut around each binary conv."),
+    # BNAS (consumed by bnas_tf.search.supernet through SearchConfig.extra).
+    (absl_flags.DEFINE_enum, "conv_dtype", None, dict(enum_values=list(CONV_DTYPES)),
+     "BNAS supernet: dtype of the +-1 binary conv products (auto: bfloat16 on CPUs "
+     "with native bfloat16, else float32; see docs/benchmark.md)."),
 )
 define(_DEFINITIONS)
 
@@ -151,5 +156,10 @@ def search_config_from_flags(**overrides) -> SearchConfig:
     if FLAGS.method == "bars":
         values["extra"] = {**values.get("extra", {}),
                            **bars_extra_from_flags(present_only=bool(make_default))}
+    if FLAGS.conv_dtype is not None:
+        if FLAGS.method != "bnas":
+            raise ValueError(f"--conv_dtype applies to --method=bnas only, "
+                             f"not --method={FLAGS.method}")
+        values["extra"] = {**values.get("extra", {}), "conv_dtype": FLAGS.conv_dtype}
     values.update(overrides)
     return SearchConfig(**values).validate()

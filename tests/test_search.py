@@ -357,6 +357,15 @@ def test_flags_give_method_defaults_then_command_line_values():
         search_flags.FLAGS(["search.py", "--method=bars", "--width_choices=0.5,x"])
         with pytest.raises(ValueError, match="width_choices"):
             search_flags.search_config_from_flags()
+    with flagsaver.flagsaver():
+        search_flags.FLAGS(["search.py", "--conv_dtype=float32"])
+        cfg = search_flags.search_config_from_flags()
+    assert cfg.extra == {"conv_dtype": "float32"}
+    assert supernet.build_supernet(cfg, 10, 32).conv_dtype == "float32"
+    with flagsaver.flagsaver():
+        search_flags.FLAGS(["search.py", "--method=bars", "--conv_dtype=bfloat16"])
+        with pytest.raises(ValueError, match="--conv_dtype applies to --method=bnas only"):
+            search_flags.search_config_from_flags()
 
 
 def test_net_defined_arch_loss_replaces_the_additive_one():
