@@ -21,13 +21,17 @@ Speed: a cell computes the ops of all edges leaving one state together
 (`SourceOps`): one BN -> sign per state, one wide conv per conv type whose output
 channels concatenate the edges' convs, one pool per kind. With non-affine BNs this
 is exactly the per-edge computation (tested against ``share_bn=False``, which
-builds one `MixedOp` with separate layers per edge) at 2.4x the speed. Binary convs
-run as ``scale * conv(sign(x), sign(W))`` (`binary_conv`): +-1 operands, the XNOR
-scale folded into the op weights, the +1 padding as zero padding plus a constant
-border term; with ``conv_dtype='bfloat16'`` (the default 'auto' picks it on CPUs
-with native bfloat16) the +-1 products run in bfloat16: exact products, float32
-accumulation, results rounded to 8 significant bits (numerics differ slightly from
-float32; gradients are bfloat16 too), about 1.4x faster again.
+builds one `MixedOp` with separate layers per edge) at 2.4x the speed. The binary
+kernels of a cell are one variable per conv type (all 14 edges, `SOURCE_ORDER`);
+`SearchCell.quantize` turns them into +-1 signs, XNOR scales and padding border
+terms, and the bilevel step does that once for its alpha and weight passes
+(`Supernet.quantize`, ``net(x, quantized=...)``). Binary convs run as
+``scale * conv(sign(x), sign(W))``: +-1 operands, the XNOR scale folded into the op
+weights, the +1 padding as zero padding plus a constant border term; with
+``conv_dtype='bfloat16'`` (the default 'auto' picks it on CPUs with native
+bfloat16) the +-1 products run in bfloat16: exact products, float32 accumulation,
+results rounded to 8 significant bits (numerics differ slightly from float32;
+gradients are bfloat16 too), about 1.4x faster again.
 """
 from __future__ import annotations
 
