@@ -384,7 +384,7 @@ class SourceOps(tf.keras.layers.Layer):
         if self.pool_bns:
             pooled = [bn(p, training=training) for bn, p in zip(self.pool_bns, pooled)]
         h = self.bn(x, training=training) if self.specs else None
-        acc = None  # [B, H, W, targets * C]
+        terms = []  # each [B, H, W, targets * C], summed by one AddN
         if self.specs:
             signed = self.sign(h) if self.sign is not None else h
             even = signed[:, ::2, ::2, :] if stride > 1 else signed
@@ -410,12 +410,13 @@ class SourceOps(tf.keras.layers.Layer):
                 if relu:
                     y = tf.nn.relu(y)
                 term = y * factor  # [B, H, W, targets * C]: edge t in channels t*C..
-                acc = term if acc is None else acc + term
+                terms.append(term)
         if pooled:
             for p, factor in zip(pooled, tf.unstack(tf.expand_dims(pool_factors, -1))):
                 term = tf.expand_dims(p, 3) * factor  # [B, H, W, targets, C]
                 term = tf.reshape(term, [-1, term.shape[1], term.shape[2], targets * channels])
-                acc = term if acc is None else acc + term
+                terms.append(term)
+        acc = _sum(terms) if terms else None
         outs = (tf.split(acc, targets, axis=-1) if targets > 1 else [acc]) \
             if acc is not None else [None] * targets
         for k, per_edge in self.singles:
