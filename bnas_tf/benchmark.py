@@ -470,6 +470,10 @@ def _report_search(progress, r):
              f"first call {r['first_call_s']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB")
 
 
+def _report_step(progress, label, r):
+    progress(f"[benchmark] {label}: {r['median_s']:.3f} s (first call {r['first_call_s']:.1f} s)")
+
+
 def _met(value, comparison, bound):
     if value is None:
         return None
@@ -482,7 +486,8 @@ def run(config: BenchConfig, progress=print) -> dict:
     config.validate()
     import bnas_tf  # noqa: F401
     configure_threads(config.intra_op_threads, config.inter_op_threads)
-    out = {"quick": config.quick, "config": _jsonable(dataclasses.asdict(config)),
+    from bnas_tf import files
+    out = {"quick": config.quick, "config": dataclasses.asdict(config),
            "environment": environment(config), "reference": dict(REFERENCE)}
     details = out["details"] = {}
 
@@ -502,15 +507,13 @@ def run(config: BenchConfig, progress=print) -> dict:
         progress("[benchmark] BARS search step ...")
         r = details["bars"] = search_step("bars", bars_search_config(config), config)
         out["bars_search_step_s"] = r["median_s"]
-        progress(f"[benchmark] BARS search step: {r['median_s']:.3f} s "
-                 f"(first call {r['first_call_s']:.1f} s)")
+        _report_step(progress, "BARS search step", r)
     if "train" in config.parts:
         progress("[benchmark] final-network train step ...")
         r = details["train"] = train_step(config)
         out["train_step_s"] = r["median_s"]
         out["train_images_per_s"] = config.batch_size / r["median_s"]
-        progress(f"[benchmark] train step: {r['median_s']:.3f} s "
-                 f"(first call {r['first_call_s']:.1f} s)")
+        _report_step(progress, "train step", r)
     if "input" in config.parts:
         progress("[benchmark] input pipeline ...")
         r = details["input"] = input_pipeline(config)
@@ -548,17 +551,7 @@ def run(config: BenchConfig, progress=print) -> dict:
     out["targets"] = {k: {"value": out.get(k), "target": f"{c} {b}",
                           "met": _met(out.get(k), c, b)}
                       for k, (c, b) in TARGETS.items() if k in out}
-    return _jsonable(out)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    return value
+    return files.plain(out)
 
 
 def write_json(path, result):

@@ -42,6 +42,12 @@ def jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def plain(value):
+    """`value` with plain JSON types only (numpy scalars and arrays, tuples and
+    non-string keys converted as `write_json` writes them)."""
+    return json.loads(json.dumps(value, default=jsonable))
+
+
 def write_json(path, data, sort_keys=False):
     """Write `data` as indented JSON, atomically (the JSON is built before any write)."""
     text = json.dumps(data, indent=2, sort_keys=sort_keys, default=jsonable) + "\n"

@@ -85,8 +85,7 @@ def run_identity(data_config, search_config):
     data_part = {k: getattr(data_config, k) for k in DATA_IDENTITY if hasattr(data_config, k)}
     if data_part.get("data_dir"):
         data_part["data_dir"] = os.path.abspath(os.path.expanduser(data_part["data_dir"]))
-    return json.loads(json.dumps({"search": search_config.to_dict(), "data": data_part},
-                                 default=files.jsonable))
+    return files.plain({"search": search_config.to_dict(), "data": data_part})
 
 
 def check_output_dir(output_dir, identity):
