@@ -47,10 +47,11 @@ def _all_reduce(grads):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
 
 
-def _tape(variables=None):
-    """A gradient tape that watches only `variables` (the step's other variables are
-    not differentiated: their backward ops are not even traced); enter it first."""
-    return tf.GradientTape(watch_accessed_variables=variables is None)
+def _tape():
+    """A gradient tape that watches only what the caller `watch`es inside it (the
+    step's other variables are not differentiated: their backward ops are not even
+    traced)."""
+    return tf.GradientTape(watch_accessed_variables=False)
 
 
 def _dense(grads, variables):
@@ -114,13 +115,16 @@ class BilevelModel(tf.keras.Model):
         Use tf.keras.optimizers.legacy optimizers. Build the net first
         (`build_net`) so the optimizers' slots can be created eagerly here.
         """
-        if self.order == 2 and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-            raise ValueError("second-order search (order=2) runs on a single device only; "
-                             "use order=1 with a multi-device strategy")
+        self._check_order()
         super().compile(optimizer=w_optimizer, **kwargs)
         self.w_optimizer, self.a_optimizer = w_optimizer, a_optimizer
         if self.net.built:
             self.create_optimizer_slots()
+
+    def _check_order(self):
+        if self.order == 2 and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError("second-order search (order=2) runs on a single device only; "
+                             "use order=1 with a multi-device strategy")
 
     def create_optimizer_slots(self):
         """Create both optimizers' slots now (before tracing; needed for checkpoint restore)."""
@@ -176,7 +180,7 @@ class BilevelModel(tf.keras.Model):
         return loss, tf.reduce_mean(per_example), reg
 
     def _train_loss_grads(self, x, y, variables):
-        with _tape(variables) as tape:
+        with _tape() as tape:
             tape.watch(variables)
             loss, _, _ = self._ce(x, y)
         return _all_reduce(_dense(tape.gradient(loss, variables), variables))
@@ -184,7 +188,7 @@ class BilevelModel(tf.keras.Model):
     # ------------------------------------------------------------------ alpha step
     def _first_order_arch_grads(self, x_train, y_train, x_val, y_val, quantized=None):
         alphas = self.arch_variables
-        with _tape(alphas) as tape:
+        with _tape() as tape:
             tape.watch(alphas)
             loss, ce, reg = self._arch_loss(x_val, y_val, quantized)
         grads = _dense(tape.gradient(loss, alphas), alphas)
@@ -199,7 +203,7 @@ class BilevelModel(tf.keras.Model):
         backup = [tf.identity(w) for w in weights]
         for w, g, w0 in zip(weights, g_train, backup):
             w.assign(w0 - xi * (g + self.w_wd * w0))
-        with _tape(alphas + weights) as tape:
+        with _tape() as tape:
             tape.watch(alphas + weights)
             loss, ce, reg = self._arch_loss(x_val, y_val)
         grads = _all_reduce(_dense(tape.gradient(loss, alphas + weights), alphas + weights))
@@ -227,8 +231,7 @@ class BilevelModel(tf.keras.Model):
     def _arch_step(self, x_train, y_train, x_val, y_val, quantized=None):
         alphas = self.arch_variables
         if self.order == 2:
-            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-                raise ValueError("second-order search (order=2) runs on a single device only")
+            self._check_order()
             grads, ce, reg = self._second_order_arch_grads(x_train, y_train, x_val, y_val)
         else:
             grads, ce, reg = self._first_order_arch_grads(x_train, y_train, x_val, y_val,
@@ -242,7 +245,7 @@ class BilevelModel(tf.keras.Model):
     # ------------------------------------------------------------------ weight step
     def _weight_step(self, x, y, tape=None, quantized=None):
         weights = self.weight_variables
-        tape = tape if tape is not None else _tape(weights)
+        tape = tape if tape is not None else _tape()
         with tape:
             tape.watch(weights)
             loss, per_example, logits = self._ce(x, y, quantized=quantized)
@@ -263,7 +266,7 @@ class BilevelModel(tf.keras.Model):
         variable, in a traced step from its Python copy, which `set_alpha_update` and
         the train function (`make_train_function`) keep in sync."""
         (x_train, y_train), (x_val, y_val) = data
-        tape, quantized = _tape(self.weight_variables), None
+        tape, quantized = _tape(), None
         quantize = getattr(self.net, "quantize", None)
         if quantize is not None and self.order == 1:
             with tape:
