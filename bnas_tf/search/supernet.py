@@ -35,6 +35,7 @@ gradients are bfloat16 too), about 1.4x faster again.
 """
 from __future__ import annotations
 
+import itertools
 
 import bnas_tf  # noqa: F401
 import larq as lq
@@ -361,8 +362,7 @@ class SourceOps(tf.keras.layers.Layer):
         """(input height and width, stride, dilation) of a grouped conv: a dilated conv
         at stride 2 runs undilated on the even pixels (TensorFlow has no strided
         dilated conv; these are the pixels it reads)."""
-        kernel, dilation = spec[0], spec[1]
-        del kernel
+        dilation = spec[1]
         if dilation > 1 and self.stride > 1:
             return tuple(-(-int(n) // self.stride) for n in in_hw), 1, 1
         return tuple(int(n) for n in in_hw), self.stride, dilation
@@ -491,21 +491,23 @@ class SearchCell(tf.keras.layers.Layer):
         self.kernel_quantizer = b.kernel_quantizer()
         super().build(input_shapes)
 
-    def _source_hw(self, src):
+    def _source_hw(self, src, in_hw):
         if src < 2 or not self.reduction:
-            return self.in_hw
-        return tuple(-(-n // 2) for n in self.in_hw)
+            return in_hw
+        return tuple(-(-n // 2) for n in in_hw)
 
-    def quantize(self):
+    def quantize(self, in_hw=None):
         """The cell's binary kernels ready for the convs: a dict with ``kernels``, per
         source {"signs": per conv type in the compute dtype, "borders": per conv type
-        the padding border term or None}, and ``scales``
-        [n_conv, 14, C] (None without scales). Signs and scales
-        as in `kernel_signs` (straight-through gradients to the latent kernels)."""
+        the padding border term or None}, and ``scales`` [n_conv, 14, C] (None
+        without scales). Signs and scales as in `kernel_signs` (straight-through
+        gradients to the latent kernels). Border terms are for states of `in_hw`
+        (height, width; default: the size the cell was built at)."""
         if not self.kernels:
             return None
+        in_hw = tuple(in_hw or self.in_hw)
         widths = [t * self.channels for t in self.targets]
-        per_source = [[] for _ in self.sources]
+        kernels = [{"signs": [], "borders": []} for _ in self.sources]
         scales = []
         for variable, spec in zip(self.kernels, self.specs):
             signed = (kernel_signs(self.kernel_quantizer, variable, N_EDGES)
@@ -515,18 +517,13 @@ class SearchCell(tf.keras.layers.Layer):
             scales.append(scale)
             cast = (tf.cast(signs, self.compute_dtype_)
                     if self.compute_dtype_ != "float32" and signed is not None else signs)
-            parts = tf.split(cast, widths, axis=-1)
             borders = [None] * len(self.sources)
             if signed is not None and self.binarization.pad_values:
-                # sources with one conv geometry get one border conv
-                geometries = [source.conv_geometry(self._source_hw(s), spec)
-                              for s, source in enumerate(self.sources)]
-                groups = []
-                for s, geometry in enumerate(geometries):
-                    if groups and groups[-1][0] == geometry:
-                        groups[-1][1].append(s)
-                    else:
-                        groups.append((geometry, [s]))
+                # consecutive sources with one conv geometry get one border conv
+                groups = [(geometry, [s for s, _ in members]) for geometry, members in
+                          itertools.groupby(enumerate(
+                              source.conv_geometry(self._source_hw(s, in_hw), spec)
+                              for s, source in enumerate(self.sources)), key=lambda p: p[1])]
                 group_signs = (tf.split(signs, [sum(widths[s] for s in members)
                                                 for _, members in groups], axis=-1)
                                if len(groups) > 1 else [signs])
@@ -538,24 +535,25 @@ class SearchCell(tf.keras.layers.Layer):
                               if len(members) > 1 else [border])
                     for s, piece in zip(members, pieces):
                         borders[s] = piece
-            for s in range(len(self.sources)):
-                per_source[s].append((parts[s], borders[s]))
-        if any(scale is None for scale in scales):
-            stacked = None
-        else:
-            stacked = tf.reshape(tf.stack(scales), [len(scales), N_EDGES, self.channels])
-        kernels = [{"signs": [signs for signs, _ in pairs], "borders": [b for _, b in pairs]}
-                   for pairs in per_source]
+            for kernel, part, border in zip(kernels, tf.split(cast, widths, axis=-1), borders):
+                kernel["signs"].append(part)
+                kernel["borders"].append(border)
+        stacked = (None if any(scale is None for scale in scales) else
+                   tf.reshape(tf.stack(scales), [len(scales), N_EDGES, self.channels]))
         return {"kernels": kernels, "scales": stacked}
 
     @_no_autograph
     def call(self, inputs, mix, training=None, quantized=None):
         """inputs [s0, s1]; mix: the cell type's softmaxed alphas [14, n_ops];
-        quantized: this cell's `quantize()` (computed here when None)."""
+        quantized: this cell's `quantize()` (computed here when None or when the
+        states' size differs from the one the cell was built at)."""
         s0, s1 = inputs
         states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
         if self.grouped:
-            q = quantized if quantized is not None or not self.kernels else self.quantize()
+            in_hw = tuple(int(n) for n in states[1].shape[1:3])
+            # kernels quantised for another input size carry the wrong border terms
+            q = (quantized if quantized is not None and in_hw == self.in_hw
+                 else self.quantize(in_hw))
             by_source = tf.gather(mix, SOURCE_ORDER)  # [14, n_ops], edges by source
             rows = tf.split(by_source, self.targets, axis=0)
             conv_factors = pool_factors = [None] * len(self.sources)
