@@ -110,6 +110,33 @@ def test_alpha_update_flag_freezes_alphas_only():
     assert not np.allclose(net.alpha.numpy(), a0)
 
 
+
+def _descendants(ops):
+    """Every op reachable from `ops` along data and control edges."""
+    seen, todo = set(), list(ops)
+    while todo:
+        op = todo.pop()
+        for nxt in [c for t in op.outputs for c in t.consumers()] + list(op._control_outputs):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_weight_pass_starts_after_the_alpha_update():
+    """The traced step runs the weight pass's first layer (its MatMul, which reads no
+    alpha) only after the alpha optimizer's update: the two passes' activations are
+    never alive together."""
+    model = _toy_model(adam=True)  # alphas: Adam, weights: SGD
+    graph = tf.function(model.train_step).get_concrete_function(_batches()).graph
+    updates = [op for op in graph.get_operations() if op.type == "ResourceApplyAdam"]
+    assert updates
+    forward = [op for op in graph.get_operations()
+               if op.type == "MatMul" and "gradient_tape" not in op.name]
+    assert len(forward) == 2  # alpha pass (validation batch), weight pass
+    after = _descendants(updates)
+    assert [op in after for op in forward] == [False, True]
+
 def test_train_function_follows_the_alpha_update_variable():
     """The compiled step leaves the alpha step out while `alpha_update` is off, read
     from the variable before every call (a restored checkpoint or a callback may set

@@ -240,9 +240,9 @@ class BilevelModel(tf.keras.Model):
                                                           quantized)
             grads = _all_reduce(grads)
         grads = [g + self.a_wd * a for g, a in zip(grads, alphas)]
-        self.a_optimizer.apply_gradients(zip(grads, alphas),
-                                         experimental_aggregate_gradients=False)
-        return ce, reg
+        update = self.a_optimizer.apply_gradients(zip(grads, alphas),
+                                                  experimental_aggregate_gradients=False)
+        return ce, reg, update
 
     # ------------------------------------------------------------------ weight step
     def _weight_step(self, x, y, tape=None, quantized=None):
@@ -276,7 +276,12 @@ class BilevelModel(tf.keras.Model):
                 quantized = quantize()
         on = bool(self.alpha_update.numpy()) if tf.executing_eagerly() else self._alpha_step_on
         if on:
-            arch_ce, reg = self._arch_step(x_train, y_train, x_val, y_val, quantized)
+            arch_ce, reg, update = self._arch_step(x_train, y_train, x_val, y_val, quantized)
+            # the weight pass starts after the alpha step: its first layers (which do
+            # not read the alphas) would otherwise run during the alpha pass and add
+            # their activations to its peak memory
+            with tf.control_dependencies([update]):
+                x_train = tf.identity(x_train)
         else:
             arch_ce, reg = tf.constant(0.0), tf.constant(0.0)
         per_example, logits = self._weight_step(x_train, y_train, tape, quantized)
