@@ -456,6 +456,14 @@ class SourceOps(tf.keras.layers.Layer):
         return outs
 
 
+def _one_hot_columns(indices, n):
+    """[n, len(indices)] float32 constant: column j is one-hot at indices[j] (x @ it
+    gathers the columns `indices` of x)."""
+    matrix = np.zeros([n, len(indices)], np.float32)
+    matrix[list(indices), np.arange(len(indices))] = 1.0
+    return tf.constant(matrix)
+
+
 # the 14 edges ordered by source state (all edges leaving s0, then s1, then node 0, ...):
 # the column order of a cell's grouped kernels and of `SearchCell.quantize`'s outputs
 SOURCE_ORDER = [e for src in range(1 + NODES) for e, _ in _edges_from(src)]
@@ -581,18 +589,25 @@ class SearchCell(tf.keras.layers.Layer):
             # kernels quantised for another input size carry the wrong border terms
             q = (quantized if quantized is not None and in_hw == self.in_hw
                  else self.quantize(in_hw))
-            by_source = tf.gather(mix, SOURCE_ORDER)  # [14, n_ops], edges by source
-            rows = tf.split(by_source, self.targets, axis=0)
+            # [n_ops, 14]: the op weights of the edges in SOURCE_ORDER (gathers as
+            # products with one-hot matrices: exact, and their gradients trace faster)
+            by_source = tf.matmul(mix, _one_hot_columns(SOURCE_ORDER, N_EDGES),
+                                  transpose_a=True)
+            rows = ([None] * len(self.sources) if not any(s.singles for s in self.sources)
+                    else tf.split(tf.transpose(by_source), self.targets, axis=0))
             conv_factors = pool_factors = [None] * len(self.sources)
+            n_ops = int(mix.shape[-1])
             if self.specs:
-                w = tf.transpose(tf.gather(by_source, self.conv_indices, axis=1))[:, :, None]
+                w = tf.matmul(_one_hot_columns(self.conv_indices, n_ops), by_source,
+                              transpose_a=True)[:, :, None]
                 # [n_conv, 14, C]: per channel (float convs: the op weight repeated)
                 w = w * (q["scales"] if q["scales"] is not None
                          else tf.ones([1, 1, self.channels]))
                 conv_factors = tf.split(w, self.targets, axis=1)
             if self.pool_indices:
-                pool_factors = tf.split(tf.transpose(tf.gather(by_source, self.pool_indices,
-                                                               axis=1)), self.targets, axis=1)
+                pool_factors = tf.split(tf.matmul(_one_hot_columns(self.pool_indices, n_ops),
+                                                  by_source, transpose_a=True),
+                                        self.targets, axis=1)
             # edge outputs per node; node n is complete once sources 0..n+1 are done
             incoming = [[] for _ in range(NODES)]
             for src, layer in enumerate(self.sources):
