@@ -414,10 +414,8 @@ class SourceOps(tf.keras.layers.Layer):
         terms = []  # each [B, H, W, targets * C], summed by one AddN
         if self.specs:
             signed = self.sign(h) if self.sign is not None else h
-            dtype = compute_dtype if self.sign is not None else "float32"
-            if dtype != "float32":  # cast once for every conv type (+-1: exact)
-                signed = tf.cast(signed, dtype)
             even = signed[:, ::2, ::2, :] if stride > 1 else signed
+            dtype = compute_dtype if self.sign is not None else "float32"
             # one chain of elementwise ops per conv type (measured faster than
             # concatenating the conv types and reducing over them)
             factors = tf.unstack(tf.reshape(conv_factors, [len(self.specs), -1]))
@@ -427,9 +425,11 @@ class SourceOps(tf.keras.layers.Layer):
                 _, conv_stride, conv_dilation = self.conv_geometry(x.shape[1:3], spec)
                 inp = even if dilation > 1 and stride > 1 else signed
                 conv = conv_op(conv_dilation)
-                y = conv(inp, signs, conv_stride, "SAME", dilations=conv_dilation)
-                if y.dtype != tf.float32:
-                    y = tf.cast(y, tf.float32)
+                if dtype != "float32":
+                    y = tf.cast(conv(tf.cast(inp, dtype), signs, conv_stride, "SAME",
+                                     dilations=conv_dilation), tf.float32)
+                else:
+                    y = conv(inp, signs, conv_stride, "SAME", dilations=conv_dilation)
                 if border is not None:
                     y = y + border
                 if self.binarization.enabled and self.binarization.activation_scale:
