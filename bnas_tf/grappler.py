@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 
 import bnas_tf  # noqa: F401
-import tensorflow as tf  # noqa: F401  (the eager context below)
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.eager import context
 

@@ -303,7 +303,8 @@ def _fan(shape, mode):
 class StackedInitializer(tf.keras.initializers.Initializer):
     """`parts` independent draws of `base` for a kernel of shape (..., parts * n),
     concatenated along the output axis: a grouped kernel initialised exactly like
-    `parts` separate (..., n) kernels (glorot's fan-out is that of one part)."""
+    `parts` separate (..., n) kernels (glorot's fan-out is that of one part; a
+    VarianceScaling base is drawn once for the whole kernel with that variance)."""
 
     def __init__(self, base, parts):
         self.base, self.parts = tf.keras.initializers.get(base), int(parts)
@@ -318,7 +319,7 @@ class StackedInitializer(tf.keras.initializers.Initializer):
                 base.scale * ratio, base.mode, base.distribution, base.seed)(shape, dtype)
         # a fresh instance per part: one unseeded instance repeats its values
         config = base.get_config()
-        return tf.concat([type(self.base).from_config(config)(part, dtype=dtype)
+        return tf.concat([type(base).from_config(config)(part, dtype=dtype)
                           for _ in range(self.parts)], axis=-1)
 
     def get_config(self):
@@ -374,9 +375,9 @@ class SourceOps(tf.keras.layers.Layer):
                 self.conv_indices.append(k)
                 self.specs.append(detail)
             else:
-                self.singles.append((k, [ops.make(op, channels, stride, config,
-                                                  layer_name=f"{k}_{op}" + (f"_t{t}" if t else ""))
-                                         for t in range(self.targets)]))
+                names = [f"{k}_{op}"] + [f"{k}_{op}_t{t}" for t in range(1, self.targets)]
+                self.singles.append((k, [ops.make(op, channels, stride, config, layer_name=n)
+                                         for n in names]))
         self.single_layers = [layer for _, per_edge in self.singles for layer in per_edge]
         self.bn = _bn("bn") if self.specs else None
         # one non-affine BN per pool kind (one BN over the concatenated pools and the
@@ -401,7 +402,8 @@ class SourceOps(tf.keras.layers.Layer):
     @_no_autograph
     def call(self, x, rows, conv_factors=None, pool_factors=None, kernels=None,
              compute_dtype="float32", training=None):
-        """x: the state; rows: [targets, n_ops] op weights; conv_factors:
+        """x: the state; rows: [targets, n_ops] op weights (read only by ops computed
+        per edge; None when there are none); conv_factors:
         [n_conv, targets, C] op weights times kernel scales; pool_factors:
         [n_pools, targets]; kernels: {"signs": ..., "borders": ...} per conv type
         (`SearchCell.quantize`) ->
