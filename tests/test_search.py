@@ -344,6 +344,38 @@ def test_supernet_structure_and_variables():
     assert [c.identity_skip for c in skip.cells] == [False, False, False, True]
 
 
+@pytest.mark.parametrize("ops_, cells", [(ops.BNAS_OPS, 4), (FEW_OPS, 3)])
+def test_supernet_built_from_its_input_shape_equals_one_built_by_a_call(ops_, cells):
+    """`build_from_shape` (no forward pass) creates the variables a first call creates
+    (names, shapes), and with the same values the two nets compute the same logits
+    and the same quantised kernels (the cells' build size is right)."""
+    x = tf.random.stateless_normal([2, 15, 15, 3], seed=[4, 2])
+    by_call = supernet.Supernet(ops_, cells=cells, channels=4, conv_dtype="float32")
+    by_call(tf.zeros([1, 15, 15, 3]), training=False)
+    by_shape = supernet.Supernet(ops_, cells=cells, channels=4, conv_dtype="float32")
+    assert by_shape.build_from_shape([1, 15, 15, 3]) is True and by_shape.built
+    names = [(v.name, tuple(v.shape)) for v in by_call.variables]
+    assert sorted(names) == sorted((v.name, tuple(v.shape)) for v in by_shape.variables)
+    values = {v.name: v.numpy() for v in by_call.variables}
+    for v in by_shape.variables:
+        v.assign(values[v.name])
+    assert [c.in_hw for c in by_shape.cells] == [c.in_hw for c in by_call.cells]
+    assert np.allclose(by_call(x, training=True).numpy(), by_shape(x, training=True).numpy(),
+                       atol=1e-5)
+    assert len(by_shape.variables) == len(names)  # the call created nothing more
+
+
+def test_supernet_with_per_edge_layers_is_built_by_a_call():
+    """Ops with their own per-edge layers (separable convs) are built by the first
+    call: `build_from_shape` declines and creates nothing; bilevel's build_net then
+    falls back to a call."""
+    net = supernet.Supernet(("none", "bin_sep_conv_3x3"), cells=2, channels=4)
+    assert net.build_from_shape([1, 8, 8, 3]) is False
+    assert not net.built and len(net.variables) == 2  # the alphas, made in __init__
+    bilevel.BilevelModel(net).build_net(8)
+    assert net.built and len(net.variables) > 2
+
+
 # ----------------------------------------------------------------------------- config & CLI
 
 def test_config_and_ops_errors():

@@ -104,7 +104,10 @@ class BilevelModel(tf.keras.Model):
     def build_net(self, image_size, channels=3):
         """Create the supernet's variables (call inside the strategy scope)."""
         if not self.net.built:
-            self.net(tf.zeros([1, image_size, image_size, channels]), training=False)
+            shape = [1, image_size, image_size, channels]
+            by_shape = getattr(self.net, "build_from_shape", None)
+            if by_shape is None or not by_shape(shape):  # else a forward pass builds it
+                self.net(tf.zeros(shape), training=False)
         return self
 
     def call(self, inputs, training=None):

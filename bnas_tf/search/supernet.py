@@ -58,6 +58,13 @@ def reduction_cells(cells):
     return (cells // 3, 2 * cells // 3)
 
 
+def _build(layer, shape):
+    """Build `layer` for inputs of `shape` under its name scope, as its first call
+    would (the same variable names), without running it."""
+    with tf.name_scope(layer.name):
+        layer.build(shape)
+
+
 def _bn(name):
     return tf.keras.layers.BatchNormalization(center=False, scale=False, momentum=0.9,
                                               epsilon=1e-5, name=name)
@@ -75,6 +82,11 @@ class ReLUConvBN(tf.keras.layers.Layer):
         super().__init__(name=name)
         self.conv, self.bn = _conv(filters, 1, name="conv"), _bn("bn")
 
+    def build(self, shape):
+        _build(self.conv, shape)
+        _build(self.bn, [*shape[:-1], self.conv.filters])
+        super().build(shape)
+
     @_no_autograph
     def call(self, x, training=None):
         return self.bn(self.conv(tf.nn.relu(x)), training=training)
@@ -90,6 +102,12 @@ class FactorizedReduce(tf.keras.layers.Layer):
         self.conv0 = _conv(filters // 2, 1, 2, name="conv0")
         self.conv1 = _conv(filters // 2, 1, 2, name="conv1")
         self.bn = _bn("bn")
+
+    def build(self, shape):
+        for conv in (self.conv0, self.conv1):
+            _build(conv, shape)
+        _build(self.bn, [*shape[:-1], 2 * self.conv0.filters])
+        super().build(shape)
 
     @_no_autograph
     def call(self, x, training=None):
@@ -386,6 +404,14 @@ class SourceOps(tf.keras.layers.Layer):
                          if config.pool_bn else [])
         self.sign = self.binarization.input_quantizer() if self.specs else None
 
+    def build(self, shape):
+        """The BNs from the state's shape (ops built per edge need a call)."""
+        if self.bn is not None:
+            _build(self.bn, shape)
+        for bn in self.pool_bns:
+            _build(bn, shape)  # per channel: the pooled size does not matter
+        super().build(shape)
+
     def conv_geometry(self, in_hw, spec):
         """(input height and width, stride, dilation) of a grouped conv: a dilated conv
         at stride 2 runs undilated on the even pixels (TensorFlow has no strided
@@ -527,6 +553,25 @@ class SearchCell(tf.keras.layers.Layer):
             constraint=b.kernel_constraint()) for k, d, _, _ in self.specs]
         self.kernel_quantizer = b.kernel_quantizer()
         super().build(input_shapes)
+
+    def build_from_shapes(self, shapes):
+        """Build the cell and its layers for states of `shapes` ([s0, s1]) without a
+        forward pass; the output shape, or None (nothing built) when an op has its
+        own per-edge layers (those are built by a call)."""
+        if not self.grouped or any(source.singles for source in self.sources):
+            return None
+        s0, s1 = (list(shape) for shape in shapes)
+        in_hw = tuple(s1[1:3])
+        with tf.name_scope(self.name):
+            _build(self.pre0, s0)
+            _build(self.pre1, s1)
+            for src, source in enumerate(self.sources):
+                _build(source, [s1[0], *self._source_hw(src, in_hw), self.channels])
+            self.build([s0, s1])
+            if self.residual_conv is not None:
+                _build(self.residual_bn, s1)
+                _build(self.residual_conv, s1)
+        return [s1[0], *self._source_hw(2, in_hw), NODES * self.channels]
 
     def _source_hw(self, src, in_hw):
         if src < 2 or not self.reduction:
@@ -681,6 +726,25 @@ class Supernet(tf.keras.Model):
     @property
     def arch_variables(self):
         return [self.alpha_normal, self.alpha_reduce]
+
+    def build_from_shape(self, input_shape):
+        """Create every variable for images of `input_shape` (batch, height, width,
+        channels) without a forward pass (an eager call runs ~4000 ops); False,
+        with nothing built, when a cell needs a call (ops with per-edge layers)."""
+        if any(not cell.grouped or any(s.singles for s in cell.sources)
+               for cell in self.cells):
+            return False
+        shape = list(input_shape)
+        with tf.name_scope(self.name):
+            _build(self.stem_conv, shape)
+            stem = [shape[0], *shape[1:3], self.stem_conv.filters]
+            _build(self.stem_bn, stem)
+            s0 = s1 = stem
+            for cell in self.cells:
+                s0, s1 = s1, cell.build_from_shapes([s0, s1])
+            _build(self.classifier, [shape[0], s1[-1]])
+        self.built = True
+        return True
 
     def arch_regularization(self, epoch):
         return regularizers.diversity(self.arch_variables, self.diversity_lambda,
