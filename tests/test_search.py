@@ -128,7 +128,8 @@ def test_weight_pass_starts_after_the_alpha_update():
     alpha) only after the alpha optimizer's update: the two passes' activations are
     never alive together."""
     model = _toy_model(adam=True)  # alphas: Adam, weights: SGD
-    graph = tf.function(model.train_step).get_concrete_function(_batches()).graph
+    graph = tf.function(model.train_step, autograph=False).get_concrete_function(
+        _batches()).graph
     updates = [op for op in graph.get_operations() if op.type == "ResourceApplyAdam"]
     assert updates
     forward = [op for op in graph.get_operations()

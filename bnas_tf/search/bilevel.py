@@ -102,7 +102,9 @@ class BilevelModel(tf.keras.Model):
         return [v for v in self.net.trainable_variables if v.ref() not in arch]
 
     def build_net(self, image_size, channels=3):
-        """Create the supernet's variables (call inside the strategy scope)."""
+        """Create the supernet's variables (call inside the strategy scope): from the
+        input shape when the net has ``build_from_shape(shape) -> bool`` and it
+        succeeds, else by one call on a batch of zeros."""
         if not self.net.built:
             shape = [1, image_size, image_size, channels]
             by_shape = getattr(self.net, "build_from_shape", None)

@@ -685,7 +685,8 @@ class SearchCell(tf.keras.layers.Layer):
 
 
 class Supernet(tf.keras.Model):
-    """The BNAS search network; `arch_variables` = [alpha_normal, alpha_reduce]."""
+    """The BNAS search network; `arch_variables` = [alpha_normal, alpha_reduce].
+    `build_from_shape` creates its variables without a forward pass."""
 
     def __init__(self, op_names=ops.BNAS_OPS, cells=8, channels=16, num_classes=10,
                  template="bnas", binarization="xnor", diversity_lambda=1.0,
