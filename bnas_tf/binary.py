@@ -95,6 +95,13 @@ def onednn_disabled():
 
 
 @tf.keras.utils.register_keras_serializable(SERIAL)
+def same_padding(size, kernel, stride=1, dilation=1):
+    """(before, after) of TensorFlow's 'SAME' padding along one axis."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
 class QuantConv2D(lq.layers.QuantConv2D):
     """Larq's QuantConv2D, with dilated convs as one Conv2D(dilations=...) op.
 

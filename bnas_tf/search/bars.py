@@ -59,14 +59,6 @@ EXTRA_DEFAULTS = {
 
 
 # ---------------------------------------------------------------------------- layers
-def same_padding(size, kernel, stride, dilation):
-    """(before, after) of TensorFlow's 'same' padding along one axis."""
-    effective = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
-
-
 def masked_conv(conv, x, channel_mask):
     """`conv` (a Larq QuantConv2D) on `x` with its *quantized* input multiplied by
     `channel_mask` ([C_in]) after the +1 'same' padding: masked channels contribute
@@ -76,7 +68,7 @@ def masked_conv(conv, x, channel_mask):
     q = conv.input_quantizer(x) if conv.input_quantizer is not None else x
     pads = [[0, 0]]
     for axis in (0, 1):
-        pads.append(list(same_padding(int(x.shape[1 + axis]), conv.kernel_size[axis],
+        pads.append(list(binary.same_padding(int(x.shape[1 + axis]), conv.kernel_size[axis],
                                       conv.strides[axis], conv.dilation_rate[axis])))
     pads.append([0, 0])
     q = tf.pad(q, pads, constant_values=conv.pad_values) * channel_mask

@@ -217,13 +217,6 @@ def groupable(binarization):
     return quantizer is None or kernel_signs(quantizer, tf.ones([1, 1, 1, 2]), 2) is not None
 
 
-def same_padding(size, kernel, stride=1, dilation=1):
-    """TensorFlow's 'SAME' padding (before, after) of one spatial axis."""
-    effective = (kernel - 1) * dilation + 1
-    total = max((-(-size // stride) - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
-
-
 def conv_op(dilation):
     """tf.nn.conv2d, or tf.nn.convolution (space-to-batch) for dilated convs when oneDNN
     is off: Eigen has no dilated conv2d gradient."""
@@ -236,7 +229,7 @@ def border_term(signs, in_hw, stride, dilation, pad_value):
     `pad_value` in the 'SAME' border) - no padded copy of the batch. None when there
     is no padding or its value is 0."""
     kernel = int(signs.shape[0])
-    pads = [same_padding(int(n), kernel, stride, dilation) for n in in_hw]
+    pads = [binary.same_padding(int(n), kernel, stride, dilation) for n in in_hw]
     if not pad_value or not any(p for pair in pads for p in pair):
         return None
     mask = np.pad(np.zeros([1, *in_hw, int(signs.shape[2])], np.float32),
@@ -524,10 +517,13 @@ class SearchCell(tf.keras.layers.Layer):
                                               len(_edges_from(src)), op_config,
                                               name=f"from{src}"))
             first = self.sources[0]
+            # ops with a layer per edge (they read the op-weight rows; built by a call)
+            self.edge_layers = any(source.singles for source in self.sources)
             self.specs = first.specs
             self.conv_indices, self.pool_indices = first.conv_indices, first.pool_indices
             self.targets = [source.targets for source in self.sources]
         else:  # one MixedOp (with its own layers) per edge
+            self.edge_layers = True
             for node in range(NODES):
                 for src in range(2 + node):
                     stride = 2 if reduction and src < 2 else 1
@@ -558,7 +554,7 @@ class SearchCell(tf.keras.layers.Layer):
         """Build the cell and its layers for states of `shapes` ([s0, s1]) without a
         forward pass; the output shape, or None (nothing built) when an op has its
         own per-edge layers (those are built by a call)."""
-        if not self.grouped or any(source.singles for source in self.sources):
+        if self.edge_layers:
             return None
         s0, s1 = (list(shape) for shape in shapes)
         in_hw = tuple(s1[1:3])
@@ -640,8 +636,8 @@ class SearchCell(tf.keras.layers.Layer):
             # products with one-hot matrices: exact, and their gradients trace faster)
             by_source = tf.matmul(mix, _one_hot_columns(SOURCE_ORDER, N_EDGES),
                                   transpose_a=True)
-            rows = ([None] * len(self.sources) if not any(s.singles for s in self.sources)
-                    else tf.split(tf.transpose(by_source), self.targets, axis=0))
+            rows = (tf.split(tf.transpose(by_source), self.targets, axis=0)
+                    if self.edge_layers else [None] * len(self.sources))
             conv_factors = pool_factors = [None] * len(self.sources)
             n_ops = int(mix.shape[-1])
             if self.specs:
@@ -732,8 +728,7 @@ class Supernet(tf.keras.Model):
         """Create every variable for images of `input_shape` (batch, height, width,
         channels) without a forward pass (an eager call runs ~4000 ops); False,
         with nothing built, when a cell needs a call (ops with per-edge layers)."""
-        if any(not cell.grouped or any(s.singles for s in cell.sources)
-               for cell in self.cells):
+        if any(cell.edge_layers for cell in self.cells):
             return False
         shape = list(input_shape)
         with tf.name_scope(self.name):
