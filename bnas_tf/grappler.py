@@ -6,7 +6,10 @@ step (about 20k nodes) the default settings cost seconds at the first step and b
 nothing measurable (docs/benchmark.md): the meta optimiser's second iteration
 changes nothing but duplicate constants, the layout optimiser changes no node on
 CPU, the remapper fuses 2, and the memory optimiser (1-1.8 s) adds 12 nodes and
-raises peak memory slightly. `lean()` turns those off for the calls made inside it,
+raises peak memory slightly; the loop optimiser and the implementation selector
+change no node (0.2 s) and the TFG (MLIR) hook, which TensorFlow's meta optimiser
+runs twice and which runs no optimisation yet (its source says so), re-imports and
+exports the whole graph each time (0.74 s). `lean()` turns those off for the calls made inside it,
 in this thread only, and restores the caller's options after; every other
 optimiser (pruning, constant folding, common subexpressions, arithmetic,
 dependencies) keeps its default.
@@ -29,6 +32,9 @@ LEAN = {
     "layout_optimizer": _RC.OFF,
     "remapping": _RC.OFF,
     "memory_optimization": _RC.NO_MEM_OPT,
+    "loop_optimization": _RC.OFF,
+    "implementation_selector": _RC.OFF,
+    "disable_tfg_optimizer": True,
 }
 
 
