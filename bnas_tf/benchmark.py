@@ -463,6 +463,30 @@ def environment(config):
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
+def machine_speed(repeats=5):
+    """This machine's speed right now, to compare figures across runs on a shared
+    machine: float32 matmul GFLOP/s (1024^3, compute-bound) and elementwise add GB/s
+    (16M floats, memory-bound), medians of `repeats` runs (about 1 s in all)."""
+    import tensorflow as tf
+
+    def rate(fn, args, amount):
+        fn(*args).numpy()  # trace and warm up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(*args).numpy()
+            times.append(time.perf_counter() - start)
+        return amount / float(np.median(times)) / 1e9
+
+    n, m = 1024, 1 << 24
+    a = tf.random.stateless_normal([n, n], seed=[0, 1])
+    x = tf.random.stateless_normal([m], seed=[0, 2])
+    matmul = tf.function(lambda a: tf.reduce_sum(tf.matmul(a, a)))
+    add = tf.function(lambda x: tf.reduce_sum(x + 1.0))
+    return {"matmul_gflops": rate(matmul, [a], 2.0 * n ** 3),
+            "elementwise_gbps": rate(add, [x], 2.0 * 4 * m)}
+
+
 def _report_search(progress, r):
     progress(f"[benchmark] BNAS search step ({r['conv_dtype']} convs) {r['median_s']:.3f} s "
              f"({r['cpu_s_per_step']:.2f} CPU s), first step {r['first_step_s']:.1f} s from "
@@ -490,6 +514,7 @@ def run(config: BenchConfig, progress=print) -> dict:
     out = {"quick": config.quick, "config": dataclasses.asdict(config),
            "environment": environment(config), "reference": dict(REFERENCE)}
     details = out["details"] = {}
+    out["environment"]["machine_speed"] = {"start": machine_speed()}
 
     if "search" in config.parts:
         progress("[benchmark] BNAS search step, first step, peak RSS (fresh process) ...")
@@ -544,6 +569,7 @@ def run(config: BenchConfig, progress=print) -> dict:
             for k in ("export", "export_binres"))
     out["environment"]["load_average_end"] = list(os.getloadavg()) \
         if hasattr(os, "getloadavg") else None
+    out["environment"]["machine_speed"]["end"] = machine_speed()
     out["speedup"] = {}
     for key in ("search_step_s", "first_step_s", "train_step_s"):
         if out.get(key):
@@ -609,4 +635,10 @@ def format_table(result) -> str:
     lines.append(f"TensorFlow {env.get('tensorflow')}, {env.get('cpu')} ({env.get('cpu_count')} "
                  f"CPUs), threads intra {env.get('intra_op_threads')} / inter "
                  f"{env.get('inter_op_threads')}{', QUICK shapes' if result.get('quick') else ''}")
+    speed = env.get("machine_speed") or {}
+    if speed:
+        lines.append("machine speed (start / end): " + ", ".join(
+            f"{label} {' / '.join(f'{speed[when][key]:.1f}' for when in ('start', 'end') if when in speed)}"
+            for key, label in (("matmul_gflops", "float32 matmul GFLOP/s"),
+                               ("elementwise_gbps", "elementwise GB/s"))))
     return "\n".join(lines)

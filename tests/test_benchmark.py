@@ -48,6 +48,12 @@ def test_quick_run_writes_every_figure(quick_result):
         benchmark.REFERENCE["search_step_s"] / result["search_step_s"])
     env = result["environment"]
     assert env["tensorflow"] and env["cpu_count"] >= 1
+    # the machine's speed at start and end (to compare runs on a shared machine)
+    for when in ("start", "end"):
+        speed = env["machine_speed"][when]
+        assert set(speed) == {"matmul_gflops", "elementwise_gbps"}
+        assert all(math.isfinite(v) and v > 0 for v in speed.values())
+    assert "machine speed (start / end): float32 matmul GFLOP/s" in stdout
     assert set(result["targets"]) == set(benchmark.TARGETS)
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     # the readable table names the figures
