@@ -79,6 +79,7 @@ class BenchConfig:
 
     parts: tuple = PARTS
     repeats: int = 5                 # timed repetitions (median reported)
+    search_processes: int = 3        # fresh processes of the BNAS search figures (medians)
     warmup: int = 1                  # untimed repetitions after the first (tracing) call
     batch_size: int = 64
     image_size: int = 32
@@ -105,8 +106,8 @@ class BenchConfig:
         if unknown:
             raise ValueError(f"unknown benchmark part(s) {', '.join(unknown)}; "
                              f"choose from {', '.join(PARTS)}")
-        for name in ("repeats", "batch_size", "image_size", "search_channels",
-                     "input_batches", "latency_runs"):
+        for name in ("repeats", "search_processes", "batch_size", "image_size",
+                     "search_channels", "input_batches", "latency_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.search_cells < 2:
@@ -122,7 +123,8 @@ class BenchConfig:
 
 def quick_config(**overrides) -> BenchConfig:
     """Small shapes and few repetitions: a smoke run of every measurement."""
-    values = dict(repeats=2, warmup=0, batch_size=8, image_size=16, search_cells=3,
+    values = dict(repeats=2, search_processes=1, warmup=0, batch_size=8, image_size=16,
+                  search_cells=3,
                   search_channels=4,
                   bars_extra={"base_channels": [4, 8, 16], "max_depth": 1,
                               "width_choices": [0.5, 1.0]},
@@ -310,6 +312,23 @@ def search_process(config, conv_dtype=None, timeout=3600):
             "peak_rss_mb": usage.ru_maxrss / 1024.0}  # Linux: ru_maxrss in KB
 
 
+_MEDIAN_KEYS = ("first_step_s", "first_step_from_process_start_s", "startup_and_imports_s",
+                "build_s", "first_call_s", "median_s", "cpu_s_per_step")
+
+
+def search_processes(config, conv_dtype=None, processes=None):
+    """`search_process` run `processes` times (default `config.search_processes`), one
+    after the other: medians of its times over the processes (the first step is one
+    sample per process; a shared machine's load moves it by seconds), the largest
+    peak RSS, every timed step in ``times_s`` and each process's result in ``runs``."""
+    runs = [search_process(config, conv_dtype)
+            for _ in range(processes or config.search_processes)]
+    out = {key: float(np.median([r[key] for r in runs])) for key in _MEDIAN_KEYS}
+    out.update(peak_rss_mb=max(r["peak_rss_mb"] for r in runs), conv_dtype=runs[0]["conv_dtype"],
+               times_s=[t for r in runs for t in r["times_s"]], processes=len(runs), runs=runs)
+    return out
+
+
 def _error_line(stderr):
     """The last 'SomethingError: message' line of a traceback (else the last line)."""
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
@@ -488,7 +507,9 @@ def machine_speed(repeats=5):
 
 
 def _report_search(progress, r):
-    progress(f"[benchmark] BNAS search step ({r['conv_dtype']} convs) {r['median_s']:.3f} s "
+    runs = f", medians of {r['processes']} processes" if r.get("processes", 1) > 1 else ""
+    progress(f"[benchmark] BNAS search step ({r['conv_dtype']} convs{runs}) "
+             f"{r['median_s']:.3f} s "
              f"({r['cpu_s_per_step']:.2f} CPU s), first step {r['first_step_s']:.1f} s from "
              f"launch (imports {r['startup_and_imports_s']:.1f} s, build {r['build_s']:.1f} s, "
              f"first call {r['first_call_s']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB")
@@ -517,15 +538,16 @@ def run(config: BenchConfig, progress=print) -> dict:
     out["environment"]["machine_speed"] = {"start": machine_speed()}
 
     if "search" in config.parts:
-        progress("[benchmark] BNAS search step, first step, peak RSS (fresh process) ...")
-        r = details["search"] = search_process(config)
+        progress(f"[benchmark] BNAS search step, first step, peak RSS "
+                 f"({config.search_processes} fresh process(es)) ...")
+        r = details["search"] = search_processes(config)
         out["search_step_s"], out["first_step_s"] = r["median_s"], r["first_step_s"]
         out["peak_rss_mb"] = r["peak_rss_mb"]
         out["search_conv_dtype"] = r["conv_dtype"]
         _report_search(progress, r)
         if config.compare_float32 and r["conv_dtype"] not in ("float32", None) and not config.quick:
             progress("[benchmark] BNAS search step with float32 binary convs ...")
-            r = details["search_float32"] = search_process(config, "float32")
+            r = details["search_float32"] = search_processes(config, "float32", processes=1)
             out["search_step_float32_s"] = r["median_s"]
             _report_search(progress, r)
     if "bars" in config.parts:

@@ -16,6 +16,9 @@ _DEFINITIONS = (
      f"Run only these parts (comma list of {', '.join(benchmark.PARTS)}); default all."),
     (absl_flags.DEFINE_integer, "repeats", None, dict(lower_bound=1),
      f"Timed repetitions per figure, median reported (default {_D.repeats}; quick 2)."),
+    (absl_flags.DEFINE_integer, "search_processes", None, dict(lower_bound=1),
+     f"Fresh processes timing the BNAS search (first step, step, peak RSS): medians "
+     f"over them (default {_D.search_processes}; quick 1)."),
     (absl_flags.DEFINE_string, "bench_data_dir", "../shared/datasets/cifar10/train", {},
      "Image folder (<class>/*.jpg) for the input-pipeline figures."),
     (absl_flags.DEFINE_integer, "intra_op_threads", 0, dict(lower_bound=0),
@@ -40,7 +43,7 @@ def config_from_flags(**overrides) -> benchmark.BenchConfig:
               "conv_dtype": FLAGS.conv_dtype}
     if FLAGS.only:
         values["parts"] = tuple(p.strip() for p in FLAGS.only if p.strip())
-    for name in ("repeats", "latency_runs"):
+    for name in ("repeats", "search_processes", "latency_runs"):
         if FLAGS[name].value is not None:
             values[name] = FLAGS[name].value
     values.update(overrides)

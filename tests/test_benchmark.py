@@ -60,6 +60,33 @@ def test_quick_run_writes_every_figure(quick_result):
     assert "BNAS search step" in stdout and "LceBconv2d ops" in stdout
 
 
+def test_search_figures_are_medians_over_fresh_processes(monkeypatch):
+    """Each search process is one sample of the first step: the reported figures are
+    medians over `search_processes` processes, the peak RSS the largest, and every
+    process's steps and result are kept."""
+    samples = iter([(30.0, 3.5, 3000.0), (20.0, 3.1, 3200.0), (25.0, 3.3, 3100.0)])
+    calls = []
+
+    def fake_process(config, conv_dtype=None):
+        first, step, rss = next(samples)
+        calls.append(conv_dtype)
+        times = [step - 0.1, step, step + 0.1]
+        return {"first_step_s": first, "first_step_from_process_start_s": first + 0.5,
+                "startup_and_imports_s": 3.0, "build_s": 1.0, "first_call_s": first - 4.0,
+                "median_s": step, "times_s": times, "cpu_s_per_step": 2 * step,
+                "conv_dtype": "bfloat16", "peak_rss_mb": rss}
+
+    monkeypatch.setattr(benchmark, "search_process", fake_process)
+    r = benchmark.search_processes(benchmark.BenchConfig(search_processes=3), "float32")
+    assert calls == ["float32"] * 3
+    assert r["first_step_s"] == 25.0 and r["first_call_s"] == 21.0
+    assert r["median_s"] == pytest.approx(3.3) and r["cpu_s_per_step"] == pytest.approx(6.6)
+    assert r["peak_rss_mb"] == 3200.0 and r["processes"] == 3 and len(r["runs"]) == 3
+    assert len(r["times_s"]) == 9
+    with pytest.raises(ValueError, match="search_processes must be >= 1"):
+        benchmark.BenchConfig(search_processes=0, parts=("search",)).validate()
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "b.json"
     for args, message in ((["--only=search,warp"], "unknown benchmark part(s) warp"),
