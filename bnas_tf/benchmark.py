@@ -482,14 +482,17 @@ def environment(config):
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def machine_speed(repeats=5):
+def machine_speed(repeats=5, warmup_s=0.5):
     """This machine's speed right now, to compare figures across runs on a shared
     machine: float32 matmul GFLOP/s (1024^3, compute-bound) and elementwise add GB/s
-    (16M floats, memory-bound), medians of `repeats` runs (about 1 s in all)."""
+    (16M floats, memory-bound), medians of `repeats` runs after `warmup_s` seconds of
+    untimed ones (the first ~20 matmuls of a process run at half speed here)."""
     import tensorflow as tf
 
     def rate(fn, args, amount):
-        fn(*args).numpy()  # trace and warm up
+        start = time.perf_counter()
+        while time.perf_counter() - start < warmup_s:  # traces, then warms up
+            fn(*args).numpy()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
