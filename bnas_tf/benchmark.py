@@ -124,8 +124,7 @@ class BenchConfig:
 def quick_config(**overrides) -> BenchConfig:
     """Small shapes and few repetitions: a smoke run of every measurement."""
     values = dict(repeats=2, search_processes=1, warmup=0, batch_size=8, image_size=16,
-                  search_cells=3,
-                  search_channels=4,
+                  search_cells=3, search_channels=4,
                   bars_extra={"base_channels": [4, 8, 16], "max_depth": 1,
                               "width_choices": [0.5, 1.0]},
                   train_preset=None, train_genotype="bnas_imagenet", train_cells=3,
@@ -662,8 +661,10 @@ def format_table(result) -> str:
                  f"{env.get('inter_op_threads')}{', QUICK shapes' if result.get('quick') else ''}")
     speed = env.get("machine_speed") or {}
     if speed:
-        lines.append("machine speed (start / end): " + ", ".join(
-            f"{label} {' / '.join(f'{speed[when][key]:.1f}' for when in ('start', 'end') if when in speed)}"
-            for key, label in (("matmul_gflops", "float32 matmul GFLOP/s"),
-                               ("elementwise_gbps", "elementwise GB/s"))))
+        def figures(key):
+            return " / ".join(f"{speed[when][key]:.1f}" for when in ("start", "end")
+                              if when in speed)
+        lines.append(f"machine speed (start / end): float32 matmul GFLOP/s "
+                     f"{figures('matmul_gflops')}, elementwise GB/s "
+                     f"{figures('elementwise_gbps')}")
     return "\n".join(lines)

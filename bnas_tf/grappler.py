@@ -9,8 +9,8 @@ CPU, the remapper fuses 2, and the memory optimiser (1-1.8 s) adds 12 nodes and
 raises peak memory slightly; the loop optimiser and the implementation selector
 change no node (0.2 s) and the TFG (MLIR) hook, which TensorFlow's meta optimiser
 runs twice and which runs no optimisation yet (its source says so), re-imports and
-exports the whole graph each time (0.74 s). `lean()` turns those off for the calls made inside it,
-in this thread only, and restores the caller's options after; every other
+exports the whole graph each time (0.74 s). `lean()` turns those off for the calls
+made inside it, in this thread only, and restores the caller's options after; every other
 optimiser (pruning, constant folding, common subexpressions, arithmetic,
 dependencies) keeps its default.
 
