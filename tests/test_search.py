@@ -345,16 +345,21 @@ def test_supernet_structure_and_variables():
     assert [c.identity_skip for c in skip.cells] == [False, False, False, True]
 
 
-@pytest.mark.parametrize("ops_, cells", [(ops.BNAS_OPS, 4), (FEW_OPS, 3)])
-def test_supernet_built_from_its_input_shape_equals_one_built_by_a_call(ops_, cells):
+@pytest.mark.parametrize("ops_, cells, stem, size", [(ops.BNAS_OPS, 4, "auto", 15),
+                                                     (FEW_OPS, 3, "auto", 15),
+                                                     (FEW_OPS, 3, "imagenet", 60)])
+def test_supernet_built_from_its_input_shape_equals_one_built_by_a_call(ops_, cells, stem,
+                                                                        size):
     """`build_from_shape` (no forward pass) creates the variables a first call creates
     (names, shapes), and with the same values the two nets compute the same logits
-    and the same quantised kernels (the cells' build size is right)."""
-    x = tf.random.stateless_normal([2, 15, 15, 3], seed=[4, 2])
-    by_call = supernet.Supernet(ops_, cells=cells, channels=4, conv_dtype="float32")
-    by_call(tf.zeros([1, 15, 15, 3]), training=False)
-    by_shape = supernet.Supernet(ops_, cells=cells, channels=4, conv_dtype="float32")
-    assert by_shape.build_from_shape([1, 15, 15, 3]) is True and by_shape.built
+    and the same quantised kernels (the cells' build size is right), with either stem."""
+    x = tf.random.stateless_normal([2, size, size, 3], seed=[4, 2])
+    by_call = supernet.Supernet(ops_, cells=cells, channels=4, conv_dtype="float32",
+                                stem=stem)
+    by_call(tf.zeros([1, size, size, 3]), training=False)
+    by_shape = supernet.Supernet(ops_, cells=cells, channels=4, conv_dtype="float32",
+                                 stem=stem)
+    assert by_shape.build_from_shape([1, size, size, 3]) is True and by_shape.built
     names = [(v.name, tuple(v.shape)) for v in by_call.variables]
     assert sorted(names) == sorted((v.name, tuple(v.shape)) for v in by_shape.variables)
     values = {v.name: v.numpy() for v in by_call.variables}
@@ -364,6 +369,31 @@ def test_supernet_built_from_its_input_shape_equals_one_built_by_a_call(ops_, ce
     assert np.allclose(by_call(x, training=True).numpy(), by_shape(x, training=True).numpy(),
                        atol=1e-5)
     assert len(by_shape.variables) == len(names)  # the call created nothing more
+
+
+def test_supernet_stem_follows_the_image_size_like_the_final_network():
+    """'auto' picks DARTS' ImageNet stem from 128 pixels (1/8 resolution into the
+    first cell, which reduces s0 as after a reduction), the CIFAR stem below; the
+    search config's ``extra['stem']`` overrides it; a bad stem is a one-line error."""
+    def build(size, **extra):
+        config = SearchConfig(cells=3, channels=4, ops=FEW_OPS, extra=extra)
+        supernet.validate_config(config)
+        return supernet.build_supernet(config, 10, size)
+
+    big, small = build(128), build(32)
+    assert (big.stem_kind, small.stem_kind) == ("imagenet", "cifar")
+    assert build(32, stem="imagenet").stem_kind == "imagenet"
+    assert build(128, stem="cifar").stem_kind == "cifar"
+    big(tf.zeros([1, 128, 128, 3]))
+    assert big.cells[0].in_hw == (16, 16) and isinstance(big.cells[0].pre0,
+                                                         supernet.FactorizedReduce)
+    small(tf.zeros([1, 32, 32, 3]))
+    assert small.cells[0].in_hw == (32, 32)
+    assert supernet.derive(big, SearchConfig(cells=3, channels=4, ops=FEW_OPS)).normal
+    with pytest.raises(ValueError, match="unknown stem 'cifar10'; choose one of auto, cifar"):
+        build(32, stem="cifar10")
+    with pytest.raises(ValueError, match="unknown BNAS search settings: stems"):
+        supernet.validate_config(SearchConfig(ops=FEW_OPS, extra={"stems": "cifar"}))
 
 
 def test_supernet_with_per_edge_layers_is_built_by_a_call():

@@ -177,11 +177,7 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=None, nam
                          f"{', '.join(DOWNSAMPLES)}")
     op_shortcut = bool(spec.get("op_shortcut", True))
     scheme = _binarization(spec, binarization)
-    stem = spec.get("stem", "auto")
-    if stem == "auto":
-        stem = "imagenet" if image_size >= 128 else "cifar"
-    if stem not in ("cifar", "imagenet"):
-        raise ValueError(f"unknown stem {stem!r}; choose auto, cifar or imagenet")
+    stem = common.resolve_stem(spec.get("stem", "auto"), image_size)
     channels = stage_channels(genotype)
     inputs = tf.keras.Input((image_size, image_size, 3), name="image")
     if stem == "cifar":

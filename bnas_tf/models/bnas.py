@@ -113,9 +113,7 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XN
     cells, channels = int(spec["cells"]), int(spec["channels"])
     if cells < 2:
         raise ValueError(f"a network needs at least 2 cells, got {cells}")
-    stem = spec.get("stem", "auto")
-    if stem == "auto":
-        stem = "imagenet" if image_size >= 128 else "cifar"
+    stem = common.resolve_stem(spec.get("stem", "auto"), image_size)
     inputs = tf.keras.Input((image_size, image_size, 3), name="image")
     if stem == "cifar":
         s0 = s1 = common.cifar_stem(inputs, 3 * channels)

@@ -19,6 +19,19 @@ def float_conv(filters, kernel_size, strides=1, name=None, use_bias=False):
                                   use_bias=use_bias, kernel_initializer="he_normal", name=name)
 
 
+STEMS = ("auto", "cifar", "imagenet")
+
+
+def resolve_stem(stem, image_size):
+    """'cifar' or 'imagenet' for `stem` ('auto': the ImageNet stem, 1/8 resolution,
+    for images of 128 pixels and more; the CIFAR stem, full resolution, below)."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+    if stem == "auto":
+        return "imagenet" if int(image_size) >= 128 else "cifar"
+    return stem
+
+
 def cifar_stem(x, filters, name="stem"):
     """Float 3x3 conv + BN (the DARTS/BNAS CIFAR stem)."""
     x = float_conv(filters, 3, name=f"{name}_conv")(x)

@@ -235,8 +235,7 @@ class BarsSupernet(tf.keras.Model):
         self.op_names = ops.check_ops(op_names)
         self.downsample, self.op_shortcut = downsample, bool(op_shortcut)
         self.binarization = binary.scheme(binarization)
-        self.stem_kind = ("imagenet" if image_size >= 128 else "cifar") if stem == "auto" \
-            else stem
+        self.stem_kind = common.resolve_stem(stem, image_size)
         self.op_config = ops.OpConfig(binarization=self.binarization, affine=False,
                                       op_shortcut=self.op_shortcut)
         n_stages, n_edges = len(self.base_channels), len(genotypes.dense_edges())
@@ -293,10 +292,8 @@ class BarsSupernet(tf.keras.Model):
         inputs = tf.keras.Input((self.image_size, self.image_size, 3))
         if self.stem_kind == "cifar":
             out = common.cifar_stem(inputs, self.base_channels[0])
-        elif self.stem_kind == "imagenet":
-            _, out = common.imagenet_stem(inputs, self.base_channels[0])
         else:
-            raise ValueError(f"unknown stem {self.stem_kind!r}; choose auto, cifar or imagenet")
+            _, out = common.imagenet_stem(inputs, self.base_channels[0])
         return tf.keras.Model(inputs, out, name="stem")
 
     @property

@@ -9,8 +9,11 @@ and the BNAS search method (the functions `runner.run_search` calls).
   adds the inter-cell skip: s1 itself in normal cells (when shapes match), a float
   BN -> 2x2 stride-2 conv of s1 in reduction cells; cell 0 adds nothing. Template
   ``darts`` adds nothing (the "No Skip" ablation).
-* `Supernet`: float CIFAR stem (3x3 conv -> 3C, BN), cells (reductions at
-  cells//3 and 2*cells//3, channels doubling there), global pooling, dense.
+* `Supernet`: float stem (``stem='auto'``, as the final network: for images under
+  128 pixels the CIFAR stem, 3x3 conv -> 3C, BN; from 128 pixels DARTS' ImageNet
+  stem, three stride-2 3x3 convs to 1/8 resolution, C channels, with the first cell
+  reducing s0 as after a reduction), cells (reductions at cells//3 and 2*cells//3,
+  channels doubling there), global pooling, dense.
   ``alpha_normal``/``alpha_reduce`` (14 x n_ops, init 1e-3 * N(0, 1)) are its
   `arch_variables`; `arch_regularization(epoch)` is the diversity regulariser.
 
@@ -44,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from bnas_tf import binary, genotypes, ops
+from bnas_tf.models import common
 from bnas_tf.search import derive as derive_lib
 from bnas_tf.search import regularizers
 
@@ -686,7 +690,8 @@ class Supernet(tf.keras.Model):
 
     def __init__(self, op_names=ops.BNAS_OPS, cells=8, channels=16, num_classes=10,
                  template="bnas", binarization="xnor", diversity_lambda=1.0,
-                 diversity_tau=7.7, share_bn=True, conv_dtype="auto", name="bnas_supernet"):
+                 diversity_tau=7.7, share_bn=True, conv_dtype="auto", stem="auto",
+                 image_size=32, name="bnas_supernet"):
         super().__init__(name=name)
         self.op_names = ops.check_ops(op_names)
         if cells < 2:
@@ -698,11 +703,18 @@ class Supernet(tf.keras.Model):
         self.diversity_lambda, self.diversity_tau = diversity_lambda, diversity_tau
         config = ops.OpConfig(binarization=binary.scheme(binarization), affine=False,
                               pool_bn=True)
-        self.stem_conv = _conv(3 * channels, 3, name="stem_conv")
-        self.stem_bn = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
-                                                          name="stem_bn")
+        self.stem_kind = common.resolve_stem(stem, image_size)
+        self.stem = self.stem_conv = self.stem_bn = None
+        if self.stem_kind == "cifar":
+            self.stem_conv = _conv(3 * channels, 3, name="stem_conv")
+            self.stem_bn = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                                              name="stem_bn")
+        else:  # (s0, s1) at 1/4 and 1/8 resolution, C channels (the final network's)
+            inputs = tf.keras.Input((None, None, 3))
+            self.stem = tf.keras.Model(inputs, common.imagenet_stem(inputs, channels),
+                                       name="stem")
         self.cells = []
-        current, reduction_prev = channels, False
+        current, reduction_prev = channels, self.stem_kind == "imagenet"
         for i in range(cells):
             reduction = i in reduction_cells(cells)
             if reduction:
@@ -732,10 +744,14 @@ class Supernet(tf.keras.Model):
             return False
         shape = list(input_shape)
         with tf.name_scope(self.name):
-            _build(self.stem_conv, shape)
-            stem = [shape[0], *shape[1:3], self.stem_conv.filters]
-            _build(self.stem_bn, stem)
-            s0 = s1 = stem
+            if self.stem is None:
+                _build(self.stem_conv, shape)
+                stem = [shape[0], *shape[1:3], self.stem_conv.filters]
+                _build(self.stem_bn, stem)
+                s0 = s1 = stem
+            else:  # a functional model: built already; its outputs' sizes
+                s0, s1 = ([shape[0], *(-(-int(n) // stride) for n in shape[1:3]),
+                           self.channels] for stride in (4, 8))
             for cell in self.cells:
                 s0, s1 = s1, cell.build_from_shapes([s0, s1])
             _build(self.classifier, [shape[0], s1[-1]])
@@ -754,7 +770,10 @@ class Supernet(tf.keras.Model):
 
     @_no_autograph
     def call(self, x, training=None, quantized=None):
-        s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
+        if self.stem is None:
+            s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
+        else:
+            s0, s1 = self.stem(x, training=training)
         mix_normal, mix_reduce = (tf.nn.softmax(alpha, axis=-1)
                                   for alpha in self.arch_variables)
         for i, cell in enumerate(self.cells):
@@ -771,25 +790,29 @@ class Supernet(tf.keras.Model):
 # ----------------------------------------------------------------------------- method API
 
 def build_supernet(search_config, num_classes, image_size):
-    """The BNAS supernet of a SearchConfig (the runner builds its variables)."""
-    del image_size  # the CIFAR stem works at any input size
+    """The BNAS supernet of a SearchConfig (the runner builds its variables); its
+    stem follows ``extra['stem']`` (default 'auto': by `image_size`)."""
+    extra = search_config.extra or {}
     return Supernet(search_config.ops, search_config.cells, search_config.channels,
                     num_classes, template=search_config.cell_template,
                     binarization=search_config.binarization,
                     diversity_lambda=search_config.diversity_lambda,
                     diversity_tau=search_config.diversity_tau,
-                    conv_dtype=(search_config.extra or {}).get("conv_dtype", "auto"))
+                    conv_dtype=extra.get("conv_dtype", "auto"),
+                    stem=extra.get("stem", "auto"), image_size=image_size)
 
 
 def validate_config(search_config):
-    """One-line ValueError for bad BNAS settings in `search_config.extra` (only
-    ``conv_dtype``: 'auto', 'float32' or 'bfloat16' binary convs)."""
+    """One-line ValueError for bad BNAS settings in `search_config.extra`:
+    ``conv_dtype`` ('auto', 'float32' or 'bfloat16' binary convs) and ``stem``
+    ('auto', 'cifar' or 'imagenet')."""
     extra = dict(search_config.extra or {})
-    unknown = sorted(set(extra) - {"conv_dtype"})
+    unknown = sorted(set(extra) - {"conv_dtype", "stem"})
     if unknown:
         raise ValueError(f"unknown BNAS search settings: {', '.join(unknown)} "
-                         "(the only one is conv_dtype)")
+                         "(they are conv_dtype and stem)")
     resolve_conv_dtype(extra.get("conv_dtype", "auto"))
+    common.resolve_stem(extra.get("stem", "auto"), 32)
 
 
 def derive(net, search_config, val_batches=None):
