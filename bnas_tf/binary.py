@@ -94,7 +94,6 @@ def onednn_disabled():
     return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
 
 
-@tf.keras.utils.register_keras_serializable(SERIAL)
 def same_padding(size, kernel, stride=1, dilation=1):
     """(before, after) of TensorFlow's 'SAME' padding along one axis."""
     effective = (kernel - 1) * dilation + 1
@@ -102,6 +101,7 @@ def same_padding(size, kernel, stride=1, dilation=1):
     return total // 2, total - total // 2
 
 
+@tf.keras.utils.register_keras_serializable(SERIAL)
 class QuantConv2D(lq.layers.QuantConv2D):
     """Larq's QuantConv2D, with dilated convs as one Conv2D(dilations=...) op.
 

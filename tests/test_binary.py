@@ -158,3 +158,16 @@ def test_dilated_binary_conv_trains_with_onednn_off():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-1500:]
     assert "ok True" in out.stdout
+
+
+def test_quant_conv2d_is_registered_and_round_trips_through_its_config():
+    """binary.QuantConv2D serialises under the package's name and deserialises to
+    itself (not to Larq's class, and not without its dilation handling)."""
+    name = f"{binary.SERIAL}>QuantConv2D"
+    assert tf.keras.utils.get_registered_name(binary.QuantConv2D) == name
+    assert tf.keras.utils.get_registered_object(name) is binary.QuantConv2D
+    layer = binary.QuantConv2D(4, 3, dilation_rate=2, padding="same", use_bias=False)
+    assert tf.keras.utils.serialize_keras_object(layer)["registered_name"] == name
+    model = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), layer])
+    rebuilt = tf.keras.Sequential.from_config(model.get_config())
+    assert type(rebuilt.layers[0]) is binary.QuantConv2D
