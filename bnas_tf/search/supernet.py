@@ -749,9 +749,8 @@ class Supernet(tf.keras.Model):
                 stem = [shape[0], *shape[1:3], self.stem_conv.filters]
                 _build(self.stem_bn, stem)
                 s0 = s1 = stem
-            else:  # a functional model: built already; its outputs' sizes
-                s0, s1 = ([shape[0], *(-(-int(n) // stride) for n in shape[1:3]),
-                           self.channels] for stride in (4, 8))
+            else:  # a functional model: built already; its outputs' shapes
+                s0, s1 = (list(s) for s in self.stem.compute_output_shape(shape))
             for cell in self.cells:
                 s0, s1 = s1, cell.build_from_shapes([s0, s1])
             _build(self.classifier, [shape[0], s1[-1]])
