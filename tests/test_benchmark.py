@@ -189,6 +189,79 @@ def test_grouped_search_cell_equals_one_layer_per_edge(reduction, scheme):
         assert np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 1, 2),
+                                                     (5, 1, 2)])
+def test_padding_bias_turns_plus_one_padding_into_a_shift(kernel, stride, dilation):
+    """A +-1 conv with a 'SAME' border of +1 equals the conv of the shifted signs
+    (s - 1, zero border) plus `padding_bias`, at every position (odd sizes: uneven
+    borders)."""
+    import tensorflow as tf
+    from bnas_tf import binary
+    from bnas_tf.search import supernet
+    s = tf.sign(tf.random.stateless_normal([2, 7, 9, 3], seed=[kernel, stride]))
+    signs = tf.sign(tf.random.stateless_normal([kernel, kernel, 3, 5], seed=[dilation, 1]))
+    pads = [binary.same_padding(n, kernel, stride, dilation) for n in (7, 9)]
+    padded = tf.pad(s, [[0, 0], *pads, [0, 0]], constant_values=1.0)
+    expected = tf.nn.conv2d(padded, signs, stride, "VALID", dilations=dilation)
+    shifted = tf.nn.conv2d(s - 1.0, signs, stride, "SAME", dilations=dilation)
+    bias = supernet.padding_bias(signs, 1.0)
+    assert bias.shape == (5,) and supernet.padding_bias(signs, 0.0) is None
+    assert np.array_equal(tf.nn.bias_add(shifted, bias).numpy(), expected.numpy())
+    assert not np.array_equal(shifted.numpy(), expected.numpy())
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+def test_bfloat16_search_cell_follows_the_float32_one(reduction):
+    """conv_dtype='bfloat16' (shifted signs, bias and ReLU in bfloat16) computes the
+    float32 cell's outputs and gradients to bfloat16 precision (the kernel gradients
+    add the padding bias's gradient to the shifted conv's, both rounded: a few
+    tenths of a percent of their scale at the benchmark's shape, up to ~2% here)."""
+    import tensorflow as tf
+    from bnas_tf import ops
+    from bnas_tf.search import supernet
+    tf.keras.utils.set_random_seed(0)
+    x0 = tf.random.stateless_normal([4, 8, 8, 6], seed=[1, 2])
+    x1 = tf.random.stateless_normal([4, 8, 8, 6], seed=[3, 4])
+    alpha = tf.Variable(tf.random.stateless_normal([14, len(ops.BNAS_OPS)], seed=[5, 6]))
+    config = ops.OpConfig(affine=False, pool_bn=True)
+    cells = [supernet.SearchCell(ops.BNAS_OPS, 4, reduction, False, True, config,
+                                 conv_dtype=dtype) for dtype in ("float32", "bfloat16")]
+    for cell in cells:
+        cell([x0, x1], tf.nn.softmax(alpha))
+    for a, b in zip(cells[0].weights, cells[1].weights):
+        b.assign(a)
+    results = []
+    for cell in cells:
+        with tf.GradientTape() as tape:
+            tape.watch([x0, x1])
+            y = cell([x0, x1], tf.nn.softmax(alpha), training=True)
+            loss = tf.reduce_sum(y * tf.random.stateless_normal(y.shape, seed=[7, 8]))
+        results.append([y] + tape.gradient(loss, [x0, x1, alpha] + cell.kernels))
+    assert len(results[0]) == 4 + len(cells[0].kernels)
+    for a, b in zip(*results):
+        a, b = a.numpy(), b.numpy()
+        assert np.abs(a).max() > 0
+        assert np.abs(a - b).max() <= 0.03 * np.abs(a).max()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_widen_and_weight_has_the_gradients_of_cast_and_multiply(dtype):
+    import tensorflow as tf
+    from bnas_tf.search import supernet
+    y = tf.cast(tf.nn.relu(tf.random.stateless_normal([2, 3, 3, 4], seed=[1, 1])), dtype)
+    factor = tf.random.stateless_uniform([4], seed=[2, 2])
+    g = tf.random.stateless_normal([2, 3, 3, 4], seed=[3, 3])
+    results = []
+    for fn in (supernet.widen_and_weight, lambda a, b: tf.cast(a, tf.float32) * b):
+        with tf.GradientTape() as tape:
+            tape.watch([y, factor])
+            out = fn(y, factor)
+        results.append([out] + tape.gradient(out, [y, factor], output_gradients=g))
+    assert results[0][1].dtype == dtype
+    for a, b in zip(*results):
+        assert np.allclose(tf.cast(a, tf.float32).numpy(), tf.cast(b, tf.float32).numpy())
+
+
 def test_grouped_kernels_start_like_separate_glorot_kernels():
     """Each edge's slice of a grouped kernel is its own glorot draw (fan of one edge)."""
     from bnas_tf.search import supernet

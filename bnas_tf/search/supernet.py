@@ -26,11 +26,12 @@ channels concatenate the edges' convs, one pool per kind. With non-affine BNs th
 is exactly the per-edge computation (tested against ``share_bn=False``, which
 builds one `MixedOp` with separate layers per edge) at 2.4x the speed. The binary
 kernels of a cell are one variable per conv type (all 14 edges, `SOURCE_ORDER`);
-`SearchCell.quantize` turns them into +-1 signs, XNOR scales and padding border
-terms, and the bilevel step does that once for its alpha and weight passes
+`SearchCell.quantize` turns them into +-1 signs, XNOR scales and padding
+biases, and the bilevel step does that once for its alpha and weight passes
 (`Supernet.quantize`, ``net(x, quantized=...)``). Binary convs run as
 ``scale * conv(sign(x), sign(W))``: +-1 operands, the XNOR scale folded into the op
-weights, the +1 padding as zero padding plus a constant border term; with
+weights, the +1 padding as a -1 shift of the signs, zero padding and a
+per-channel bias (`padding_bias`: one fused conv + bias + ReLU); with
 ``conv_dtype='bfloat16'`` (the default 'auto' picks it on CPUs with native
 bfloat16) the +-1 products run in bfloat16: exact products, float32 accumulation,
 results rounded to 8 significant bits (numerics differ slightly from float32;
@@ -227,18 +228,28 @@ def conv_op(dilation):
     return tf.nn.convolution if dilation > 1 and binary.onednn_disabled() else tf.nn.conv2d
 
 
-def border_term(signs, in_hw, stride, dilation, pad_value):
-    """The conv of the padding alone: a binary conv padded with `pad_value` equals the
-    zero-padded conv plus this constant-input conv of one image (zeros inside,
-    `pad_value` in the 'SAME' border) - no padded copy of the batch. None when there
-    is no padding or its value is 0."""
-    kernel = int(signs.shape[0])
-    pads = [binary.same_padding(int(n), kernel, stride, dilation) for n in in_hw]
-    if not pad_value or not any(p for pair in pads for p in pair):
+def padding_bias(signs, pad_value):
+    """Per output channel, what a 'SAME' border of `pad_value` adds to a conv once its
+    input is shifted by -pad_value: conv(x padded with p) = conv((x - p) padded with 0)
+    + p * (sum of the kernel's taps), exactly, at every position, stride and
+    dilation. The search convs run in that form: no padded copy of the batch, and
+    a bias the conv can take in (Grappler's remapper fuses conv + bias + ReLU).
+    None when the padding value is 0."""
+    if not pad_value:
         return None
-    mask = np.pad(np.zeros([1, *in_hw, int(signs.shape[2])], np.float32),
-                  [(0, 0), *pads, (0, 0)], constant_values=float(pad_value))
-    return conv_op(dilation)(tf.constant(mask), signs, stride, "VALID", dilations=dilation)
+    return float(pad_value) * tf.reduce_sum(signs, axis=[0, 1, 2])
+
+
+@tf.custom_gradient
+def widen_and_weight(y, factor):
+    """float32(y) * factor (per channel), keeping only `y` (bfloat16 in the search's
+    convs) for the gradient instead of its float32 copy: the op weights' gradient
+    sum(g * y) widens it again, so a pass holds half the memory per conv output."""
+    def grad(g):
+        with tf.control_dependencies([g]):  # not widened early, during the forward pass
+            wide = tf.cast(y, tf.float32)
+        return tf.cast(g * factor, y.dtype), tf.reduce_sum(g * wide, axis=[0, 1, 2])
+    return tf.cast(y, tf.float32) * factor, grad
 
 
 def _sum(tensors):
@@ -409,14 +420,14 @@ class SourceOps(tf.keras.layers.Layer):
             _build(bn, shape)  # per channel: the pooled size does not matter
         super().build(shape)
 
-    def conv_geometry(self, in_hw, spec):
-        """(input height and width, stride, dilation) of a grouped conv: a dilated conv
-        at stride 2 runs undilated on the even pixels (TensorFlow has no strided
-        dilated conv; these are the pixels it reads)."""
+    def conv_geometry(self, spec):
+        """(stride, dilation) of a grouped conv: a dilated conv at stride 2 runs
+        undilated on the even pixels (TensorFlow has no strided dilated conv; these
+        are the pixels it reads)."""
         dilation = spec[1]
         if dilation > 1 and self.stride > 1:
-            return tuple(-(-int(n) // self.stride) for n in in_hw), 1, 1
-        return tuple(int(n) for n in in_hw), self.stride, dilation
+            return 1, 1
+        return self.stride, dilation
 
     def _pools(self, x):
         return [tf.nn.max_pool2d(x, 3, self.stride, "SAME") if kind == "max"
@@ -428,7 +439,7 @@ class SourceOps(tf.keras.layers.Layer):
         """x: the state; rows: [targets, n_ops] op weights (read only by ops computed
         per edge; None when there are none); conv_factors:
         [n_conv, targets, C] op weights times kernel scales; pool_factors:
-        [n_pools, targets]; kernels: {"signs": ..., "borders": ...} per conv type
+        [n_pools, targets]; kernels: {"signs": ..., "biases": ...} per conv type
         (`SearchCell.quantize`) ->
         the list of `targets` mixed edge outputs sum_k w[t, k] * op_k(x)."""
         stride, targets, channels = self.stride, self.targets, self.channels
@@ -439,29 +450,30 @@ class SourceOps(tf.keras.layers.Layer):
         terms = []  # each [B, H, W, targets * C], summed by one AddN
         if self.specs:
             signed = self.sign(h) if self.sign is not None else h
+            if self.sign is not None and self.binarization.pad_values:
+                # +1 padding as a shift: conv(s padded with 1) = conv(s - 1) + bias
+                signed = signed - float(self.binarization.pad_values)
             even = signed[:, ::2, ::2, :] if stride > 1 else signed
             dtype = compute_dtype if self.sign is not None else "float32"
+            scaled = self.binarization.enabled and self.binarization.activation_scale
             # one chain of elementwise ops per conv type (measured faster than
             # concatenating the conv types and reducing over them)
             factors = tf.unstack(tf.reshape(conv_factors, [len(self.specs), -1]))
-            for signs, border, factor, spec in zip(kernels["signs"], kernels["borders"],
-                                                   factors, self.specs):
+            for signs, bias, factor, spec in zip(kernels["signs"], kernels["biases"],
+                                                 factors, self.specs):
                 kernel, dilation, relu, _ = spec
-                _, conv_stride, conv_dilation = self.conv_geometry(x.shape[1:3], spec)
+                conv_stride, conv_dilation = self.conv_geometry(spec)
                 inp = even if dilation > 1 and stride > 1 else signed
-                conv = conv_op(conv_dilation)
-                if dtype != "float32":
-                    y = tf.cast(conv(tf.cast(inp, dtype), signs, conv_stride, "SAME",
-                                     dilations=conv_dilation), tf.float32)
-                else:
-                    y = conv(inp, signs, conv_stride, "SAME", dilations=conv_dilation)
-                if border is not None:
-                    y = y + border
-                if self.binarization.enabled and self.binarization.activation_scale:
-                    y = y * binary.activation_scale(h, kernel, stride)
-                if relu:
+                y = conv_op(conv_dilation)(tf.cast(inp, dtype), signs, conv_stride, "SAME",
+                                           dilations=conv_dilation)
+                if bias is not None:
+                    y = tf.nn.bias_add(y, bias)
+                if scaled:  # the activation scale comes before the ReLU
+                    y = tf.cast(y, tf.float32) * binary.activation_scale(h, kernel, stride)
+                if relu:  # in the conv's dtype: fused into it, and a half-size saved output
                     y = tf.nn.relu(y)
-                term = y * factor  # [B, H, W, targets * C]: edge t in channels t*C..
+                term = widen_and_weight(y, factor)  # [B, H, W, targets * C]: edge t in
+                # channels t*C..
                 terms.append(term)
         if pooled:
             for p, factor in zip(pooled, tf.unstack(tf.expand_dims(pool_factors, -1))):
@@ -499,7 +511,7 @@ class SearchCell(tf.keras.layers.Layer):
 
     Grouped (the default): the binary conv kernels of all 14 edges are ONE variable per
     conv type, [k, k, C, 14 * C] with the edges in `SOURCE_ORDER`; `quantize()` turns
-    them into signs, scales and padding border terms once (the bilevel step does it
+    them into signs, scales and padding biases once (the bilevel step does it
     once for both of its passes) and `call` hands each source its slice.
     """
 
@@ -578,18 +590,17 @@ class SearchCell(tf.keras.layers.Layer):
             return in_hw
         return tuple(-(-n // 2) for n in in_hw)
 
-    def quantize(self, in_hw=None):
+    def quantize(self):
         """The cell's binary kernels ready for the convs: a dict with ``kernels``, per
-        source {"signs": per conv type in the compute dtype, "borders": per conv type
-        the padding border term or None}, and ``scales`` [n_conv, 14, C] (None
-        without scales). Signs and scales as in `kernel_signs` (straight-through
-        gradients to the latent kernels). Border terms are for states of `in_hw`
-        (height, width; default: the size the cell was built at)."""
+        source {"signs": per conv type in the compute dtype, "biases": per conv type
+        the `padding_bias` in the compute dtype, or None}, and ``scales``
+        [n_conv, 14, C] (None without scales). Signs and scales as in `kernel_signs`
+        (straight-through gradients to the latent kernels). Nothing depends on the
+        input size."""
         if not self.kernels:
             return None
-        in_hw = tuple(in_hw or self.in_hw)
         widths = [t * self.channels for t in self.targets]
-        kernels = [{"signs": [], "borders": []} for _ in self.sources]
+        kernels = [{"signs": [], "biases": []} for _ in self.sources]
         scales = []
         for variable, spec in zip(self.kernels, self.specs):
             signed = (kernel_signs(self.kernel_quantizer, variable, N_EDGES)
@@ -597,29 +608,15 @@ class SearchCell(tf.keras.layers.Layer):
             signs, scale = signed if signed is not None else (tf.convert_to_tensor(variable),
                                                               None)
             scales.append(scale)
-            cast = (tf.cast(signs, self.compute_dtype_)
-                    if self.compute_dtype_ != "float32" and signed is not None else signs)
-            borders = [None] * len(self.sources)
-            if signed is not None and self.binarization.pad_values:
-                # consecutive sources with one conv geometry get one border conv
-                groups = [(geometry, [s for s, _ in members]) for geometry, members in
-                          itertools.groupby(enumerate(
-                              source.conv_geometry(self._source_hw(s, in_hw), spec)
-                              for s, source in enumerate(self.sources)), key=lambda p: p[1])]
-                group_signs = (tf.split(signs, [sum(widths[s] for s in members)
-                                                for _, members in groups], axis=-1)
-                               if len(groups) > 1 else [signs])
-                for (geometry, members), group in zip(groups, group_signs):
-                    border = border_term(group, *geometry, self.binarization.pad_values)
-                    if border is None:
-                        continue
-                    pieces = (tf.split(border, [widths[s] for s in members], axis=-1)
-                              if len(members) > 1 else [border])
-                    for s, piece in zip(members, pieces):
-                        borders[s] = piece
-            for kernel, part, border in zip(kernels, tf.split(cast, widths, axis=-1), borders):
+            dtype = self.compute_dtype_ if signed is not None else "float32"
+            bias = padding_bias(signs, self.binarization.pad_values) if signed is not None \
+                else None
+            biases = (tf.split(tf.cast(bias, dtype), widths) if bias is not None
+                      else [None] * len(self.sources))
+            for kernel, part, piece in zip(kernels, tf.split(tf.cast(signs, dtype), widths,
+                                                             axis=-1), biases):
                 kernel["signs"].append(part)
-                kernel["borders"].append(border)
+                kernel["biases"].append(piece)
         stacked = (None if any(scale is None for scale in scales) else
                    tf.reshape(tf.stack(scales), [len(scales), N_EDGES, self.channels]))
         return {"kernels": kernels, "scales": stacked}
@@ -627,15 +624,11 @@ class SearchCell(tf.keras.layers.Layer):
     @_no_autograph
     def call(self, inputs, mix, training=None, quantized=None):
         """inputs [s0, s1]; mix: the cell type's softmaxed alphas [14, n_ops];
-        quantized: this cell's `quantize()` (computed here when None or when the
-        states' size differs from the one the cell was built at)."""
+        quantized: this cell's `quantize()` (computed here when None)."""
         s0, s1 = inputs
         states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
         if self.grouped:
-            in_hw = tuple(int(n) for n in states[1].shape[1:3])
-            # kernels quantised for another input size carry the wrong border terms
-            q = (quantized if quantized is not None and in_hw == self.in_hw
-                 else self.quantize(in_hw))
+            q = quantized if quantized is not None else self.quantize()
             # [n_ops, 14]: the op weights of the edges in SOURCE_ORDER (gathers as
             # products with one-hot matrices: exact, and their gradients trace faster)
             by_source = tf.matmul(mix, _one_hot_columns(SOURCE_ORDER, N_EDGES),
