@@ -267,6 +267,25 @@ def test_widen_and_weight_has_the_gradients_of_cast_and_multiply(dtype):
         assert np.abs(a - b).max() <= tol * np.abs(b).max()
 
 
+@pytest.mark.parametrize("size", [8, 7])
+def test_factorized_reduce_reads_the_pixels_of_the_shifted_stride2_conv(size):
+    """The supernet's FactorizedReduce equals DARTS' formulation: 1x1 stride-2 convs on
+    x and on x shifted up-left by one pixel (zero-filled), concatenated."""
+    import tensorflow as tf
+    from bnas_tf.search import supernet
+    x = tf.random.stateless_normal([2, size, size, 6], seed=[size, 1])
+    layer = supernet.FactorizedReduce(8)
+    y = layer(x, training=True)
+    r = tf.nn.relu(x)
+    shifted = tf.pad(r[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+    k0, k1 = layer.conv0.kernel, layer.conv1.kernel
+    expected = layer.bn(tf.concat([tf.nn.conv2d(r, k0, 2, "SAME"),
+                                   tf.nn.conv2d(shifted, k1, 2, "SAME")], axis=-1),
+                        training=True)
+    assert y.shape == expected.shape == (2, -(-size // 2), -(-size // 2), 8)
+    assert np.allclose(y.numpy(), expected.numpy(), atol=1e-5)
+
+
 def test_grouped_kernels_start_like_separate_glorot_kernels():
     """Each edge's slice of a grouped kernel is its own glorot draw (fan of one edge)."""
     from bnas_tf.search import supernet

@@ -98,14 +98,18 @@ class ReLUConvBN(tf.keras.layers.Layer):
 
 
 class FactorizedReduce(tf.keras.layers.Layer):
-    """Float ReLU -> two stride-2 1x1 convs on x and x shifted by one pixel, concat, BN."""
+    """Float ReLU -> two stride-2 1x1 convs on x and x shifted by one pixel, concat, BN.
+
+    The second conv reads the odd rows and columns of x (zero-padded at the end for
+    odd sizes): exactly the pixels a stride-2 1x1 conv reads from the shifted x,
+    without the shifted copy (its slice, pad and their full-size gradients)."""
 
     def __init__(self, filters, name=None):
         super().__init__(name=name)
         if filters % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {filters}")
         self.conv0 = _conv(filters // 2, 1, 2, name="conv0")
-        self.conv1 = _conv(filters // 2, 1, 2, name="conv1")
+        self.conv1 = _conv(filters // 2, 1, 1, name="conv1")
         self.bn = _bn("bn")
 
     def build(self, shape):
@@ -117,8 +121,11 @@ class FactorizedReduce(tf.keras.layers.Layer):
     @_no_autograph
     def call(self, x, training=None):
         x = tf.nn.relu(x)
-        shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-        y = tf.concat([self.conv0(x), self.conv1(shifted)], axis=-1)
+        odd = x[:, 1::2, 1::2, :]
+        extra = [int(n) % 2 for n in x.shape[1:3]]  # the shifted x's zero row/column
+        if any(extra):
+            odd = tf.pad(odd, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]])
+        y = tf.concat([self.conv0(x), self.conv1(odd)], axis=-1)
         return self.bn(y, training=training)
 
 
