@@ -286,6 +286,28 @@ def test_factorized_reduce_reads_the_pixels_of_the_shifted_stride2_conv(size):
     assert np.allclose(y.numpy(), expected.numpy(), atol=1e-5)
 
 
+def test_pool_mix_weights_each_pool_per_target():
+    """pool_mix's matmul equals the broadcast sum_k w[k, t] * pool_k, and its gradient
+    reaches the weights and the pools."""
+    import tensorflow as tf
+    from bnas_tf.search import supernet
+    pools = [tf.random.stateless_normal([2, 5, 5, 3], seed=[k, 9]) for k in range(2)]
+    w = tf.random.stateless_uniform([2, 4], seed=[3, 3])
+    with tf.GradientTape() as tape:
+        tape.watch([w] + pools)
+        y = supernet.pool_mix(pools, w)
+        loss = tf.reduce_sum(y * tf.range(y.shape[-1], dtype=tf.float32))
+    grads = tape.gradient(loss, [w] + pools)
+    expected = tf.concat([w[0, t] * pools[0] + w[1, t] * pools[1] for t in range(4)], -1)
+    assert y.shape == (2, 5, 5, 12)
+    assert np.allclose(y.numpy(), expected.numpy(), atol=1e-6)
+    ramp = np.arange(12, dtype=np.float32).reshape(4, 3)  # d loss / d y per channel
+    sums = [p.numpy().sum(axis=(0, 1, 2)) for p in pools]
+    assert np.allclose(grads[0].numpy(), [[ramp[t] @ sums[k] for t in range(4)]
+                                          for k in range(2)], atol=1e-4)
+    assert np.allclose(grads[1].numpy()[0, 0, 0], w.numpy()[0] @ ramp, rtol=1e-5)
+
+
 def test_grouped_kernels_start_like_separate_glorot_kernels():
     """Each edge's slice of a grouped kernel is its own glorot draw (fan of one edge)."""
     from bnas_tf.search import supernet
