@@ -180,11 +180,8 @@ class BinaryConv(_Block):
         self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
         self.binarization, self.use_relu, self.use_shortcut = binarization, relu, shortcut
         dilated_stride = dilation_rate > 1 and strides > 1
-        # dilation == stride: the conv reads exactly the pixels of the strided grid.
-        # Subclasses with their own call() (BARS' masked conv) expect the stride-1
-        # conv + `subsample` formulation and keep it.
-        own_call = type(self).call is BinaryConv.call
-        self.pick = strides if dilated_stride and dilation_rate == strides and own_call else 1
+        # dilation == stride: the conv reads exactly the pixels of the strided grid
+        self.pick = strides if dilated_stride and dilation_rate == strides else 1
         self.subsample = strides if dilated_stride and self.pick == 1 else 1
         self.bn = tf.keras.layers.BatchNormalization(center=affine, scale=affine,
                                                      momentum=0.9, epsilon=1e-5, name="bn")
@@ -199,9 +196,14 @@ class BinaryConv(_Block):
                              f"got {input_shape[-1]} -> {self.filters}")
         super().build(input_shape)
 
+    def conv_input(self, x):
+        """What the conv reads of the normalised input: every `pick`-th pixel when a
+        strided dilated conv runs as an undilated one, else all of it."""
+        return x[:, ::self.pick, ::self.pick, :] if self.pick > 1 else x
+
     def call(self, inputs, training=None):
         x = self.bn(inputs, training=training)
-        y = self.conv(x[:, ::self.pick, ::self.pick, :] if self.pick > 1 else x)
+        y = self.conv(self.conv_input(x))
         if self.subsample > 1:
             y = y[:, ::self.subsample, ::self.subsample, :]
         if self.binarization.enabled and self.binarization.activation_scale:

@@ -141,14 +141,20 @@ def test_width_masks_zero_the_right_channels(net):
     assert np.all(out1.numpy()[..., 12:] == 0) and np.abs(out1.numpy()[..., :12]).sum() > 0
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_masked_binary_conv_equals_the_narrow_conv(stride):
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_masked_binary_conv_equals_the_narrow_conv(stride, dilation):
     """Masking the binarised, +1-padded input = a conv that only has the live channels,
-    whatever the dead channels hold (sign(0) = +1 would otherwise leak them)."""
-    x = tf.random.stateless_normal([2, 8, 8, 8], [stride, 3])
+    whatever the dead channels hold (sign(0) = +1 would otherwise leak them); at
+    stride 2 and dilation 2 both read the strided grid with an undilated conv."""
+    x = tf.random.stateless_normal([2, 8, 8, 8], [stride, 3 + dilation])
     mask = tf.constant([1.0] * 4 + [0.0] * 4)
-    wide = bars.MaskedBinaryConv(8, 3, stride, binarization=binary.BINARYNET, affine=False)
-    narrow = binary.BinaryConv(8, 3, stride, binarization=binary.BINARYNET, affine=False)
+    wide = bars.MaskedBinaryConv(8, 3, stride, dilation, binarization=binary.BINARYNET,
+                                 affine=False)
+    narrow = binary.BinaryConv(8, 3, stride, dilation, binarization=binary.BINARYNET,
+                               affine=False)
+    picked = stride == dilation == 2
+    assert wide.pick == (2 if picked else 1) and wide.subsample == 1
+    assert wide.conv.dilation_rate == ((1, 1) if picked else (dilation, dilation))
     wide(x)
     narrow(x[..., :4])
     narrow.conv.kernel.assign(wide.conv.kernel[:, :, :4, :])

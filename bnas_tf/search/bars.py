@@ -86,7 +86,7 @@ class MaskedBinaryConv(binary.BinaryConv):
         if channel_mask is None:
             return super().call(inputs, training=training)
         x = self.bn(inputs, training=training)
-        y = masked_conv(self.conv, x, channel_mask)
+        y = masked_conv(self.conv, self.conv_input(x), channel_mask)
         if self.subsample > 1:
             y = y[:, ::self.subsample, ::self.subsample, :]
         if self.binarization.enabled and self.binarization.activation_scale:
