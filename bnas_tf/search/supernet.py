@@ -22,7 +22,8 @@ non-affine BN after pools (``ops.OpConfig(affine=False, pool_bn=True)``).
 
 Speed: a cell computes the ops of all edges leaving one state together
 (`SourceOps`): one BN -> sign per state, one wide conv per conv type whose output
-channels concatenate the edges' convs, one pool per kind. With non-affine BNs this
+channels concatenate the edges' convs, one pool per kind (the pools' terms for all
+edges from one matmul, `pool_mix`). With non-affine BNs this
 is exactly the per-edge computation (tested against ``share_bn=False``, which
 builds one `MixedOp` with separate layers per edge) at 2.4x the speed. The binary
 kernels of a cell are one variable per conv type (all 14 edges, `SOURCE_ORDER`);
