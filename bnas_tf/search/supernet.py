@@ -41,7 +41,6 @@ gradients are bfloat16 too), about 1.4x faster again.
 from __future__ import annotations
 
 import functools
-import itertools
 
 import bnas_tf  # noqa: F401
 import larq as lq
@@ -241,8 +240,8 @@ def padding_bias(signs, pad_value):
     input is shifted by -pad_value: conv(x padded with p) = conv((x - p) padded with 0)
     + p * (sum of the kernel's taps), exactly, at every position, stride and
     dilation. The search convs run in that form: no padded copy of the batch, and
-    a bias the conv can take in (Grappler's remapper fuses conv + bias + ReLU).
-    None when the padding value is 0."""
+    a bias the conv takes in (oneDNN's graph rewrite fuses conv + bias + ReLU, and
+    the filter gradient with the bias gradient). None when the padding value is 0."""
     if not pad_value:
         return None
     return float(pad_value) * tf.reduce_sum(signs, axis=[0, 1, 2])
@@ -491,9 +490,8 @@ class SourceOps(tf.keras.layers.Layer):
                     y = tf.cast(y, tf.float32) * binary.activation_scale(h, kernel, stride)
                 if relu:  # in the conv's dtype: fused into it, and a half-size saved output
                     y = tf.nn.relu(y)
-                term = widen_and_weight(y, factor)  # [B, H, W, targets * C]: edge t in
-                # channels t*C..
-                terms.append(term)
+                # [B, H, W, targets * C]: edge t in channels t*C..
+                terms.append(widen_and_weight(y, factor))
         if pooled:
             terms.append(pool_mix(pooled, pool_factors))
         acc = _sum(terms) if terms else None
