@@ -262,10 +262,10 @@ def widen_and_weight(y, factor):
         channels = int(factor.shape[-1])
         dy, dfactor, _, _, _ = tf.raw_ops.FusedBatchNormGradV3(
             y_backprop=tf.cast(g, y.dtype), x=y, scale=factor,
-            reserve_space_1=tf.zeros([channels]),
-            reserve_space_2=tf.fill([channels], 1.0 - _UNIT_EPS),
-            reserve_space_3=tf.zeros([0]), epsilon=_UNIT_EPS, data_format="NHWC",
-            is_training=False)
+            reserve_space_1=tf.constant(np.zeros(channels, np.float32)),
+            reserve_space_2=tf.constant(np.full(channels, 1.0 - _UNIT_EPS, np.float32)),
+            reserve_space_3=tf.constant(np.zeros(0, np.float32)), epsilon=_UNIT_EPS,
+            data_format="NHWC", is_training=False)
         return dy, dfactor
     return tf.cast(y, tf.float32) * factor, grad
 
@@ -515,8 +515,8 @@ def pool_mix(pooled, factors):
     -> 7.4 ms (alpha pass) against broadcast products and their reductions."""
     n_pools, targets = (int(n) for n in factors.shape)
     channels = int(pooled[0].shape[-1])
-    eye = tf.eye(channels)[None, :, None, :]
-    mixing = tf.reshape(factors[:, None, :, None] * eye,
+    eye = tf.constant(np.eye(channels, dtype=np.float32)[None, :, None, :])
+    mixing = tf.reshape(tf.reshape(factors, [n_pools, 1, targets, 1]) * eye,
                         [n_pools * channels, targets * channels])
     x = tf.concat(pooled, axis=-1) if n_pools > 1 else pooled[0]
     y = tf.matmul(tf.reshape(x, [-1, n_pools * channels]), mixing)
