@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["bnas_tf", "bnas_tf.*", "flags", "tools"]),
     install_requires=[
-        "tensorflow-cpu==2.21.0",
+        "tensorflow==2.21.0",
         "tf-keras==2.21.0",
         "larq==0.14.0",
         "larq-compute-engine==0.16.0",
