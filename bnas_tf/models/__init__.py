@@ -27,3 +27,6 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=None, nam
                             binarization=scheme, name=name or spec.get("name"))
 from bnas_tf.models import bars as _bars  # noqa: E402,F401  (registers the "bars" family)
 from bnas_tf.models import baselines as _baselines  # noqa: E402,F401  (xnor-* baselines)
+from bnas_tf.models import birealnet as _birealnet  # noqa: E402,F401  (Bi-Real Net)
+from bnas_tf.models import reactnet as _reactnet  # noqa: E402,F401  (ReActNet-A)
+from bnas_tf.models import quicknet as _quicknet  # noqa: E402,F401  (QuickNet)

@@ -101,3 +101,24 @@ def set_drop_path(model, rate):
     for layer in model.submodules:
         if isinstance(layer, DropPath) and layer.built:
             layer.rate.assign(rate)
+
+
+def own_quantizers(family, spec, binarization):
+    """True: build `family` with its own quantizers; False: its float twin.
+
+    Hand-designed binary networks (Bi-Real, ReActNet, QuickNet) name their
+    quantizers once, in their own module, as their papers/larq-zoo do; of the
+    `binary.SCHEMES` they honour only ``float`` (the float twin, used by export's
+    size comparison). Raises ValueError for any other scheme (in the spec or passed
+    in), and for ``cells`` (these networks have none).
+    """
+    if "cells" in spec:
+        raise ValueError(f"{family} networks have no cells; set 'channels' instead")
+    binarization = binary.scheme(binarization)
+    named = spec.get("binarization")
+    if named not in (None, "float") or binarization not in (binary.XNOR, binary.FLOAT):
+        raise ValueError(f"{family} uses its own quantizers (see bnas_tf/models/{family}.py); "
+                         f"--binarization can only be 'float' (its float twin), got "
+                         f"{named or binarization}")
+    return binarization.enabled and named != "float"
+
