@@ -87,6 +87,14 @@ PAPER = {
     "bars-d": (_bars(54.6, 2, "129.60"),),
     "bars-e": (_bars(56.2, 2, "183.25"),),
     "bars-f": (_bars(60.3, 2, "293.53"),),
+    # Hand-designed binary networks (bnas_tf/models/birealnet.py, reactnet.py, quicknet.py):
+    # Bi-Real-18 as BNAS Table 7 prints it (the Bi-Real paper's 56.4 / 79.5 at 1.63e8 OPs),
+    # ReActNet-A from its paper (0.87e8 OPs), QuickNet from larq-zoo's docs (no OPs given).
+    # No paper trained the CIFAR forms (birealnet18-cifar, reactnet-a-cifar) as built here.
+    "birealnet18": (_bnas(56.40, 7, "163", 79.50),),
+    "reactnet-a": (PaperResult(69.4, "ReActNet", None, "87"),),
+    "quicknet": (PaperResult(63.3, "larq-zoo", 84.6),),
+    "quicknet-small": (PaperResult(59.4, "larq-zoo", 81.8),),
 }
 
 
@@ -301,7 +309,7 @@ def format_paper_table(rows, kind):
     note = ("FLOPs = float MACs, BiOPs = binary MACs, EqOPs = FLOPs + BiOPs/64, "
             "BNAS-FLOPs = EqOPs without float convs inside cells (the BNAS paper's count), "
             "which sets the budget group;\naccuracies in %; paper EqOPs = BNAS' 'FLOPs' "
-            "(~: budget group) or BARS' 'Equivalent Ops'.")
+            "(~: budget group), BARS' 'Equivalent Ops' or ReActNet's 'OPs'.")
     return f"{title}: accuracy at various FLOPs budgets\n{_render(header, lines)}\n{note}"
 
 
