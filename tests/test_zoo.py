@@ -10,15 +10,15 @@ from bnas_tf.models import birealnet, presets, quicknet, reactnet
 ZOO = sorted({**birealnet.PRESETS, **reactnet.PRESETS, **quicknet.PRESETS})
 SMALL_CHANNELS = {"birealnet": 4, "reactnet": 2, "quicknet": 8}
 
-# The published figures, with their source. OPs = FLOPs + BiOPs / 64 (Bi-Real Sec. 4.3,
-# ReActNet Table 4); FLOPs/BiOPs are multiply-accumulates (docs/costs.md). larq-zoo's
+# The published figures, with their source. OPs = FLOPs + BiOPs / 64 (the Bi-Real and
+# ReActNet papers); FLOPs/BiOPs are multiply-accumulates (docs/costs.md). larq-zoo's
 # "Parameters" are Keras' count_params(): BN moving statistics and fixed kernels included.
 PUBLISHED = {
-    # Bi-Real Net paper / ReActNet Table 4: BOPs 1.68e9, FLOPs 1.39e8, OPs 1.63e8;
+    # Bi-Real Net paper (and ReActNet's comparison table): BOPs 1.68e9, FLOPs 1.39e8, OPs 1.63e8;
     # larq-zoo docs (literature.BiRealNet): 11,699,112 parameters.
     "birealnet18": {"biops": 1.68e9, "flops": 1.39e8, "equivalent_ops": 1.63e8,
                     "total_params": 11_699_112},
-    # ReActNet paper Table 4 (ReActNet-A): BOPs 4.82e9, FLOPs 0.12e8, OPs 0.87e8.
+    # ReActNet paper (ReActNet-A): BOPs 4.82e9, FLOPs 0.12e8, OPs 0.87e8.
     "reactnet-a": {"biops": 4.82e9, "flops": 0.12e8, "equivalent_ops": 0.87e8},
     # larq-zoo docs (sota.QuickNet / sota.QuickNetSmall, v1.0): 13,234,088 / 12,655,688.
     "quicknet": {"total_params": 13_234_088},
