@@ -124,12 +124,8 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XN
     net = BiRealNet(depth=int(spec.get("depth", 18)), channels=int(spec.get("channels", 64)),
                     stem=spec.get("stem", "imagenet"),
                     binary=common.own_quantizers(FAMILY, spec, binarization))
-    inputs = tf.keras.Input((image_size, image_size, 3), name="image")
-    x, stage_outputs = net.body(inputs)
-    outputs = common.classifier(x, num_classes)
-    if auxiliary:
-        outputs = [outputs, common.auxiliary_head(stage_outputs[2], num_classes)]
-    return tf.keras.Model(inputs, outputs, name=name or spec.get("name") or "birealnet")
+    return common.classified_model(net.body, num_classes, image_size, auxiliary,
+                                   name=name or spec.get("name") or "birealnet")
 
 
 PRESETS = {

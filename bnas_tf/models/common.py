@@ -122,3 +122,18 @@ def own_quantizers(family, spec, binarization):
                          f"{named or binarization}")
     return binarization.enabled and named != "float"
 
+
+
+def classified_model(body, num_classes, image_size, auxiliary=False, name=None):
+    """A Keras Model: (image_size, image_size, 3) images -> `body` -> `classifier` logits.
+
+    `body(inputs)` returns (features, per-stage outputs); with `auxiliary` the model
+    has a second output, `auxiliary_head` on the stage output at 2/3 of the depth.
+    """
+    inputs = tf.keras.Input((image_size, image_size, 3), name="image")
+    x, stage_outputs = body(inputs)
+    outputs = classifier(x, num_classes)
+    if auxiliary:
+        aux_at = stage_outputs[max(0, -(-2 * len(stage_outputs) // 3) - 1)]
+        outputs = [outputs, auxiliary_head(aux_at, num_classes)]
+    return tf.keras.Model(inputs, outputs, name=name)

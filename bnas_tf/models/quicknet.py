@@ -166,13 +166,8 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XN
     section_blocks, section_filters = _sections(spec)
     net = QuickNet(section_blocks=section_blocks, section_filters=section_filters,
                    binary=common.own_quantizers(FAMILY, spec, binarization))
-    inputs = tf.keras.Input((image_size, image_size, 3), name="image")
-    x, stage_outputs = net.body(inputs)
-    outputs = common.classifier(x, num_classes)
-    if auxiliary:
-        aux_at = stage_outputs[max(0, -(-2 * len(stage_outputs) // 3) - 1)]
-        outputs = [outputs, common.auxiliary_head(aux_at, num_classes)]
-    return tf.keras.Model(inputs, outputs, name=name or spec.get("name") or "quicknet")
+    return common.classified_model(net.body, num_classes, image_size, auxiliary,
+                                   name=name or spec.get("name") or "quicknet")
 
 
 PRESETS = {
