@@ -163,3 +163,6 @@ def test_train_tool_then_export_birealnet18_cifar(cifar_dir, tmp_path, capsys):
     assert '"top1"' in capsys.readouterr().out
     result = export.export(str(out), samples=4, min_agreement=0.0)
     assert result.bconv_ops == BINARY_CONVS["birealnet"] == result.live_binary_convs
+    twin = export.float_twin(str(out))  # what tools/export.py --float_twin builds
+    assert not binary_convs(twin) and costs.count(twin).params == costs.count(
+        models.build(presets.resolve("birealnet18-cifar", channels=4), 10, 32)).params
