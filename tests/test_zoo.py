@@ -166,3 +166,12 @@ def test_train_tool_then_export_birealnet18_cifar(cifar_dir, tmp_path, capsys):
     twin = export.float_twin(str(out))  # what tools/export.py --float_twin builds
     assert not binary_convs(twin) and costs.count(twin).params == costs.count(
         models.build(presets.resolve("birealnet18-cifar", channels=4), 10, 32)).params
+
+
+@pytest.mark.slow  # full 224-px networks: ~15-40 s of conversion each
+@pytest.mark.parametrize("name", ["birealnet18", "reactnet-a", "quicknet"])
+def test_full_size_imagenet_networks_export_with_lce_bconv2d(name):
+    model = models.build(name, 1000, 224)
+    result = export.export(model, samples=4)  # the default top-1 agreement check too
+    family = presets.get(name)["family"]
+    assert result.bconv_ops == len(binary_convs(model)) == BINARY_CONVS[family]
