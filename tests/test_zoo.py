@@ -103,8 +103,9 @@ def test_float_twin_and_refused_settings():
             models.build(dict(small_spec(name), binarization="bars"), 5, 32)
         with pytest.raises(ValueError, match="own quantizers"):
             models.build(small_spec(name), 5, 32, binarization="binarynet")
-        with pytest.raises(ValueError, match="no cells"):
-            models.build(dict(small_spec(name), cells=8), 5, 32)
+        for key, value in (("cells", 8), ("residual", "binary"), ("genotype", "bnas_a")):
+            with pytest.raises(ValueError, match=f"no cells, so no '{key}'"):
+                models.build(dict(small_spec(name), **{key: value}), 5, 32)
     with pytest.raises(ValueError, match="stem"):
         models.build(dict(small_spec("quicknet"), stem="cifar"), 5, 32)
     with pytest.raises(ValueError, match="multiple of 4"):

@@ -110,16 +110,20 @@ def own_quantizers(family, spec, binarization):
     quantizers once, in their own module, as their papers/larq-zoo do; of the
     `binary.SCHEMES` they honour only ``float`` (the float twin, used by export's
     size comparison). Raises ValueError for any other scheme (in the spec or passed
-    in), and for ``cells`` (these networks have none).
+    in), and for the cell-network settings ``cells``, ``genotype`` and ``residual``
+    (these networks have no cells).
     """
-    if "cells" in spec:
-        raise ValueError(f"{family} networks have no cells; set 'channels' instead")
+    for key in ("cells", "genotype", "residual"):
+        if spec.get(key) is not None:
+            raise ValueError(f"{family} networks have no cells, so no '{key}' "
+                             f"(--{key}); set 'channels' instead")
     binarization = binary.scheme(binarization)
     named = spec.get("binarization")
     if named not in (None, "float") or binarization not in (binary.XNOR, binary.FLOAT):
+        given = named or next((k for k, v in binary.SCHEMES.items() if v == binarization),
+                              binarization)
         raise ValueError(f"{family} uses its own quantizers (see bnas_tf/models/{family}.py); "
-                         f"--binarization can only be 'float' (its float twin), got "
-                         f"{named or binarization}")
+                         f"--binarization can only be 'float' (its float twin), got {given}")
     return binarization.enabled and named != "float"
 
 
