@@ -13,6 +13,7 @@ real-valued shortcut and ReActNet's generalised activations:
 * 1x1 part: RSign -> binary 1x1 conv -> BN, + its input -> RPReLU; where the width
   doubles, two binary 1x1 convs of the input width, each + the input, concatenated.
 
+BatchNorm as PyTorch's defaults (momentum 0.1 there = 0.9 here, epsilon 1e-5).
 Quantizers, named once in `ReActNetA`: ``approx_sign`` activations (ReActNet uses
 Bi-Real's gradient), ``magnitude_aware_sign`` weights (sign x mean |W| per output
 channel, gradient zero where |W| > 1, as the reference's clamp). Deviations from
@@ -100,7 +101,7 @@ class ReActNetA:
         """RSign -> binary conv -> BN."""
         y = LearnableBias(name=f"{name}_move")(x)
         y = self.binary_conv(filters, kernel_size, strides, f"{name}_conv")(y)
-        return tf.keras.layers.BatchNormalization(name=f"{name}_bn")(y)
+        return common.batchnorm(f"{name}_bn")(y)
 
     def rprelu(self, x, name):
         x = LearnableBias(name=f"{name}_move_in")(x)
@@ -134,7 +135,7 @@ class ReActNetA:
                                    2 if self.stem == "imagenet" else 1, padding="same",
                                    use_bias=False, kernel_initializer="he_normal",
                                    name="stem_conv")(inputs)
-        x = tf.keras.layers.BatchNormalization(name="stem_bn")(x)
+        x = common.batchnorm("stem_bn")(x)
         outs = []
         for i, reference in enumerate(WIDTHS):
             filters = self.width(reference)
