@@ -4,6 +4,7 @@ Also the few helpers every binary shares: defining a group's flags once,
 checking the command line, and turning library errors into one-line usage errors.
 """
 import contextlib
+import sys
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app
@@ -37,3 +38,64 @@ def usage_errors(*extra):
         yield
     except (ValueError, FileNotFoundError, *extra) as e:
         raise app.UsageError(str(e)) from None
+
+
+# --- --help: this tool's own flags, grouped (tools call run(main, __doc__, groups)) ---
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+HELP_WIDTH = 100
+
+
+def names(module, exclude=()):
+    """Names of the flags a flags/ module defines (its `_DEFINITIONS` rows), minus `exclude`."""
+    return tuple(row[1] for row in module._DEFINITIONS if row[1] not in exclude)
+
+
+def _default_text(flag):
+    value = flag.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "empty"
+    return str(value)
+
+
+def help_text(doc, groups):
+    """The --help page: `doc`, then every flag of `groups` ((title, names) pairs) with its
+    values, default and help, wrapped to HELP_WIDTH columns.
+
+    Raises KeyError naming a flag in `groups` that no imported flags/ module defines.
+    """
+    import textwrap
+
+    lines = [(doc or "").strip(), "", "Flags of this tool (--helpfull adds absl's and "
+             "TensorFlow's own):"]
+    for title, flag_names in groups:
+        lines += ["", f"{title}:"]
+        for name in flag_names:
+            if name not in absl_flags.FLAGS:
+                raise KeyError(f"--{name} is listed in --help but not defined")
+            flag = absl_flags.FLAGS[name]
+            values = getattr(flag.parser, "enum_values", None)
+            kind = f"<{'|'.join(values)}>" if values else flag.flag_type().replace(
+                "comma separated list of strings", "a,b,...")
+            lines.append(f"  --{name}={kind}  (default: {_default_text(flag)})")
+            text = flag.help.split(">: ", 1)[1] if values and flag.help.startswith("<") \
+                else flag.help  # absl prefixes an enum's help with its values
+            lines += textwrap.wrap(text, HELP_WIDTH, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+def run(main, doc, groups):
+    """absl's app.run(main), with --help / -h / --helpshort printing `help_text(doc, groups)`
+    and exiting 0 (absl's own --help prints only the docstring and exits 1)."""
+    def parse(argv):
+        args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        if any(arg in HELP_ARGS for arg in args):
+            print(help_text(doc, groups))
+            sys.exit(0)
+        return app.parse_flags_with_usage(argv)
+
+    app.run(main, flags_parser=parse)

@@ -1,7 +1,7 @@
 """The main job: a search, the derived network trained briefly, and its binary .tflite.
 
-  python tools/pipeline.py --dataset=folder --data_dir=../shared/datasets/cifar10/train \
-      --max_examples=512 --search_epochs=2 --train_epochs=2 --cells=5 --channels=8 \
+  python tools/pipeline.py --dataset=folder --data_dir=../shared/datasets/cifar10/train \\
+      --max_examples=512 --search_epochs=2 --train_epochs=2 --cells=5 --channels=8 \\
       --batch_size=32 --output_dir=runs/demo
 
 Everything lands in --output_dir (search/, train/, model.tflite, pipeline.json);
@@ -25,6 +25,14 @@ from flags import train as train_flags  # noqa: E402
 
 FLAGS = pipeline_flags.FLAGS
 
+HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir",)),
+        ("data", flags.names(data_flags)),
+        ("search", flags.names(search_flags, exclude=search_flags.BARS_FLAGS + (
+            "epochs", "stop_after", "output_dir", "progress"))),
+        ("search, --method=bars only", search_flags.BARS_FLAGS),
+        ("train (recipe; --train_epochs sets the epochs)",
+         ("recipe", "progress") + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))
+
 
 def main(argv):
     flags.check_args(argv, output_dir="DIR")
@@ -39,8 +47,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP)
