@@ -4,6 +4,8 @@ Also the few helpers every binary shares: defining a group's flags once,
 checking the command line, and turning library errors into one-line usage errors.
 """
 import contextlib
+import os
+import shlex
 import sys
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
@@ -88,9 +90,46 @@ def help_text(doc, groups):
     return "\n".join(lines)
 
 
-def run(main, doc, groups):
+def saved_checkpoints(*roots):
+    """What Ctrl-C leaves behind: "N epoch(s) in ROOT/.../ckpt" for every checkpoint folder
+    under `roots` (search and training checkpoints are numbered by completed epochs), or
+    "nothing saved yet"."""
+    import tensorflow as tf
+
+    found = []
+    for root in roots:
+        for folder, dirnames, _ in sorted(os.walk(root or "")):
+            if os.path.basename(folder) == "ckpt":
+                dirnames[:] = []
+                latest = tf.train.latest_checkpoint(folder)
+                if latest:
+                    epochs = int(latest.rsplit("-", 1)[-1])
+                    found.append(f"{epochs} epoch{'s' * (epochs != 1)} in {folder}")
+    return "; ".join(found) or "nothing saved yet"
+
+
+def interruptible(main, saved=None):
+    """`main` with Ctrl-C turned into one line on stderr: what `saved()` says is on disk and
+    the command that resumes (this one, rerun), then exit code 130 (128 + SIGINT)."""
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            command = shlex.join(sys.argv)
+            if sys.argv[0].endswith(".py"):
+                command = f"python {command}"
+            line = f"interrupted: {saved()}. Resume with: {command}" if saved else \
+                "interrupted (this tool resumes nothing: rerun it to start over)"
+            print(f"\n{line}", file=sys.stderr, flush=True)
+            sys.exit(130)
+
+    return wrapped
+
+
+def run(main, doc, groups, saved=None):
     """absl's app.run(main), with --help / -h / --helpshort printing `help_text(doc, groups)`
-    and exiting 0 (absl's own --help prints only the docstring and exits 1)."""
+    and exiting 0 (absl's own --help prints only the docstring and exits 1), and Ctrl-C
+    reported in one line (`interruptible(main, saved)`)."""
     def parse(argv):
         args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
         if any(arg in HELP_ARGS for arg in args):
@@ -98,4 +137,4 @@ def run(main, doc, groups):
             sys.exit(0)
         return app.parse_flags_with_usage(argv)
 
-    app.run(main, flags_parser=parse)
+    app.run(interruptible(main, saved), flags_parser=parse)

@@ -43,8 +43,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -34,6 +34,19 @@ HELP = (("size", flags.names(size_flags, exclude=("models",))),
          ("recipe", "progress") + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))
 
 
+def sizing_trials_saved():
+    """Ctrl-C: how many keras-tuner trials of --directory/--project_name completed."""
+    import glob
+    import json
+
+    folder = os.path.join(FLAGS.directory, FLAGS.project_name)
+    done = 0
+    for path in glob.glob(os.path.join(folder, "trial_*", "trial.json")):
+        with open(path, encoding="utf-8") as f:
+            done += json.load(f).get("status") == "COMPLETED"
+    return f"{done} completed sizing trial{'s' * (done != 1)} in {folder}"
+
+
 def main(argv):
     flags.check_args(argv)
     try:
@@ -51,8 +64,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved())
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved())
