@@ -97,12 +97,25 @@ def test_cutout_zeroes_a_square():
     assert not np.any(data.augment_fn(data.DataConfig(), info, True)(image, [0, 7]).numpy() == 0)
 
 
-def test_corrupt_image_error_names_the_file(tmp_path):
+def test_corrupt_image_is_named_before_training_or_skipped_with_a_count(tmp_path, capfd):
     root = _write_folder(tmp_path / "ds")
-    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    broken = root / "b" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     config = _config(root, batch_size=2, validation_fraction=0.0)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="broken.jpg"):
-        list(data.load(config, "train", training=False))
+    # Refused before any batch is built (dataset_info is the first call of every run).
+    with pytest.raises(ValueError, match=r"^1 corrupt or undecodable image file\(s\): "
+                       rf"{broken}; .*--bad_images=skip"):
+        data.dataset_info(config)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        data.load(config, "train", training=False)
+    skip = data.DataConfig(**{**config.__dict__, "bad_images": "skip"})
+    assert data.dataset_info(skip).split_sizes["train"] == 6
+    assert len(_labels(data.load(skip, "train", training=False))) == 6
+    assert len(_labels(data.load(skip, "search_train", training=False))) == 3
+    err = capfd.readouterr().err
+    assert "skipping 1 undecodable image file(s) of 7 (--bad_images=skip)" in err
+    assert err.count("skipping") == 1  # said once, not per split or epoch
+    assert data.undecodable_images([str(broken), str(root / "a" / "0.jpg")]) == [str(broken)]
 
 
 def test_folder_with_train_and_test_dirs(tmp_path):
