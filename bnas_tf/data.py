@@ -43,6 +43,12 @@ class DataConfig:
     num_subset_classes: int = 100  # for imagenet100
     bad_images: str = "error"      # image folders: 'error' (refuse) or 'skip' undecodable files
 
+    def __post_init__(self):
+        # Absolute, so a config stored in a model or search directory (train_config.json,
+        # metrics.json) still points at the data when read from another working directory.
+        if self.data_dir:
+            self.data_dir = os.path.abspath(os.path.expanduser(str(self.data_dir)))
+
 
 @dataclasses.dataclass
 class DatasetInfo:

@@ -208,3 +208,26 @@ def test_large_images_use_imagenet_recipe(tmp_path):
     assert evaluated[0] == evaluated[1] and len(evaluated[0]) == 2
     images, _ = next(data.load(config, "train").as_numpy_iterator())
     assert images.shape == (2, 40, 40, 3) and np.isfinite(images).all()
+
+
+def test_data_dir_is_stored_absolute_and_found_from_another_folder(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from bnas_tf import training
+
+    _write_folder(tmp_path / "work" / "ds")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    config = data.DataConfig(dataset="folder", data_dir="ds", batch_size=2)
+    assert config.data_dir == str(tmp_path / "work" / "ds")
+    model = tmp_path / "work" / "model"
+    model.mkdir()
+    (model / training.TRAIN_CONFIG).write_text(json.dumps({"data": dataclasses.asdict(config)}))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = training.training_data_config(str(model))
+    assert again.data_dir == config.data_dir
+    assert data.dataset_info(again).num_classes == 2
+    # A directory that is not there is named as the path tried.
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'elsewhere' / 'gone'} does not"):
+        data.dataset_info(data.DataConfig(dataset="folder", data_dir="gone"))
