@@ -270,6 +270,13 @@ def _resolve(source, config, split):
     return chosen[split] and _without_bad_images(source, config, *chosen[split])
 
 
+def split_pool(config, split):
+    """Where a logical split's images come from: 'train', 'validation' or 'test' (a
+    split of 'train' pool is held out from the training data); None when empty."""
+    chosen = _resolve(_source(config), config, split)
+    return chosen[0] if chosen else None
+
+
 _DECODES = {}  # image path -> decodes (bool); each file is checked once per process
 
 

@@ -7,7 +7,6 @@
 Everything lands in --output_dir (search/, train/, model.tflite, pipeline.json);
 rerunning the same command continues an interrupted run.
 """
-import json
 import os
 import sys
 
@@ -25,13 +24,13 @@ from flags import train as train_flags  # noqa: E402
 
 FLAGS = pipeline_flags.FLAGS
 
-HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir",)),
+HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir", "progress")),
         ("data", flags.names(data_flags)),
         ("search", flags.names(search_flags, exclude=search_flags.BARS_FLAGS + (
             "epochs", "stop_after", "output_dir", "progress"))),
         ("search, --method=bars only", search_flags.BARS_FLAGS),
         ("train (recipe; --train_epochs sets the epochs)",
-         ("recipe", "progress") + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))
+         ("recipe",) + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))
 
 
 def main(argv):
@@ -43,7 +42,7 @@ def main(argv):
                                FLAGS.output_dir, cells=FLAGS.train_cells,
                                channels=FLAGS.train_channels,
                                export_samples=FLAGS.export_samples)
-    print(json.dumps(summary, indent=2))
+    print(pipeline.format_summary(summary))
 
 
 def run():
