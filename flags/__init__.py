@@ -98,7 +98,8 @@ def saved_checkpoints(*roots):
 
     found = []
     for root in roots:
-        for folder, dirnames, _ in sorted(os.walk(root or "")):
+        for folder, dirnames, _ in os.walk(root or ""):
+            dirnames.sort()
             if os.path.basename(folder) == "ckpt":
                 dirnames[:] = []
                 latest = tf.train.latest_checkpoint(folder)
