@@ -594,7 +594,9 @@ def derive_candidates(net, num_samples, batches, seed=0, derive_batches=0, progr
         if progress:
             print(f"deriving: {len(candidates)} sampled architectures, each scored on "
                   f"{count} validation batches (--derive_batches)", flush=True)
-    bar = tf.keras.utils.Progbar(len(candidates), unit_name="candidate") if progress else None
+    # A live bar on a terminal; one line at the end in a log (Keras' verbose=2).
+    bar = tf.keras.utils.Progbar(len(candidates), unit_name="candidate",
+                                 verbose=1 if sys.stdout.isatty() else 2) if progress else None
     losses = []
     for arch in candidates:
         losses.append(evaluation_loss(net, arch, batches))
