@@ -10,6 +10,7 @@ setup(
     description="Binary neural architecture search (BNAS, BARS) on TensorFlow, Keras and Larq",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["bnas_tf", "bnas_tf.*", "flags", "tools"]),
+    package_data={"bnas_tf": ["preset_costs.json"]},  # bnas_tf.cost_cache's snapshot
     install_requires=[
         "tensorflow==2.21.0",
         "tf-keras==2.21.0",

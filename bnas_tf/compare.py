@@ -113,28 +113,46 @@ def _title(data_config, train_config, info):
 def plot_comparison(rows, file_path, title=None):
     """PNG of top-1 (%) against Equivalent OPs (log x): our points filled and labelled,
     the papers' accuracies for the same networks hollow. Returns the file path."""
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(rows, title)
+    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
+    tmp = f"{file_path}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, file_path)
+    return file_path
+
+
+def comparison_figure(rows, title=None):
+    """The matplotlib Figure of `plot_comparison`; labels placed without overlaps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
+    from matplotlib.transforms import Bbox
+
+    from bnas_tf import plot
 
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     cmap = plt.get_cmap("tab10")
     paper_drawn = False
+    labels = []
     for i, row in enumerate(rows):
         color = cmap(i % 10)
         x, y = row["equivalent_ops"], row.get("top1")
         if y is not None:
             ax.scatter([x], [y], s=60, color=color, zorder=3)
-            ax.annotate(f"{row['name']}\n{y:.1f}%", (x, y), textcoords="offset points",
-                        xytext=(6, 6), fontsize=8, color=color)
+            labels.append(ax.annotate(f"{row['name']}\n{y:.1f}%", (x, y),
+                                      textcoords="offset points", xytext=(6, 6), fontsize=8,
+                                      color=color))
         for ref in row.get("paper", ()):
             if ref.get("top1") is None:
                 continue
             ax.scatter([x], [ref["top1"]], s=60, facecolors="none", edgecolors=color, zorder=3)
-            ax.annotate(f"{ref['top1']:.1f}% ({ref.get('source', 'paper')})",
-                        (x, ref["top1"]), textcoords="offset points", xytext=(6, -10),
-                        fontsize=7, color=color)
+            labels.append(ax.annotate(f"{ref['top1']:.1f}% ({ref.get('source', 'paper')})",
+                                      (x, ref["top1"]), textcoords="offset points",
+                                      xytext=(6, -10), fontsize=7, color=color))
             paper_drawn = True
     ax.set_xscale("log")
     ax.set_xlabel("Equivalent OPs (FLOPs + BiOPs / 64), log scale")
@@ -154,9 +172,10 @@ def plot_comparison(rows, file_path, title=None):
         ax.scatter([], [], s=60, facecolors="none", edgecolors="grey", label="paper")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
-    tmp = f"{file_path}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, file_path)
-    return file_path
+    # Labels of nearby points go above or below each other instead of overlapping.
+    offsets = [(6, dy) for dy in (6, -10, 18, -22, 30, -34, 42, -46)]
+    markers = [Bbox.from_bounds(*(ax.transData.transform(label.xy) - 5), 10, 10)
+               for label in labels]  # each label's point: 10 x 10 pixels
+    plot.declutter(fig, [(label, [label.xyann] + offsets) for label in labels],
+                   obstacles=markers)
+    return fig

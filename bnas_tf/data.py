@@ -7,6 +7,7 @@ arrays, so it is deterministic, cheap and identical for every source.
 import dataclasses
 import functools
 import os
+import sys
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
@@ -23,6 +24,7 @@ HOLDOUT_SEED = 0   # the validation hold-out does not move with config.seed
 SUBSET_SEED = 0    # nor does the ImageNet-100 class subset
 EVAL_CROP = 0.875  # ImageNet eval: resize shorter side to size / 0.875, centre crop
 AUTOTUNE = tf.data.AUTOTUNE
+BAD_IMAGES = ("error", "skip")
 
 
 @dataclasses.dataclass
@@ -39,6 +41,13 @@ class DataConfig:
     validation_fraction: float = 0.1  # per-class hold-out of train when there is no own val
     download: bool = False
     num_subset_classes: int = 100  # for imagenet100
+    bad_images: str = "error"      # image folders: 'error' (refuse) or 'skip' undecodable files
+
+    def __post_init__(self):
+        # Absolute, so a config stored in a model or search directory (train_config.json,
+        # metrics.json) still points at the data when read from another working directory.
+        if self.data_dir:
+            self.data_dir = os.path.abspath(os.path.expanduser(str(self.data_dir)))
 
 
 @dataclasses.dataclass
@@ -255,9 +264,67 @@ def _resolve(source, config, split):
     chosen = {k: v and (v[0], _balanced_cap(pools[v[0]], v[1], config.max_examples))
               for k, v in chosen.items()}
     if split.startswith("search_"):
-        first, second = _halves(pools["train"], chosen["train"][1], config.seed)
+        _, kept = _without_bad_images(source, config, *chosen["train"])
+        first, second = _halves(pools["train"], kept, config.seed)
         return "train", first if split == "search_train" else second
-    return chosen[split]
+    return chosen[split] and _without_bad_images(source, config, *chosen[split])
+
+
+def split_pool(config, split):
+    """Where a logical split's images come from: 'train', 'validation' or 'test' (a
+    split of 'train' pool is held out from the training data); None when empty."""
+    chosen = _resolve(_source(config), config, split)
+    return chosen[0] if chosen else None
+
+
+_DECODES = {}  # image path -> decodes (bool); each file is checked once per process
+
+
+def undecodable_images(paths):
+    """The paths among `paths` (image files) that cannot be read or decoded as an image,
+    sorted. Each file is decoded once per process (in parallel, tf.data)."""
+    todo = [p for p in dict.fromkeys(map(str, paths)) if p not in _DECODES]
+    if todo:
+        def size(path):
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                       expand_animations=False)
+            return path, tf.shape(image)[0]
+        good = tf.data.Dataset.from_tensor_slices(todo).map(
+            size, num_parallel_calls=AUTOTUNE, deterministic=False).ignore_errors().batch(4096)
+        decoded = {p.decode() for batch, _ in good.as_numpy_iterator() for p in batch}
+        _DECODES.update((p, p in decoded) for p in todo)
+    return sorted(p for p in map(str, paths) if not _DECODES[p])
+
+
+def _without_bad_images(source, config, pool, idx):
+    """(pool, idx) minus undecodable files (config.bad_images='skip', said once on stderr),
+    or a one-line ValueError naming them ('error'). Image folders only: TFDS data is
+    validated when prepared."""
+    if not source.read_files or not len(idx):
+        return pool, idx
+    if config.bad_images not in BAD_IMAGES:
+        raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGES)}, "
+                         f"got {config.bad_images!r}")
+    paths = source.records(pool, idx, source.pools[pool])
+    files = [p.decode() for batch in paths.map(lambda ref, label, name: ref).batch(65536)
+             .as_numpy_iterator() for p in batch]
+    bad = undecodable_images(files)
+    if not bad:
+        return pool, idx
+    listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if config.bad_images == "error":
+        raise ValueError(f"{len(bad)} corrupt or undecodable image file(s): {listed}; "
+                         "remove or replace them, or pass --bad_images=skip to leave them out")
+    key = (pool, tuple(bad))
+    if key not in _SKIP_REPORTED:
+        _SKIP_REPORTED.add(key)
+        print(f"skipping {len(bad)} undecodable image file(s) of {len(files)} "
+              f"(--bad_images=skip): {listed}", file=sys.stderr, flush=True)
+    bad = set(bad)
+    return pool, np.array([i for i, f in zip(idx, files) if f not in bad], dtype=idx.dtype)
+
+
+_SKIP_REPORTED = set()
 
 
 def _check_config(config):

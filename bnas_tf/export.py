@@ -305,10 +305,19 @@ def interpreter(flatbuffer, num_threads=1, xnnpack=False):
 
 
 def predict_tflite(flatbuffer, images, num_threads=1, verbose=0):
-    """Logits of the .tflite for a batch of images (run one image at a time)."""
-    outputs = interpreter(flatbuffer, num_threads).predict(np.asarray(images, np.float32),
-                                                           verbose=verbose)
-    return outputs[0] if isinstance(outputs, list) else outputs
+    """Logits of the .tflite for a batch of NHWC float32 images (run one image at a time);
+    `verbose` shows a Keras progress bar over the images (LCE's own tqdm bar, with no
+    total, printed a stray ``0it [00:00, ?it/s]``)."""
+    runner = interpreter(flatbuffer, num_threads)
+    images = np.asarray(images, np.float32)
+    bar = tf.keras.utils.Progbar(len(images), unit_name="image") if verbose else None
+    outputs = []
+    for image in images:
+        out = runner.predict(image[None], verbose=0)
+        outputs.append(out[0] if isinstance(out, list) else out)
+        if bar is not None:
+            bar.add(1)
+    return np.concatenate(outputs)
 
 
 def latency_ms(flatbuffer, runs=20, num_threads=1, warmup=3, xnnpack=False) -> float:

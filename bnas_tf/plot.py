@@ -43,6 +43,17 @@ def _node(ax, xy, text, kind):
             bbox=dict(boxstyle="round,pad=0.35", fc=NODE_STYLE[kind], ec="black", lw=0.8))
 
 
+LABEL_POSITIONS = (0.5, 0.38, 0.62, 0.28, 0.72, 0.2, 0.8)  # along an edge, tried in order
+
+
+def _arc_point(a, b, rad, t):
+    """Point at parameter t of the quadratic Bezier that matplotlib's arc3 draws a -> b."""
+    (x0, y0), (x1, y1) = a, b
+    cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
+    return ((1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t ** 2 * x1,
+            (1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t ** 2 * y1)
+
+
 def _edge(ax, a, b, label=None, color="black", style="-", rad=0.0, width=1.2,
           label_pos=0.5):
     arrow = FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=11, color=color,
@@ -51,13 +62,71 @@ def _edge(ax, a, b, label=None, color="black", style="-", rad=0.0, width=1.2,
                             zorder=2)
     ax.add_patch(arrow)
     if label:
-        # Midpoint of the quadratic arc drawn by arc3.
-        (x0, y0), (x1, y1) = a, b
-        mx, my = x0 + (x1 - x0) * label_pos, y0 + (y1 - y0) * label_pos
-        dx, dy = x1 - x0, y1 - y0
-        mx, my = mx + rad * dy / 2, my - rad * dx / 2
-        ax.text(mx, my, label, fontsize=6.5, ha="center", va="center", color=color, zorder=3,
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+        text = ax.text(*_arc_point(a, b, rad, label_pos), label, fontsize=6.5, ha="center",
+                       va="center", color=color, zorder=3,
+                       bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+        positions = [label_pos] + [t for t in LABEL_POSITIONS if t != label_pos]
+        _pending(ax).append((text, [_arc_point(a, b, rad, t) for t in positions]))
+
+
+def _pending(ax):
+    """Edge labels of `ax` still to be placed by `declutter` ([(text, candidates)])."""
+    if not hasattr(ax, "_bnas_labels"):
+        ax._bnas_labels = []
+    return ax._bnas_labels
+
+
+def _overlap(a, b):
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _box(text, renderer, pad):
+    """Display-pixel box of a text, its background patch included, grown by `pad`."""
+    patch = text.get_bbox_patch()
+    if patch is not None:
+        text.update_bbox_position_size(renderer)
+        return patch.get_window_extent(renderer).padded(pad)
+    return text.get_window_extent(renderer).padded(pad)
+
+
+def text_overlaps(fig, pad=0.0):
+    """Pairs of texts of `fig`'s axes whose boxes (display pixels, grown by `pad`) overlap."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), _box(t, renderer, pad))
+             for ax in fig.axes for t in ax.texts if t.get_text() and t.get_visible()]
+    return [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if _overlap(a[1], b[1])]
+
+
+def declutter(fig, items=None, pad=2.0, obstacles=()):
+    """Place texts so that their boxes do not overlap: each of `items` ([(text,
+    [position, ...])], default: the edge labels the cell drawings registered) goes to the
+    first candidate position (data coordinates, or a text offset for annotations) that
+    overlaps no text placed before it, no fixed text and no `obstacles` (matplotlib Bboxes
+    in display pixels, e.g. markers), else to the least overlapping one. Call after the
+    layout is final (tight_layout)."""
+    renderer = fig.canvas.get_renderer()
+    if items is None:
+        items = [item for ax in fig.axes for item in _pending(ax)]
+        for ax in fig.axes:
+            ax._bnas_labels = []
+    moving = {id(text) for text, _ in items}
+    placed = [_box(t, renderer, pad) for ax in fig.axes for t in ax.texts
+              if id(t) not in moving and t.get_text()] + list(obstacles)
+    for text, candidates in items:
+        best = None
+        for position in candidates:
+            text.set_position(position)
+            box = _box(text, renderer, pad)
+            cost = sum(_overlap(box, p) for p in placed)
+            if best is None or cost < best[0]:
+                best = (cost, position, box)
+            if not cost:
+                break
+        text.set_position(best[1])
+        placed.append(best[2])
 
 
 def draw_bnas_cell(ax, edges, concat, reduction=False, template="bnas", title=None):
@@ -135,6 +204,7 @@ def genotype_figure(genotype, title=None):
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
+    declutter(fig)
     return fig
 
 

@@ -15,10 +15,11 @@ import io
 import json
 import math
 import os
+import textwrap
 
 import bnas_tf  # noqa: F401
 
-from bnas_tf import costs, files, model_dir
+from bnas_tf import cost_cache, costs, files, model_dir
 from bnas_tf.models import presets
 
 KINDS = ("cifar", "imagenet")
@@ -127,30 +128,42 @@ def expand_models(models):
     return models
 
 
+def shape_of(spec, num_classes=None, image_size=None):
+    """(classes, image side): the given ones, else the spec's, else its dataset's default."""
+    default_classes, default_size = DEFAULT_SHAPE[dataset_kind(spec)]
+    return (int(num_classes or spec.get("num_classes") or default_classes),
+            int(image_size or spec.get("image_size") or default_size))
+
+
+def count_costs(spec, num_classes, image_size):
+    """Costs of the network of `spec` (built to count): `costs.Costs.to_dict()`."""
+    return costs.count_spec(spec, num_classes, image_size).to_dict()
+
+
 def model_row(preset_or_spec, num_classes=None, image_size=None, name=None):
-    """Cost row of one preset name / preset JSON file / spec dict."""
+    """Cost row of one preset name / preset JSON file / spec dict (costs from
+    `cost_cache`: the network is built only when its figures are not cached)."""
     spec = presets.resolve(preset=preset_or_spec) if isinstance(preset_or_spec, str) \
         else dict(preset_or_spec)
-    kind = dataset_kind(spec)
-    default_classes, default_size = DEFAULT_SHAPE[kind]
-    num_classes = int(num_classes or spec.get("num_classes") or default_classes)
-    image_size = int(image_size or spec.get("image_size") or default_size)
-    c = costs.count_spec(spec, num_classes, image_size)
+    num_classes, image_size = shape_of(spec, num_classes, image_size)
     label = preset_or_spec if isinstance(preset_or_spec, str) else spec.get("family", "model")
-    row = {"name": name or spec.get("name") or label, "dataset": kind,
+    row = {"name": name or spec.get("name") or label, "dataset": dataset_kind(spec),
            "num_classes": num_classes, "image_size": image_size}
     row["model"] = row["name"]
-    row.update(c.to_dict())
-    row["bnas_flops"] = bnas_flops(c)
+    row.update(cost_cache.cached_costs(spec, num_classes, image_size, count_costs))
+    row["bnas_flops"] = bnas_flops(row)
     return row
 
 
 def bnas_flops(c):
-    """The BNAS paper's "FLOPs": equivalent OPs without float convs inside cells.
+    """The BNAS paper's "FLOPs": equivalent OPs without float convs inside cells
+    (`c`: a costs.Costs or its to_dict()).
 
     BNAS (Tables 6, 7, 9, 13) leaves its float reduction-cell residual out of the
     count; with that, BNAS-A is 13.9M (paper 0.14e8) and BNAS-D 144M (~1.48e8).
     """
+    if isinstance(c, dict):
+        return c["equivalent_ops"] - c["cell_float_flops"]
     return c.equivalent_ops - c.cell_float_flops
 
 
@@ -253,63 +266,88 @@ def _m(value):
     return f"{value / 1e6:.2f}"
 
 
-def _render(header, lines):
+TABLE_WIDTH = 100  # columns of a printed table; wider ones are wrapped into blocks
+
+
+def _wrap(text):
+    return "\n".join(textwrap.wrap(text, TABLE_WIDTH))
+
+
+def _render(header, lines, width=TABLE_WIDTH):
+    """An aligned text table; when wider than `width`, its columns are wrapped into
+    blocks (each repeating the first column) separated by a blank line."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    def fmt(cells):
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-    rule = "-" * len(fmt(header))
-    return "\n".join([fmt(header), rule] + [fmt(line) for line in lines])
+    blocks, block = [], [0]
+    for i in range(1, len(header)):
+        if block[1:] and sum(widths[j] + 2 for j in block) + widths[i] > width:
+            blocks.append(block)
+            block = [0]
+        block.append(i)
+    blocks.append(block)
+
+    def fmt(cells, cols):
+        return "  ".join(str(cells[i]).rjust(widths[i]) if i else str(cells[i]).ljust(widths[i])
+                         for i in cols).rstrip()
+
+    out = []
+    for cols in blocks:
+        head = fmt(header, cols)
+        out += ([""] if out else []) + [head, "-" * len(head)] + [fmt(line, cols)
+                                                                   for line in lines]
+    return "\n".join(out)
 
 
 def format_costs(rows):
-    """An aligned text table of cost rows (millions, ratios)."""
-    header = ["model", "classes", "px", "FLOPs(M)", "BiOPs(M)", "EqOPs(M)", "params(M)",
-              "memory(MB)", "saving", "speedup", "fully-bin"]
+    """An aligned text table of cost rows (millions, MB, ratios) within `TABLE_WIDTH`
+    columns; every figure (speedup, float memory, ...) is in --format=json/csv."""
+    header = ["model", "cls", "px", "FLOPs", "BiOPs", "EqOPs", "params", "MB", "saving", "bin"]
     lines = [[r["name"], r["num_classes"], r["image_size"], _m(r["flops"]), _m(r["biops"]),
               _m(r["equivalent_ops"]), _m(r["params"]), f"{r['memory_bytes'] / 2**20:.2f}",
-              f"{r['memory_saving']:.1f}x", f"{r['speedup']:.1f}x",
-              "yes" if r["fully_binarized"] else "no"] for r in rows]
-    return _render(header, lines)
+              f"{r['memory_saving']:.1f}x", "yes" if r["fully_binarized"] else "no"]
+             for r in rows]
+    note = _wrap("FLOPs, BiOPs, EqOPs (= FLOPs + BiOPs/64) per image and params in millions; "
+                 "MB = model memory; saving = float / binary memory; bin = fully binarized; "
+                 "all figures (speedup, ...): --format=json or csv.")
+    return f"{_render(header, lines)}\n{note}"
 
 
 def _acc(value):
     return "-" if value is None else f"{value:.2f}"
 
 
-def _paper_acc(refs, key):
-    values = [f"{r[key]:.2f} ({r['source']})" for r in refs if r.get(key) is not None]
-    return "; ".join(values) or "-"
+def _paper_cell(ref, kind):
+    """One accuracy a paper printed: top-1[/top-5] @ its EqOPs (millions) (paper, table)."""
+    acc = f"{ref['top1']:.2f}"
+    if kind == "imagenet" and ref.get("top5") is not None:
+        acc += f"/{ref['top5']:.2f}"
+    cost = f" @ {ref['eq_ops']}" if ref.get("eq_ops") else ""
+    return f"{acc}{cost} ({ref['source']})"
 
 
 def format_paper_table(rows, kind):
-    """BNAS Table 6 / 7 style: models grouped by FLOPs budget, our and the papers' accuracy."""
-    header = ["budget(x1e8)", "model", "FLOPs(M)", "BiOPs(M)", "EqOPs(M)", "BNAS-FLOPs(M)",
-              "params(M)", "fully-bin", "top-1", "top-1 paper"]
+    """BNAS Table 6 / 7 style: models grouped by FLOPs budget, our and the papers' accuracy
+    (one line per paper reference), within `TABLE_WIDTH` columns."""
+    header = ["budget", "model", "EqOPs(M)", "BNAS(M)", "params(M)", "bin", "top-1"]
     if kind == "imagenet":
-        header[9:9] = ["top-5"]
-        header.append("top-5 paper")
-    header.append("paper EqOPs(M)")
+        header.append("top-5")
+    header.append("paper top-1" + ("/top-5" if kind == "imagenet" else "") + " @ EqOPs(M)")
     lines, last = [], None
     for r in rows:
         budget = f"~{r['budget'] / 1e8:.2f}" if r["budget"] != last else ""
         last = r["budget"]
-        line = [budget, r["name"], _m(r["flops"]), _m(r["biops"]), _m(r["equivalent_ops"]),
-                _m(r["bnas_flops"]), _m(r["params"]), "yes" if r["fully_binarized"] else "no",
-                _acc(r.get("top1"))]
+        line = [budget, r["name"], _m(r["equivalent_ops"]), _m(r["bnas_flops"]),
+                _m(r["params"]), "yes" if r["fully_binarized"] else "no", _acc(r.get("top1"))]
         if kind == "imagenet":
             line.append(_acc(r.get("top5")))
-        line.append(_paper_acc(r["paper"], "top1"))
-        if kind == "imagenet":
-            line.append(_paper_acc(r["paper"], "top5"))
-        line.append("; ".join(f"{p['eq_ops']} ({p['source']})" for p in r["paper"]
-                              if p.get("eq_ops")) or "-")
-        lines.append(line)
+        cells = [_paper_cell(p, kind) for p in r["paper"]] or ["-"]
+        lines.append(line + cells[:1])
+        lines += [[""] * len(line) + [cell] for cell in cells[1:]]
     title = {"cifar": "CIFAR-10", "imagenet": "ImageNet"}[kind]
-    note = ("FLOPs = float MACs, BiOPs = binary MACs, EqOPs = FLOPs + BiOPs/64, "
-            "BNAS-FLOPs = EqOPs without float convs inside cells (the BNAS paper's count), "
-            "which sets the budget group;\naccuracies in %; paper EqOPs = BNAS' 'FLOPs' "
-            "(~: budget group), BARS' 'Equivalent Ops' or ReActNet's 'OPs'.")
+    note = _wrap("EqOPs = FLOPs + BiOPs/64 (FLOPs = float MACs, BiOPs = binary MACs; both in "
+                 "--format=json/csv); BNAS = EqOPs without float convs inside cells (the BNAS "
+                 "paper's 'FLOPs'), which sets the budget group (x1e8); bin = fully "
+                 "binarized; accuracies in %; a paper's EqOPs with ~ is its budget group "
+                 "(BNAS' 'FLOPs', BARS' 'Equivalent Ops', ReActNet's 'OPs').")
     return f"{title}: accuracy at various FLOPs budgets\n{_render(header, lines)}\n{note}"
 
 

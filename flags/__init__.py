@@ -4,6 +4,9 @@ Also the few helpers every binary shares: defining a group's flags once,
 checking the command line, and turning library errors into one-line usage errors.
 """
 import contextlib
+import os
+import shlex
+import sys
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from absl import app
@@ -37,3 +40,102 @@ def usage_errors(*extra):
         yield
     except (ValueError, FileNotFoundError, *extra) as e:
         raise app.UsageError(str(e)) from None
+
+
+# --- --help: this tool's own flags, grouped (tools call run(main, __doc__, groups)) ---
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+HELP_WIDTH = 100
+
+
+def names(module, exclude=()):
+    """Names of the flags a flags/ module defines (its `_DEFINITIONS` rows), minus `exclude`."""
+    return tuple(row[1] for row in module._DEFINITIONS if row[1] not in exclude)
+
+
+def _default_text(flag):
+    value = flag.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "empty"
+    return str(value)
+
+
+def help_text(doc, groups):
+    """The --help page: `doc`, then every flag of `groups` ((title, names) pairs) with its
+    values, default and help, wrapped to HELP_WIDTH columns.
+
+    Raises KeyError naming a flag in `groups` that no imported flags/ module defines.
+    """
+    import textwrap
+
+    lines = [(doc or "").strip(), "", "Flags of this tool (--helpfull adds absl's and "
+             "TensorFlow's own):"]
+    for title, flag_names in groups:
+        lines += ["", f"{title}:"]
+        for name in flag_names:
+            if name not in absl_flags.FLAGS:
+                raise KeyError(f"--{name} is listed in --help but not defined")
+            flag = absl_flags.FLAGS[name]
+            values = getattr(flag.parser, "enum_values", None)
+            kind = f"<{'|'.join(values)}>" if values else flag.flag_type().replace(
+                "comma separated list of strings", "a,b,...")
+            lines.append(f"  --{name}={kind}  (default: {_default_text(flag)})")
+            text = flag.help.split(">: ", 1)[1] if values and flag.help.startswith("<") \
+                else flag.help  # absl prefixes an enum's help with its values
+            lines += textwrap.wrap(text, HELP_WIDTH, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+def saved_checkpoints(*roots):
+    """What Ctrl-C leaves behind: "N epoch(s) in ROOT/.../ckpt" for every checkpoint folder
+    under `roots` (search and training checkpoints are numbered by completed epochs), or
+    "nothing saved yet"."""
+    import tensorflow as tf
+
+    found = []
+    for root in roots:
+        for folder, dirnames, _ in os.walk(root or ""):
+            dirnames.sort()
+            if os.path.basename(folder) == "ckpt":
+                dirnames[:] = []
+                latest = tf.train.latest_checkpoint(folder)
+                if latest:
+                    epochs = int(latest.rsplit("-", 1)[-1])
+                    found.append(f"{epochs} epoch{'s' * (epochs != 1)} in {folder}")
+    return "; ".join(found) or "nothing saved yet"
+
+
+def interruptible(main, saved=None):
+    """`main` with Ctrl-C turned into one line on stderr: what `saved()` says is on disk and
+    the command that resumes (this one, rerun), then exit code 130 (128 + SIGINT)."""
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            command = shlex.join(sys.argv)
+            if sys.argv[0].endswith(".py"):
+                command = f"python {command}"
+            line = f"interrupted: {saved()}. Resume with: {command}" if saved else \
+                "interrupted (this tool resumes nothing: rerun it to start over)"
+            print(f"\n{line}", file=sys.stderr, flush=True)
+            sys.exit(130)
+
+    return wrapped
+
+
+def run(main, doc, groups, saved=None):
+    """absl's app.run(main), with --help / -h / --helpshort printing `help_text(doc, groups)`
+    and exiting 0 (absl's own --help prints only the docstring and exits 1), and Ctrl-C
+    reported in one line (`interruptible(main, saved)`)."""
+    def parse(argv):
+        args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        if any(arg in HELP_ARGS for arg in args):
+            print(help_text(doc, groups))
+            sys.exit(0)
+        return app.parse_flags_with_usage(argv)
+
+    app.run(interruptible(main, saved), flags_parser=parse)

@@ -25,6 +25,9 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_integer, "seed", 0, {}, "Random seed (shuffling, augmentation, search halves)."),
     (absl_flags.DEFINE_float, "validation_fraction", 0.1, dict(lower_bound=0.0, upper_bound=0.99),
      "Per-class hold-out of train used as validation when the data has no own validation split."),
+    (absl_flags.DEFINE_enum, "bad_images", "error", dict(enum_values=list(data.BAD_IMAGES)),
+     "Image folders: every image a run uses is decoded once before it starts; a corrupt or "
+     "undecodable file is an error naming it (error), or left out with a count (skip)."),
 )
 define(_DEFINITIONS)
 

@@ -78,6 +78,9 @@ _DEFINITIONS = (
      "BARS: exponent of (FLOPs/budget) when under the budget."),
     (absl_flags.DEFINE_integer, "num_samples", 8, {},
      "BARS: architectures sampled when deriving."),
+    (absl_flags.DEFINE_integer, "derive_batches", 0, dict(lower_bound=0),
+     "BARS: validation batches each sampled architecture is scored on when deriving; "
+     "0 = one validation pass shared out: (validation batches) // num_samples each."),
     (absl_flags.DEFINE_string, "base_channels", "48,96,192", {},
      "BARS: channels of each stage at width 1.0 (comma-separated)."),
     (absl_flags.DEFINE_string, "width_choices", "0.25,0.5,0.75,1.0", {},
@@ -97,7 +100,7 @@ define(_DEFINITIONS)
 
 BARS_FLAGS = ("flops_budget", "warmup_epochs", "temperature", "temperature_decay",
               "entropy_start", "entropy_step", "budget_theta_above", "budget_theta_below",
-              "num_samples", "base_channels", "width_choices", "max_depth", "downsample",
+              "num_samples", "derive_batches", "base_channels", "width_choices", "max_depth", "downsample",
               "op_shortcut")
 
 

@@ -53,7 +53,7 @@ _DEFINITIONS = (
 )
 define(_DEFINITIONS)
 
-_RECIPE_FLAGS = ("optimizer", "schedule", "learning_rate", "min_learning_rate", "warmup_fraction",
+RECIPE_FLAGS = ("optimizer", "schedule", "learning_rate", "min_learning_rate", "warmup_fraction",
                  "restart_epochs", "momentum", "weight_decay", "label_smoothing", "epochs",
                  "auxiliary_weight", "validation_freq", "keep_checkpoints")
 # flags defined elsewhere (flags/data.py, flags/model.py) that override the recipe when given
@@ -62,7 +62,7 @@ _SHARED_FLAGS = ("batch_size", "cutout", "seed", "drop_path", "auxiliary")
 
 def train_config_from_flags(**overrides) -> training.TrainConfig:
     """TrainConfig of --recipe with every given flag applied, then `overrides`."""
-    values = {name: FLAGS[name].value for name in _RECIPE_FLAGS}
+    values = {name: FLAGS[name].value for name in RECIPE_FLAGS}
     for name in _SHARED_FLAGS:
         if name in FLAGS and FLAGS[name].present:
             values[name] = FLAGS[name].value

@@ -97,12 +97,25 @@ def test_cutout_zeroes_a_square():
     assert not np.any(data.augment_fn(data.DataConfig(), info, True)(image, [0, 7]).numpy() == 0)
 
 
-def test_corrupt_image_error_names_the_file(tmp_path):
+def test_corrupt_image_is_named_before_training_or_skipped_with_a_count(tmp_path, capfd):
     root = _write_folder(tmp_path / "ds")
-    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    broken = root / "b" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     config = _config(root, batch_size=2, validation_fraction=0.0)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="broken.jpg"):
-        list(data.load(config, "train", training=False))
+    # Refused before any batch is built (dataset_info is the first call of every run).
+    with pytest.raises(ValueError, match=r"^1 corrupt or undecodable image file\(s\): "
+                       rf"{broken}; .*--bad_images=skip"):
+        data.dataset_info(config)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        data.load(config, "train", training=False)
+    skip = data.DataConfig(**{**config.__dict__, "bad_images": "skip"})
+    assert data.dataset_info(skip).split_sizes["train"] == 6
+    assert len(_labels(data.load(skip, "train", training=False))) == 6
+    assert len(_labels(data.load(skip, "search_train", training=False))) == 3
+    err = capfd.readouterr().err
+    assert "skipping 1 undecodable image file(s) of 7 (--bad_images=skip)" in err
+    assert err.count("skipping") == 1  # said once, not per split or epoch
+    assert data.undecodable_images([str(broken), str(root / "a" / "0.jpg")]) == [str(broken)]
 
 
 def test_folder_with_train_and_test_dirs(tmp_path):
@@ -195,3 +208,26 @@ def test_large_images_use_imagenet_recipe(tmp_path):
     assert evaluated[0] == evaluated[1] and len(evaluated[0]) == 2
     images, _ = next(data.load(config, "train").as_numpy_iterator())
     assert images.shape == (2, 40, 40, 3) and np.isfinite(images).all()
+
+
+def test_data_dir_is_stored_absolute_and_found_from_another_folder(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from bnas_tf import training
+
+    _write_folder(tmp_path / "work" / "ds")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    config = data.DataConfig(dataset="folder", data_dir="ds", batch_size=2)
+    assert config.data_dir == str(tmp_path / "work" / "ds")
+    model = tmp_path / "work" / "model"
+    model.mkdir()
+    (model / training.TRAIN_CONFIG).write_text(json.dumps({"data": dataclasses.asdict(config)}))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = training.training_data_config(str(model))
+    assert again.data_dir == config.data_dir
+    assert data.dataset_info(again).num_classes == 2
+    # A directory that is not there is named as the path tried.
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'elsewhere' / 'gone'} does not"):
+        data.dataset_info(data.DataConfig(dataset="folder", data_dir="gone"))

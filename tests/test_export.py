@@ -60,8 +60,11 @@ def test_tool_exports_model_dir_with_bconvs_and_float_twin(trained_dir, tmp_path
     parsed_flags(f"--model_dir={directory}", f"--output={out}", f"--float_twin={twin}",
                  "--samples=16")
     tool.main(["export"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "LceBconv2d" in printed and "size ratio float/binary" in printed
+    assert "it/s" not in captured.err + printed  # no stray tqdm bar of LCE's predict
+    assert "16/16" in printed  # the agreement check's progress over the sample images
 
     flatbuffer = out.read_bytes()
     counts = export.op_counts(flatbuffer)

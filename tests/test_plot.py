@@ -95,3 +95,35 @@ def test_cli_rejects_bad_input(tmp_path):
             with pytest.raises(app.UsageError, match=message):
                 plot_genotype.main(["plot_genotype.py"])
     assert not list(tmp_path.iterdir())
+
+
+def test_cell_diagram_labels_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    for genotype in ("bnas_imagenet", "bnas_a"):  # bnas_imagenet's labels used to collide
+        fig = plot.genotype_figure(genotype, title=genotype)
+        try:
+            assert plot.text_overlaps(fig) == [], genotype
+            assert len([t for ax in fig.axes for t in ax.texts]) >= 20
+        finally:
+            plt.close(fig)
+
+
+def test_comparison_plot_labels_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    from bnas_tf import compare
+
+    rows = [{"name": n, "equivalent_ops": e, "top1": t, "paper": p} for n, e, t, p in (
+        ("bnas-a", 98.8e6, 11.2, [{"top1": 92.7, "source": "BNAS T6"},
+                                  {"top1": 92.7, "source": "BARS T2"}]),
+        ("xnor-resnet18", 16.6e6, 12.1, [{"top1": 88.82, "source": "BNAS T6"},
+                                         {"top1": 90.55, "source": "BARS T2"}]),
+        ("binarynet-resnet18", 16.6e6, 12.4, [{"top1": 89.95, "source": "BNAS T6"}]),
+        ("xnor-nin", 18.1e6, 11.8, [{"top1": 86.28, "source": "BNAS T6"}]))]
+    fig = compare.comparison_figure(rows, "four networks")
+    try:
+        assert plot.text_overlaps(fig) == []
+        assert len(fig.axes[0].texts) == 10  # 4 of ours + 6 paper figures, all drawn
+    finally:
+        plt.close(fig)

@@ -530,7 +530,10 @@ def test_one_epoch_search_writes_a_trainable_genotype(interrupted_search):
     genotype = genotypes.load(str(path))
     assert isinstance(genotype, genotypes.BnasGenotype)
     assert set(genotype.ops_used()) <= set(FEW_OPS)
-    assert genotypes.load(str(out / "genotypes" / "epoch_000.json")) == genotype
+    # Epochs count from 1 everywhere: progress, summary, genotype files.
+    assert "Epoch 1/2" in first.stdout and "Epoch 2/2" not in first.stdout
+    assert genotypes.load(str(out / "genotypes" / "epoch_001.json")) == genotype
+    assert json.loads((out / "search_summary.json").read_text())["best_epoch"] == 1
     summary = json.loads((out / "search_summary.json").read_text())
     entry = summary["epochs"][0]
     assert entry["learnable_ops"] == runner.learnable_ops(genotype)
@@ -566,17 +569,38 @@ def test_resumed_search_matches_an_uninterrupted_one(interrupted_search, cifar_d
     assert "resuming" in capfd.readouterr().err
     straight = tmp_path / "straight"
     summary = runner.run_search("bnas", dc, cfg, str(straight), verbose=0)
-    assert [e["epoch"] for e in summary["epochs"]] == [0, 1]
-    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
     for a, b in zip(_ckpt_alphas(out), _ckpt_alphas(straight)):
         assert np.allclose(a, b, atol=1e-6)
     assert resumed["epochs"][1]["val_loss"] == pytest.approx(summary["epochs"][1]["val_loss"],
                                                              rel=1e-5)
     assert resumed["epochs"][1]["genotype"] == summary["epochs"][1]["genotype"]
-    assert (out / "genotypes" / "epoch_001.json").exists()
+    assert (out / "genotypes" / "epoch_002.json").exists()
+    best = summary["best_epoch"]
+    assert best in (1, 2)
+    assert genotypes.load(str(straight / "genotype.json")) == \
+        genotypes.load(str(straight / "genotypes" / f"epoch_{best:03d}.json"))
     # A finished search reruns as a no-op.
     again = runner.run_search("bnas", dc, cfg, str(out), verbose=0)
     assert again["epochs"] == resumed["epochs"]
+
+
+def test_finished_search_extends_to_more_epochs(interrupted_search, cifar_dir, capfd):
+    out, _, _ = interrupted_search
+    dc, cfg = _small(cifar_dir)
+    runner.run_search("bnas", dc, cfg, str(out), verbose=0)  # finish the 2 epochs
+    capfd.readouterr()
+    _, longer = _small(cifar_dir, epochs=3)
+    extended = runner.run_search("bnas", dc, longer, str(out), verbose=2)
+    captured = capfd.readouterr()
+    assert "Epoch 3/3" in captured.out and "Epoch 2/3" not in captured.out
+    assert "recomputed for 3 epochs" in captured.err
+    assert [e["epoch"] for e in extended["epochs"]] == [1, 2, 3]
+    assert (out / "genotypes" / "epoch_003.json").exists()
+    assert json.loads((out / "search_config.json").read_text())["search"]["epochs"] == 3
+    with pytest.raises(runner.SearchDirError, match="3 epochs done"):
+        runner.run_search("bnas", dc, cfg, str(out), verbose=0)
 
 
 @pytest.mark.slow

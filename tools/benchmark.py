@@ -19,6 +19,8 @@ from flags import benchmark as benchmark_flags  # noqa: E402
 
 FLAGS = benchmark_flags.FLAGS
 
+HELP = (("benchmark", flags.names(benchmark_flags)),)
+
 
 def main(argv):
     flags.check_args(argv, output="bench.json")
@@ -33,8 +35,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP)

@@ -1,7 +1,7 @@
 """Train several networks under the same recipe, epochs and data; print the paper-style
 table, write DIR/comparison.json and DIR/comparison.png (accuracy vs Equivalent OPs).
 
-  python tools/compare.py --models=bnas-a,xnor-resnet18 --dataset=folder --data_dir=PATH \
+  python tools/compare.py --models=bnas-a,xnor-resnet18 --dataset=folder --data_dir=PATH \\
       --epochs=2 --max_examples=500 --output_dir=runs/compare
 
 Rerunning the same command resumes every model's training.
@@ -23,6 +23,11 @@ from flags import train as train_flags  # noqa: E402
 
 FLAGS = size_flags.FLAGS
 
+HELP = (("compare", ("models", "output_dir", "strategy", "progress")),
+        ("data", flags.names(data_flags)),
+        ("model", ("auxiliary", "drop_path")),
+        ("train (recipe)", ("recipe",) + train_flags.RECIPE_FLAGS))
+
 
 def main(argv):
     flags.check_args(argv, models="NAME,NAME,... (presets or preset JSON files)",
@@ -35,8 +40,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -20,6 +20,9 @@ from flags import train as train_flags  # noqa: E402
 
 FLAGS = train_flags.FLAGS
 
+HELP = (("evaluate", ("model_dir", "split")),
+        ("data (default: the data the model was trained with)", flags.names(data_flags)))
+
 
 def main(argv):
     flags.check_args(argv, model_dir="DIR")
@@ -31,8 +34,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP)

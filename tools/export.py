@@ -37,6 +37,9 @@ def _export(model, output, images, converter):
                          num_threads=FLAGS.num_threads, latency_runs=FLAGS.latency_runs,
                          verbose=1)
 
+HELP = (("export", flags.names(export_flags)),
+        ("data (real sample images; default: noise)", flags.names(data_flags)))
+
 
 def main(argv):
     flags.check_args(argv, model_dir="DIR", output="FILE.tflite")
@@ -56,8 +59,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP)

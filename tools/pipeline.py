@@ -1,13 +1,12 @@
 """The main job: a search, the derived network trained briefly, and its binary .tflite.
 
-  python tools/pipeline.py --dataset=folder --data_dir=../shared/datasets/cifar10/train \
-      --max_examples=512 --search_epochs=2 --train_epochs=2 --cells=5 --channels=8 \
+  python tools/pipeline.py --dataset=folder --data_dir=../shared/datasets/cifar10/train \\
+      --max_examples=512 --search_epochs=2 --train_epochs=2 --cells=5 --channels=8 \\
       --batch_size=32 --output_dir=runs/demo
 
 Everything lands in --output_dir (search/, train/, model.tflite, pipeline.json);
 rerunning the same command continues an interrupted run.
 """
-import json
 import os
 import sys
 
@@ -25,6 +24,14 @@ from flags import train as train_flags  # noqa: E402
 
 FLAGS = pipeline_flags.FLAGS
 
+HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir", "progress")),
+        ("data", flags.names(data_flags)),
+        ("search", flags.names(search_flags, exclude=search_flags.BARS_FLAGS + (
+            "epochs", "stop_after", "output_dir", "progress"))),
+        ("search, --method=bars only", search_flags.BARS_FLAGS),
+        ("train (recipe; --train_epochs sets the epochs)",
+         ("recipe",) + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))
+
 
 def main(argv):
     flags.check_args(argv, output_dir="DIR")
@@ -35,12 +42,12 @@ def main(argv):
                                FLAGS.output_dir, cells=FLAGS.train_cells,
                                channels=FLAGS.train_channels,
                                export_samples=FLAGS.export_samples)
-    print(json.dumps(summary, indent=2))
+    print(pipeline.format_summary(summary))
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -18,6 +18,8 @@ from flags import plot as plot_flags  # noqa: E402
 FLAGS = plot_flags.FLAGS
 FORMATS = plot_flags.FORMATS
 
+HELP = (("plot", flags.names(plot_flags)),)
+
 
 def main(argv):
     flags.check_args(argv, genotype="NAME_OR_PATH")
@@ -38,8 +40,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP)

@@ -26,6 +26,8 @@ def render(rows, fmt, kind=None):
         return report.to_csv(rows).rstrip("\n")
     return report.format_paper_table(rows, kind) if kind else report.format_costs(rows)
 
+HELP = (("report", flags.names(report_flags)),)
+
 
 def main(argv):
     flags.check_args(argv)
@@ -48,8 +50,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP)

@@ -1,6 +1,6 @@
 """Search a binary architecture (BNAS cell search, or BARS) into a search directory.
 
-  python tools/search.py --method=bnas --dataset=folder --data_dir=PATH \
+  python tools/search.py --method=bnas --dataset=folder --data_dir=PATH \\
       --epochs=50 --batch_size=64 --output_dir=runs/search_bnas
 
 Writes DIR/genotype.json (usable as `tools/train.py --genotype=DIR/genotype.json`),
@@ -23,6 +23,10 @@ from flags import search as search_flags  # noqa: E402
 
 FLAGS = search_flags.FLAGS
 
+HELP = (("search", flags.names(search_flags, exclude=search_flags.BARS_FLAGS)),
+        ("search, --method=bars only", search_flags.BARS_FLAGS),
+        ("data", flags.names(data_flags)))
+
 
 def main(argv):
     flags.check_args(argv, output_dir="DIR")
@@ -39,8 +43,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -1,7 +1,7 @@
 """Size a BNAS network to an Equivalent-OPs budget with keras-tuner; rerun to resume.
 
-  python tools/size.py --genotype=bnas_a --flops_budget=1.6e7 --dataset=folder \
-      --data_dir=PATH --max_examples=2000 --max_trials=10 --epochs_per_trial=2 \
+  python tools/size.py --genotype=bnas_a --flops_budget=1.6e7 --dataset=folder \\
+      --data_dir=PATH --max_examples=2000 --max_trials=10 --epochs_per_trial=2 \\
       --directory=runs/sizing --output=sized.json
   python tools/train.py --preset=sized.json --output_dir=runs/sized ...
 
@@ -27,6 +27,25 @@ from flags import train as train_flags  # noqa: E402
 
 FLAGS = size_flags.FLAGS
 
+HELP = (("size", flags.names(size_flags, exclude=("models",))),
+        ("model", ("preset", "genotype", "binarization", "auxiliary", "drop_path")),
+        ("data", flags.names(data_flags)),
+        ("train (recipe; --epochs_per_trial sets the epochs)",
+         ("recipe", "progress") + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))
+
+
+def sizing_trials_saved():
+    """Ctrl-C: how many keras-tuner trials of --directory/--project_name completed."""
+    import glob
+    import json
+
+    folder = os.path.join(FLAGS.directory, FLAGS.project_name)
+    done = 0
+    for path in glob.glob(os.path.join(folder, "trial_*", "trial.json")):
+        with open(path, encoding="utf-8") as f:
+            done += json.load(f).get("status") == "COMPLETED"
+    return f"{done} completed sizing trial{'s' * (done != 1)} in {folder}"
+
 
 def main(argv):
     flags.check_args(argv)
@@ -45,8 +64,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved())

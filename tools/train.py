@@ -1,6 +1,6 @@
 """Train a network (preset or genotype) into a model directory; rerun to resume.
 
-  python tools/train.py --genotype=bnas_a --cells=20 --channels=36 --recipe=cifar \
+  python tools/train.py --genotype=bnas_a --cells=20 --channels=36 --recipe=cifar \\
       --dataset=folder --data_dir=PATH --output_dir=runs/bnas_a
 """
 import json
@@ -21,6 +21,11 @@ from flags import train as train_flags  # noqa: E402
 FLAGS = train_flags.FLAGS
 SUMMARY = ("top1", "top5", "loss", "params", "flops", "biops", "equivalent_ops", "epochs")
 
+HELP = (("train", ("output_dir", "strategy", "progress")),
+        ("model", flags.names(model_flags)),
+        ("data", flags.names(data_flags)),
+        ("train (recipe)", ("recipe",) + train_flags.RECIPE_FLAGS))
+
 
 def main(argv):
     flags.check_args(argv, output_dir="DIR")
@@ -37,8 +42,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -50,6 +50,7 @@ EXTRA_DEFAULTS = {
     "budget_theta_above": 1.0,
     "budget_theta_below": 0.0,
     "num_samples": 8,
+    "derive_batches": 0,          # validation batches per sampled candidate; 0 = auto
     "base_channels": (48, 96, 192),
     "width_choices": WIDTH_CHOICES,
     "max_depth": 3,
@@ -567,11 +568,40 @@ def evaluation_loss(net, arch, batches):
     return total / count
 
 
-def derive_candidates(net, num_samples, batches, seed=0):
-    """Sample, evaluate and pick: (best genotype, [(genotype, loss), ...])."""
+def derive_batch_count(batches, num_samples, derive_batches=0):
+    """Validation batches each sampled candidate is scored on: `derive_batches` when > 0,
+    else (auto) N // num_samples (at least 1) of the N batches of one validation pass, so
+    scoring every candidate costs no more than that one pass. `batches`: a tf.data
+    Dataset (N from its cardinality; unknown or infinite: all its batches, counted once)."""
+    if derive_batches:
+        return int(derive_batches)
+    n = int(batches.cardinality())
+    if n < 0:  # tf.data.UNKNOWN_CARDINALITY / INFINITE_CARDINALITY
+        n = int(batches.take(10_000).reduce(0, lambda count, _: count + 1))
+    return max(1, n // int(num_samples))
+
+
+def derive_candidates(net, num_samples, batches, seed=0, derive_batches=0, progress=True):
+    """Sample, evaluate and pick: (best genotype, [(genotype, loss), ...]).
+
+    Every candidate is scored on the same first `derive_batch_count(...)` batches of
+    `batches`; `progress` shows a Keras progress bar over the candidates."""
     rng = np.random.default_rng(seed)
     candidates = sample_architectures(net, num_samples, rng)
-    losses = [evaluation_loss(net, arch, batches) for arch in candidates]
+    if isinstance(batches, tf.data.Dataset):
+        count = derive_batch_count(batches, num_samples, derive_batches)
+        batches = batches.take(count)
+        if progress:
+            print(f"deriving: {len(candidates)} sampled architectures, each scored on "
+                  f"{count} validation batches (--derive_batches)", flush=True)
+    # A live bar on a terminal; one line at the end in a log (Keras' verbose=2).
+    bar = tf.keras.utils.Progbar(len(candidates), unit_name="candidate",
+                                 verbose=1 if sys.stdout.isatty() else 2) if progress else None
+    losses = []
+    for arch in candidates:
+        losses.append(evaluation_loss(net, arch, batches))
+        if bar is not None:
+            bar.add(1, values=[("val_loss", losses[-1])])
     best, _ = pick_lowest_loss(candidates, losses)
     return to_genotype(net, best), [(to_genotype(net, a), loss)
                                     for a, loss in zip(candidates, losses)]
@@ -605,7 +635,7 @@ def settings(search_config):
         raise ValueError(f"BARS width_choices must be in (0, 1], got {list(s['width_choices'])}")
     if len(set(s["width_choices"])) != len(s["width_choices"]):
         raise ValueError(f"BARS width_choices has duplicates: {list(s['width_choices'])}")
-    for key in ("warmup_epochs", "max_depth", "num_samples"):
+    for key in ("warmup_epochs", "max_depth", "num_samples", "derive_batches"):
         value = s[key]
         if isinstance(value, bool) or int(value) != float(value) or int(value) < 0:
             raise ValueError(f"BARS {key} must be a non-negative integer, got {value!r}")
@@ -713,7 +743,8 @@ def derive(net, search_config, val_batches):
     lowest validation loss (BARS Sec. 5.1)."""
     s = settings(search_config)
     genotype, _ = derive_candidates(net, s["num_samples"], val_batches,
-                                    seed=[int(search_config.seed), int(net.epoch_seen)])
+                                    seed=[int(search_config.seed), int(net.epoch_seen)],
+                                    derive_batches=s["derive_batches"])
     return genotype
 
 

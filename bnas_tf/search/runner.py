@@ -33,6 +33,16 @@ A *method* is a module (or any object) with
 
 Epoch ``e`` reads its data with seed ``data_seed(seed, e)``, so a resumed run sees
 the same batches as an uninterrupted one.
+
+Epochs are counted from 1 wherever a person reads them: the progress line
+``Epoch 3/4``, ``search_summary.json`` (``epoch``, ``best_epoch``), the genotype files
+``genotypes/epoch_003.json`` and the log lines. (TensorBoard's step axis is Keras'
+0-based epoch index, so the ``search`` scalars line up with Keras' ``epoch_*`` curves.)
+
+A finished or interrupted search may be extended by rerunning it with a larger
+``--epochs`` (every other setting equal): it continues from its checkpoint, and the
+weight learning-rate schedule (cosine over all epochs) is recomputed for the new total,
+so the epochs already run followed the old total's schedule; the run says so.
 """
 from __future__ import annotations
 
@@ -91,7 +101,8 @@ def run_identity(data_config, search_config):
 def check_output_dir(output_dir, identity):
     """True if `output_dir` holds a checkpoint of this run (resume), False if it holds
     none; SearchDirError if it belongs to a different run (its search_config.json
-    differs) or holds a checkpoint without a search_config.json."""
+    differs in anything but ``search.epochs``: see `_extend_epochs`) or holds a
+    checkpoint without a search_config.json."""
     ckpt_dir = os.path.join(output_dir, "ckpt")
     has_ckpt = os.path.isdir(ckpt_dir) and tf.train.latest_checkpoint(ckpt_dir) is not None
     path = os.path.join(output_dir, CONFIG_FILE)
@@ -105,7 +116,7 @@ def check_output_dir(output_dir, identity):
             saved = json.load(f)
         except json.JSONDecodeError:
             raise SearchDirError(f"{path} is malformed; choose another --output_dir") from None
-    diffs = _diff(saved, identity)
+    diffs = [d for d in _diff(saved, identity) if d != "search.epochs"]
     if diffs:
         raise SearchDirError(f"{output_dir} holds a different search (differs in "
                              f"{', '.join(diffs[:6])}); use another --output_dir or "
@@ -218,7 +229,9 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     identity = run_identity(data_config, config)
     resuming = check_output_dir(output_dir, identity)
     os.makedirs(os.path.join(output_dir, "genotypes"), exist_ok=True)
-    if chief and not os.path.isfile(os.path.join(output_dir, CONFIG_FILE)):
+    if resuming:
+        _extend_epochs(output_dir, config.epochs)
+    if chief:  # equal to the saved one but for search.epochs (check_output_dir)
         files.write_json(os.path.join(output_dir, CONFIG_FILE), identity, sort_keys=True)
 
     summary_path = os.path.join(output_dir, SUMMARY_FILE)
@@ -246,7 +259,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     if start and os.path.isfile(summary_path):
         with open(summary_path, encoding="utf-8") as f:
             summary = json.load(f)
-        summary["epochs"] = [e for e in summary.get("epochs", []) if e["epoch"] < start]
+        summary["epochs"] = [e for e in summary.get("epochs", []) if e["epoch"] <= start]
 
     eval_ds = data.load(data_config, "search_val", training=False)
     if config.eval_batches:
@@ -262,6 +275,8 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
             model.set_alpha_update(control["alpha_update"])
         callbacks = [tf.keras.callbacks.TensorBoard(dirs.path(os.path.join(output_dir, "logs")),
                                                     write_graph=False, profile_batch=0)]
+        if verbose != 0:  # "Epoch 1/4" .. "Epoch 4/4", not Keras' "Epoch 2/2" of one fit
+            callbacks.append(EpochOfTotal(config.epochs, count_mode="steps"))
         history = model.fit(_search_datasets(data_config, epoch, steps), epochs=epoch + 1,
                             initial_epoch=epoch, steps_per_epoch=steps,
                             validation_data=eval_ds, callbacks=callbacks, verbose=verbose)
@@ -271,14 +286,14 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         logs["genotype"] = str(genotype)
         logs["learnable_ops"] = learnable_ops(genotype)
         logs["w_lr"] = float(model._w_lr().numpy())
-        entry = {"epoch": epoch, **fit_logs, **_scalars(logs),
+        entry = {"epoch": epoch + 1, **fit_logs, **_scalars(logs),  # counted from 1
                  "genotype": genotype.to_dict()}
         summary["epochs"].append(entry)
         if chief:
             _write_summaries(writer, epoch, logs)
             genotypes.save(genotype, os.path.join(output_dir, "genotypes",
-                                                  f"epoch_{epoch:03d}.json"),
-                           extra={"epoch": epoch, "val_accuracy": entry.get("val_accuracy")})
+                                                  f"epoch_{epoch + 1:03d}.json"),
+                           extra={"epoch": epoch + 1, "val_accuracy": entry.get("val_accuracy")})
             _finish_summary(summary, output_dir)
         ckpt.done.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
@@ -286,6 +301,39 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         _finish_summary(summary, output_dir)
     dirs.cleanup()
     return summary
+
+
+class EpochOfTotal(tf.keras.callbacks.ProgbarLogger):
+    """Keras' progress bar for one fit() per epoch, headed ``Epoch e/total`` of the whole
+    search (Keras alone prints nothing for the first epoch, then ``Epoch 2/2``, ...)."""
+
+    def __init__(self, total, **kwargs):
+        super().__init__(**kwargs)
+        self.total = int(total)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs = 1  # Keras' own line is printed only when epochs > 1
+        super().on_epoch_begin(epoch, logs)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}/{self.total}", flush=True)
+
+
+def _extend_epochs(output_dir, epochs):
+    """Accept a resumed search's new --epochs (extending, or shortening a run not yet
+    past it); print that the weight-lr schedule is recomputed for the new total.
+
+    Raises SearchDirError if more epochs than `epochs` are already done."""
+    with open(os.path.join(output_dir, CONFIG_FILE), encoding="utf-8") as f:
+        before = json.load(f).get("search", {}).get("epochs")
+    if before is None or before == epochs:
+        return
+    done = _epochs_done(output_dir)
+    if done > epochs:
+        raise SearchDirError(f"{output_dir} has {done} epochs done; --epochs={epochs} is "
+                             f"fewer (give --epochs >= {done}, or another --output_dir)")
+    _log(f"{output_dir}: search of {before} epochs ({done} done) continues to {epochs} "
+         f"epochs; the weight learning-rate schedule is recomputed for {epochs} epochs "
+         f"(epochs 1..{done} followed the {before}-epoch schedule)")
 
 
 def _finish_summary(summary, output_dir):

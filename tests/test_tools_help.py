@@ -1,0 +1,75 @@
+"""`python tools/NAME.py --help` of every tool: exit 0, exactly this tool's flags, grouped,
+with defaults, within 100 columns (issue 15, section 3)."""
+import ast
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py") if p.stem != "__init__")
+# flags a user could mistake for this tool's: defined in its process by a shared group,
+# but not read by it (the issue's example: compare listed --max_trials, --oracle, ...)
+FOREIGN = {
+    "compare": ("max_trials", "oracle", "split", "model_dir", "tune_gamma", "preset"),
+    "evaluate": ("output_dir", "recipe", "learning_rate"),
+    "train": ("model_dir", "split"),
+    "search": ("recipe",),
+    "pipeline": ("epochs", "stop_after"),
+    "size": ("models", "cells", "channels"),
+}
+
+
+def _flags_read(tool):
+    """Flag names the tool's own source reads: FLAGS.name and FLAGS["name"]."""
+    tree = ast.parse((REPO / "tools" / f"{tool}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "FLAGS":
+            names.add(node.attr)
+        if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "FLAGS" \
+                and isinstance(node.slice, ast.Constant):
+            names.add(node.slice.value)
+    return names
+
+
+@pytest.fixture(scope="module")
+def helps():
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    procs = {tool: subprocess.Popen([sys.executable, f"tools/{tool}.py", "--help"], cwd=REPO,
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for tool in TOOLS}
+    return {tool: (p.wait(timeout=300), p.stdout.read(), p.stderr.read())
+            for tool, p in procs.items()}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_lists_exactly_the_tools_flags(helps, tool):
+    code, out, err = helps[tool]
+    assert code == 0, err[-2000:]
+    listed = re.findall(r"^  --(\w+)=.*\(default: .*\)$", out, flags=re.M)
+    assert listed, out
+    assert len(listed) == len(set(listed)), "a flag listed twice"
+    missing = _flags_read(tool) - set(listed)
+    assert not missing, f"{tool} reads --{missing} but --help does not list it"
+    foreign = set(FOREIGN.get(tool, ())) & set(listed)
+    assert not foreign, f"{tool} --help lists flags it does not use: {foreign}"
+    assert not re.search(r"--(helpfull|verbosity|logtostderr|tt_check_filter)=", out)
+    assert re.search(r"^\w[^\n]*:$", out, flags=re.M), "no group titles"
+    too_wide = [line for line in out.splitlines() if len(line) > 100]
+    assert not too_wide, too_wide
+
+
+def test_help_page_groups_and_defaults():
+    import flags
+    from flags import data as data_flags
+
+    text = flags.help_text("Doc line.", (("data", flags.names(data_flags)),))
+    assert text.startswith("Doc line.")
+    assert "\ndata:\n  --dataset=<" in text
+    assert "  --batch_size=int  (default: 64)" in text
+    with pytest.raises(KeyError, match="--nonexistent_flag"):
+        flags.help_text("", (("x", ("nonexistent_flag",)),))
