@@ -28,9 +28,11 @@ def main(argv):
     flags.check_args(argv, output_dir="DIR")
     with flags.usage_errors():
         config = search_flags.search_config_from_flags()
+        engine = search_flags.engine_from_flags()
         summary = runner.run_search(config.method, data_flags.data_config_from_flags(), config,
                                     FLAGS.output_dir, stop_after=FLAGS.stop_after,
-                                    verbose=search_flags.PROGRESS[FLAGS.progress])
+                                    verbose=search_flags.PROGRESS[FLAGS.progress],
+                                    engine=engine)
     path = os.path.join(FLAGS.output_dir, runner.GENOTYPE_FILE)
     print(json.dumps({"genotype": path if os.path.isfile(path) else None,
                       "best_epoch": summary.get("best_epoch"),
