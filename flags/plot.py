@@ -5,10 +5,11 @@ from flags import define
 
 FLAGS = absl_flags.FLAGS
 FORMATS = (".png", ".svg", ".pdf")
-define((
+_DEFINITIONS = (
     (absl_flags.DEFINE_string, "genotype", None, {},
      "Released genotype name, JSON file or JSON string."),
     (absl_flags.DEFINE_string, "output", None, {},
      "Output image (.png, .svg, .pdf); default cell.png. (Shared with other tools: no default.)"),
     (absl_flags.DEFINE_string, "title", None, {}, "Figure title (default: the genotype's name)."),
-))
+)
+define(_DEFINITIONS)

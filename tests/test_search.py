@@ -617,3 +617,32 @@ def test_search_runs_under_mirrored_strategy(tmp_path, cifar_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert 0.0 <= float(out.stdout.strip().splitlines()[-1]) <= 1.0
     assert genotypes.load(str(tmp_path / "m" / "genotype.json"))
+
+
+# A search_config.json written by the previous version (flat BNAS settings, `extra`).
+OLD_SEARCH = {"a_beta1": 0.5, "a_beta2": 0.999, "a_lr": 0.0003, "a_wd": 0.001, "batch_size": 16,
+              "binarization": "xnor", "cell_template": "bnas", "cells": 3, "channels": 4,
+              "derive": "bnas", "diversity_lambda": 1.0, "diversity_tau": 7.7, "epochs": 2,
+              "eval_batches": None, "extra": {"conv_dtype": "auto"}, "gamma": 1.0,
+              "grad_clip": 5.0, "method": "bnas", "ops": list(FEW_OPS), "order": 1, "seed": 0,
+              "strategy": "default", "w_lr": 0.025, "w_lr_min": 0.001, "w_momentum": 0.9,
+              "w_wd": 0.0003}
+
+
+def test_a_search_directory_of_the_previous_version_is_recognised(tmp_path, cifar_dir):
+    """Its identity, upgraded, equals this run's (so it resumes: the checkpoint's
+    variable names are unchanged); with other settings it is refused in one line."""
+    from bnas_tf.search import search_dir
+
+    dc, cfg = _small(cifar_dir)
+    dc = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=128,
+                         image_size=16, batch_size=16, seed=0)
+    identity = search_dir.run_identity(dc, cfg, EngineConfig())
+    (tmp_path / "search_config.json").write_text(json.dumps(
+        {"data": identity["data"], "search": OLD_SEARCH}))
+    assert search_dir.check_output_dir(str(tmp_path), identity) is False
+    assert search_dir.read_config(str(tmp_path)) == cfg
+    other = search_dir.run_identity(dc, SearchConfig.create(
+        cells=3, channels=4, epochs=2, batch_size=16, ops=FEW_OPS, gamma=2.0), EngineConfig())
+    with pytest.raises(runner.SearchDirError, match="differs in search.bnas.gamma"):
+        search_dir.check_output_dir(str(tmp_path), other)

@@ -165,8 +165,7 @@ class StackedInitializer(tf.keras.initializers.Initializer):
 def _op_kind(op, channels, stride, config):
     """How `SourceOps` computes op `op`: ("pool", kind) shared by the edges,
     ("conv", spec) in a grouped conv, or ("layer", None): one layer per edge. Decided
-    on one throwaway layer per distinct arguments (one per source and op measured
-    0.9 s of the supernet's 2.5 s build)."""
+    on one throwaway layer per distinct arguments (cached: docs/benchmark.md)."""
     layer = ops.make(op, channels, stride, config, layer_name="probe")
     if type(layer) is binary.Pool:  # noqa: E721  (a pure function of x: share it)
         return "pool", layer._config["kind"]
@@ -297,9 +296,8 @@ class SourceOps(tf.keras.layers.Layer):
 def pool_mix(pooled, factors):
     """sum_k factors[k, t] * pooled[k] for every target t, as one [B, H, W, T * C]
     tensor (target t in channels t*C..): ONE matmul of the concatenated pools with a
-    [K * C, T * C] matrix of diagonal blocks factors[k, t] * I. Measured at 32x32, 16
-    channels, 4 targets, forward and backward: 9.1 -> 5.9 ms (weight pass) and 17.4
-    -> 7.4 ms (alpha pass) against broadcast products and their reductions."""
+    [K * C, T * C] matrix of diagonal blocks factors[k, t] * I (faster than broadcast
+    products and their reductions: docs/benchmark.md)."""
     n_pools, targets = (int(n) for n in factors.shape)
     channels = int(pooled[0].shape[-1])
     eye = tf.constant(np.eye(channels, dtype=np.float32)[None, :, None, :])
