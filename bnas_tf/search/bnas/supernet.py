@@ -21,13 +21,12 @@ import tensorflow as tf
 from bnas_tf import binary, genotypes, ops
 from bnas_tf.models import bnas as bnas_models
 from bnas_tf.models import common
-from bnas_tf.search import bilevel, engine
+from bnas_tf.search import bilevel
 from bnas_tf.search.bnas import regularizers
 from bnas_tf.search.bnas.cell import N_EDGES, SearchCell, build_layer, no_autograph
 from bnas_tf.search.bnas.fused import FusedSearchCell
 
-CELLS = {"fused": FusedSearchCell, "reference": SearchCell}
-assert tuple(CELLS) == engine.CELLS
+CELLS = {"fused": FusedSearchCell, "reference": SearchCell}  # the names of engine.CELLS
 
 
 class Supernet(bilevel.SupernetBase):
@@ -137,6 +136,3 @@ class Supernet(bilevel.SupernetBase):
     def alpha_arrays(self):
         """(alpha_normal, alpha_reduce) as numpy arrays."""
         return (np.asarray(self.alpha_normal.numpy()), np.asarray(self.alpha_reduce.numpy()))
-
-
-# ----------------------------------------------------------------------------- method API
