@@ -186,7 +186,7 @@ class SourceOps(tf.keras.layers.Layer):
     * per conv type (kernel, dilation), ONE conv whose output channels are the
       concatenation of the `targets` edges' convs (per-output-channel XNOR scales and
       the weight clip act per channel, so this equals separate convs); the kernels
-      belong to the cell (`SearchCell.quantize`), which passes them in;
+      belong to the cell (`FusedSearchCell.precompute`), which passes them in;
     * one pool (and its non-affine BN) per pool kind, shared by the edges.
 
     Ops of other kinds (separable convs, op shortcuts, ...) are built once per edge.
@@ -239,7 +239,7 @@ class SourceOps(tf.keras.layers.Layer):
         per edge; None when there are none); conv_factors:
         [n_conv, targets, C] op weights times kernel scales; pool_factors:
         [n_pools, targets]; kernels: {"signs": ..., "biases": ...} per conv type
-        (`SearchCell.quantize`) ->
+        (`FusedSearchCell.precompute`) ->
         the list of `targets` mixed edge outputs sum_k w[t, k] * op_k(x)."""
         stride, targets, channels = self.stride, self.targets, self.channels
         pooled = self._pools(x) if self.pool_kinds else []
@@ -317,7 +317,7 @@ def _one_hot_columns(indices, n):
 
 
 # the 14 edges ordered by source state (all edges leaving s0, then s1, then node 0, ...):
-# the column order of a cell's grouped kernels and of `SearchCell.quantize`'s outputs
+# the column order of a cell's grouped kernels and of `FusedSearchCell.precompute`'s outputs
 SOURCE_ORDER = [e for src in range(1 + NODES) for e, _ in _edges_from(src)]
 
 
