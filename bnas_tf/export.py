@@ -448,3 +448,20 @@ def export(model_or_dir, output=None, *, samples=32, images=None,
     if output is not None:
         report.path = files.write_atomic(output, flatbuffer)
     return report
+
+
+def randomize_batchnorm(model, seed=0):
+    """`model` with BN statistics and affine parameters as after training (random,
+    seeded): an untrained net has identical BNs, which the converter may merge, so
+    exporting it would not test what a trained net exports (tests, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization) and layer.built:
+            n = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0.0, 0.3, n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+            if layer.gamma is not None:
+                layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+            if layer.beta is not None:
+                layer.beta.assign(rng.normal(0.0, 0.3, n))
+    return model

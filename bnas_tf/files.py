@@ -1,5 +1,6 @@
 """Atomic file writes: a failed or interrupted write never leaves a truncated file or
-clobbers the previous one (checkpoints, genotypes, metrics, .tflite files)."""
+clobbers the previous one (checkpoints, genotypes, metrics, .tflite files); and the
+guard of every run directory (`refuse_other_run`)."""
 from __future__ import annotations
 
 import json
@@ -53,3 +54,32 @@ def write_json(path, data, sort_keys=False):
     text = json.dumps(data, indent=2, sort_keys=sort_keys, default=jsonable) + "\n"
     write_atomic(path, text)
     return path
+
+
+def differences(saved, current, prefix=""):
+    """Dotted names of the entries that differ between two (nested) dicts, compared as
+    plain JSON; a key only one side has counts as a difference."""
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return [] if plain(saved) == plain(current) else [prefix.rstrip(".") or "config"]
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        if key not in saved or key not in current:
+            out.append(f"{prefix}{key}")
+        else:
+            out.extend(differences(saved[key], current[key], f"{prefix}{key}."))
+    return out
+
+
+class OtherRunError(ValueError):
+    """A run's directory belongs to another run (different recorded settings)."""
+
+
+def refuse_other_run(directory, saved, current, what="run",
+                     mend="use another --output_dir or delete it", error=OtherRunError):
+    """The one guard of every run directory (search, training, sizing): raise
+    `error` (an OtherRunError), one line naming the differing settings, when `saved` (what the
+    directory records) differs from `current` (this run's settings)."""
+    diffs = differences(saved, current)
+    if diffs:
+        raise error(f"{directory} holds a different {what} (differs in "
+                    f"{', '.join(diffs[:6])}); {mend}")

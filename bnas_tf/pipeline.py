@@ -34,14 +34,14 @@ BARS_SPEC_KEYS = ("downsample", "op_shortcut")
 def derived_spec(search_config, genotype_path, cells=None, channels=None):
     """The network spec of a searched genotype (BNAS: sized by cells/channels)."""
     genotype = genotypes.load(genotype_path)
+    settings = search_config.settings
     if isinstance(genotype, genotypes.BnasGenotype):
         return presets.resolve(genotype=genotype, name="searched",
-                               cells=cells or search_config.cells,
-                               channels=channels or search_config.channels,
+                               cells=cells or settings.cells,
+                               channels=channels or settings.channels,
                                binarization=search_config.binarization)
-    extra = search_config.extra or {}
     return presets.resolve(genotype=genotype, name="searched",
-                           **{k: extra[k] for k in BARS_SPEC_KEYS if k in extra})
+                           **{k: getattr(settings, k) for k in BARS_SPEC_KEYS})
 
 
 def run(data_config, search_config, train_config, output_dir, cells=None, channels=None,

@@ -41,7 +41,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import costs, data, genotypes, training
+from bnas_tf import costs, data, files, genotypes, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import presets
 
@@ -282,16 +282,13 @@ def search_dir_genotype(search_dir):
 
 
 def search_alphas(search_dir):
-    """(alpha_normal, alpha_reduce, search config dict) from a search directory's latest
+    """(alpha_normal, alpha_reduce, SearchConfig) from a search directory's latest
     checkpoint (the final alphas of the run)."""
-    config_path = os.path.join(search_dir, "search_config.json")
-    record = mdir.read_json(config_path, "search config (is this a tools/search.py output?)")
-    config = record.get("search", record)  # {"data": ..., "search": SearchConfig fields}
-    if not isinstance(config, dict) or not config.get("ops"):
-        raise ValueError(f"{config_path}: no search settings with the op list ('ops')")
-    if config.get("method", "bnas") != "bnas":
+    from bnas_tf.search import search_dir as search_dir_lib
+    config = search_dir_lib.read_config(search_dir)
+    if config.method != "bnas":
         raise ValueError(f"--tune_gamma re-derives BNAS cells; {search_dir} holds a "
-                         f"{config.get('method')!r} search")
+                         f"{config.method!r} search")
     ckpt_dir = os.path.join(search_dir, "ckpt")
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if latest is None:
@@ -311,13 +308,13 @@ def search_alphas(search_dir):
 
 def gamma_genotypes(search_dir, gammas):
     """{gamma: genotype dict} re-derived from the search's alphas with each gamma (Eq. 4)."""
-    from bnas_tf.search import derive
+    from bnas_tf.search.bnas import derive
     alpha_normal, alpha_reduce, config = search_alphas(search_dir)
     out = {}
     for gamma in gammas:
-        geno = derive.derive_bnas(alpha_normal, alpha_reduce, config.get("ops"), gamma=gamma,
-                                  mode=config.get("derive", "bnas"),
-                                  template=config.get("cell_template", "bnas"))
+        geno = derive.derive_bnas(alpha_normal, alpha_reduce, config.ops, gamma=gamma,
+                                  mode=config.settings.derive,
+                                  template=config.settings.cell_template)
         out[float(gamma)] = geno.to_dict()
     return out
 
@@ -445,31 +442,13 @@ def make_oracle(config, hyperparameters):
 
 # ----------------------------------------------------------------------------- run
 
-def _plain(value):
-    return json.loads(json.dumps(value, sort_keys=True))
-
-
-def _differences(old, new, prefix=""):
-    """Dotted names of the settings that differ between two (nested) state dicts."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key != "candidates":
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif _plain(a) != _plain(b):
-            out.append(f"{prefix}{key}")
-    return out
-
-
 def _check_state(project_dir, state):
     """Refuse to resume a project made with other settings (one-line ValueError)."""
     path = os.path.join(project_dir, STATE_FILE)
     if not os.path.isfile(path):
         return
-    differs = _differences(mdir.read_json(path, "sizing state"), state)
-    if differs:
-        raise ValueError(f"{project_dir} holds a sizing run with different "
-                         f"{', '.join(differs)}; use another --project_name or --directory")
+    files.refuse_other_run(project_dir, mdir.read_json(path, "sizing state"), state,
+                           "sizing run", "use another --project_name or --directory")
 
 
 def best_result(oracle):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import os
 
@@ -25,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from bnas_tf import data, distribute, models
+from bnas_tf import data, distribute, files, models
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import common, presets
 
@@ -329,22 +328,16 @@ def model_checkpoint(model, optimizer, epoch_var):
                                epoch=epoch_var)
 
 
-def _plain(value):
-    return json.loads(json.dumps(value))
-
-
 def _check_output_dir(output_dir, record):
     """Refuse (ValueError) when output_dir holds outputs of a different run."""
     spec_path = mdir.path(output_dir, mdir.SPEC)
     if not os.path.isfile(spec_path):
         return
-    old = mdir.read_json(spec_path, "model spec")
-    differs = sorted(k for k in record if _plain(old.get(k)) != _plain(record[k]))
     outputs = [n for n in (mdir.CKPT, mdir.WEIGHTS, mdir.METRICS, mdir.SAVED_MODEL)
                if os.path.exists(mdir.path(output_dir, n))]
-    if differs and outputs:
-        raise ValueError(f"{output_dir} holds a different run (its {mdir.SPEC} records another "
-                         f"{', '.join(differs)}); use another --output_dir or delete it")
+    if outputs:
+        old = mdir.read_json(spec_path, "model spec")
+        files.refuse_other_run(output_dir, {k: old.get(k) for k in record}, record)
 
 
 def spec_name(spec):

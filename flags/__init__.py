@@ -13,15 +13,34 @@ from absl import app
 from absl import flags as absl_flags
 
 
+_DEFINED = {}  # flag name -> (DEFINE function, default, kwargs) of its one definition
+
+
+def _signature(define_fn, default, kwargs):
+    return (getattr(define_fn, "__name__", str(define_fn)), repr(default),
+            repr(sorted((k, list(v) if isinstance(v, (list, tuple)) else v)
+                        for k, v in kwargs.items())))
+
+
 def define(definitions):
     """Define flags from (DEFINE_fn, name, default, kwargs, help) rows.
 
-    A name already defined (by another group imported first) is skipped, so groups
-    may share a flag and importing a group twice does not crash.
+    A flag is defined once: a group may repeat another group's flag only with the same
+    DEFINE function, default and bounds (then the repeat is skipped); a different
+    repeat raises ValueError naming the flag, instead of the first import silently
+    winning.
     """
     for define_fn, name, default, kwargs, help_text in definitions:
-        if name not in absl_flags.FLAGS:
-            define_fn(name, default, help=help_text, **kwargs)
+        signature = _signature(define_fn, default, kwargs)
+        if name in _DEFINED:
+            if _DEFINED[name] != signature:
+                raise ValueError(f"flag --{name} is defined twice differently: "
+                                 f"{_DEFINED[name]} and {signature}")
+            continue
+        if name in absl_flags.FLAGS:
+            raise ValueError(f"flag --{name} is already defined outside flags/")
+        define_fn(name, default, help=help_text, **kwargs)
+        _DEFINED[name] = signature
 
 
 def check_args(argv, **required):
@@ -82,9 +101,12 @@ def help_text(doc, groups):
             values = getattr(flag.parser, "enum_values", None)
             kind = f"<{'|'.join(values)}>" if values else flag.flag_type().replace(
                 "comma separated list of strings", "a,b,...")
-            lines.append(f"  --{name}={kind}  (default: {_default_text(flag)})")
             text = flag.help.split(">: ", 1)[1] if values and flag.help.startswith("<") \
                 else flag.help  # absl prefixes an enum's help with its values
+            # a setting whose default depends on the method states it in its help
+            default = "" if flag.default is None and "(default: " in text \
+                else f"  (default: {_default_text(flag)})"
+            lines.append(f"  --{name}={kind}{default}")
             lines += textwrap.wrap(text, HELP_WIDTH, initial_indent=" " * 6,
                                    subsequent_indent=" " * 6)
     return "\n".join(lines)

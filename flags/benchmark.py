@@ -3,7 +3,8 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import benchmark
+from benchmarks import harness as benchmark
+from bnas_tf.search import engine
 
 FLAGS = absl_flags.FLAGS
 _D = benchmark.BenchConfig()
@@ -25,12 +26,12 @@ _DEFINITIONS = (
      "TensorFlow intra-op threads (0 = TensorFlow's default)."),
     (absl_flags.DEFINE_integer, "inter_op_threads", 0, dict(lower_bound=0),
      "TensorFlow inter-op threads (0 = TensorFlow's default)."),
-    (absl_flags.DEFINE_enum, "conv_dtype", "auto", dict(enum_values=["auto", "float32",
-                                                                       "bfloat16"]),
+    (absl_flags.DEFINE_enum, "conv_dtype", "auto", dict(enum_values=list(engine.CONV_DTYPES)),
      "Binary convs of the BNAS supernet: auto (bfloat16 where the CPU has it natively), "
      "float32 or bfloat16. With auto picking bfloat16 the float32 step is timed too."),
-    (absl_flags.DEFINE_integer, "latency_runs", None, dict(lower_bound=1),
-     f"Single-image .tflite runs timed (default {_D.latency_runs})."),
+    # defined as flags/export.py defines it (0 there skips the timing)
+    (absl_flags.DEFINE_integer, "latency_runs", 0, dict(lower_bound=0),
+     f"Single-image .tflite runs timed (0 = the default, {_D.latency_runs})."),
 )
 define(_DEFINITIONS)
 
@@ -44,7 +45,7 @@ def config_from_flags(**overrides) -> benchmark.BenchConfig:
     if FLAGS.only:
         values["parts"] = tuple(p.strip() for p in FLAGS.only if p.strip())
     for name in ("repeats", "search_processes", "latency_runs"):
-        if FLAGS[name].value is not None:
+        if FLAGS[name].value:
             values[name] = FLAGS[name].value
     values.update(overrides)
     if FLAGS.quick:

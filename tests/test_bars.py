@@ -9,7 +9,12 @@ import tensorflow as tf
 
 from bnas_tf import binary, costs, genotypes, models, ops
 from bnas_tf.models import bars as bars_models
-from bnas_tf.search import SearchConfig, bars, budget
+from bnas_tf.search import SearchConfig
+from bnas_tf.search.bars import cell as bars_cell
+from bnas_tf.search.bars import costs as budget
+from bnas_tf.search.bars import derive as bars_derive
+from bnas_tf.search.bars import method as bars_method
+from bnas_tf.search.bars import supernet as bars_supernet
 
 BASE = (8, 16)
 SIZE = 16
@@ -17,7 +22,7 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def net():
-    net = bars.BarsSupernet(10, SIZE, base_channels=BASE, max_depth=2)
+    net = bars_supernet.BarsSupernet(10, SIZE, base_channels=BASE, max_depth=2)
     net(tf.zeros([1, SIZE, SIZE, 3]), training=False)
     net.cost_tables()
     return net
@@ -130,7 +135,7 @@ def test_width_masks_zero_the_right_channels(net):
         for mask, base in zip(net.channel_masks(hot), BASE):
             keep = bars_models.width_channels(r, base)
             np.testing.assert_array_equal(mask.numpy(), [1.0] * keep + [0.0] * (base - keep))
-    arch = bars.Architecture(ops=((0,) * 10, (1,) * 10), reduce=(0,) * 10, widths=(1, 2),
+    arch = bars_supernet.Architecture(ops=((0,) * 10, (1,) * 10), reduce=(0,) * 10, widths=(1, 2),
                              depths=(2, 1))
     weights = net.onehot_weights(arch)
     masks = net.channel_masks(weights["width"])
@@ -148,7 +153,7 @@ def test_masked_binary_conv_equals_the_narrow_conv(stride, dilation):
     stride 2 and dilation 2 both read the strided grid with an undilated conv."""
     x = tf.random.stateless_normal([2, 8, 8, 8], [stride, 3 + dilation])
     mask = tf.constant([1.0] * 4 + [0.0] * 4)
-    wide = bars.MaskedBinaryConv(8, 3, stride, dilation, binarization=binary.BINARYNET,
+    wide = bars_cell.MaskedBinaryConv(8, 3, stride, dilation, binarization=binary.BINARYNET,
                                  affine=False)
     narrow = binary.BinaryConv(8, 3, stride, dilation, binarization=binary.BINARYNET,
                                affine=False)
@@ -210,14 +215,14 @@ def test_expected_flops_differentiable_in_every_alpha_and_falls_with_width(net):
 
 
 def test_expected_flops_at_one_hot_alpha_equals_the_final_network_costs(net):
-    arch = bars.Architecture(ops=((0,) * 10, (0, 1) * 5), reduce=(0,) * 10, widths=(1, 3),
+    arch = bars_supernet.Architecture(ops=((0,) * 10, (0, 1) * 5), reduce=(0,) * 10, widths=(1, 3),
                              depths=(2, 1))
     set_alphas(net, arch)
     try:
         expected = {k: float(v) for k, v in net.expected_costs().items()}
     finally:
         reset_alphas(net)
-    genotype = bars.to_genotype(net, arch)
+    genotype = bars_derive.to_genotype(net, arch)
     counted = costs.count(models.build({"family": "bars", "genotype": genotype.to_dict()},
                                        10, SIZE))
     assert expected["flops"] == pytest.approx(counted.flops, rel=1e-4)
@@ -242,7 +247,8 @@ def test_budget_loss_pushes_flops_down_when_above_budget(net):
     try:
         for _ in range(5):
             with tf.GradientTape() as tape:
-                loss = net.arch_loss(ce, tf.constant(20.0))  # lambda_ent = +0.01
+                loss = net.arch_loss(ce, net.arch_regularization(tf.constant(20.0)),
+                                    tf.constant(20.0))  # lambda_ent = +0.01
             grads = tape.gradient(loss, net.arch_variables)
             opt.apply_gradients(zip(grads, net.arch_variables))
         end = float(net.expected_flops())
@@ -258,11 +264,11 @@ def test_temperature_and_entropy_schedules_follow_the_paper(net):
         assert budget.temperature(e) == pytest.approx(0.9 ** e)
         assert budget.entropy_coefficient(e) == pytest.approx(-0.01 + 0.001 * e)
     net.temperature_schedule = (1.0, 0.9, 5)
-    assert bars.on_epoch_begin(net, 3) == {"alpha_update": False}
+    assert bars_method.on_epoch_begin(net, 3) is False
     assert float(net.temperature) == pytest.approx(0.9 ** 3)
     assert float(net.entropy_coef) == pytest.approx(-0.007)
-    assert bars.on_epoch_begin(net, 5) == {"alpha_update": True}
-    bars.on_epoch_begin(net, 0)
+    assert bars_method.on_epoch_begin(net, 5) is True
+    bars_method.on_epoch_begin(net, 0)
 
 
 def test_entropy_term_sign(net):
@@ -281,24 +287,24 @@ def test_entropy_term_sign(net):
 
 # ------------------------------------------------------------------ derivation
 def test_pick_lowest_loss():
-    assert bars.pick_lowest_loss(["a", "b", "c"], [0.7, 0.2, 0.5]) == ("b", 1)
-    assert bars.pick_lowest_loss(["a", "b"], [float("nan"), 3.0]) == ("b", 1)
-    assert bars.pick_lowest_loss(["a", "b"], [1.0, 1.0]) == ("a", 0)
+    assert bars_derive.pick_lowest_loss(["a", "b", "c"], [0.7, 0.2, 0.5]) == ("b", 1)
+    assert bars_derive.pick_lowest_loss(["a", "b"], [float("nan"), 3.0]) == ("b", 1)
+    assert bars_derive.pick_lowest_loss(["a", "b"], [1.0, 1.0]) == ("a", 0)
     with pytest.raises(ValueError, match="one loss per candidate"):
-        bars.pick_lowest_loss(["a"], [])
+        bars_derive.pick_lowest_loss(["a"], [])
 
 
 def test_sampling_follows_alpha_and_derivation_picks_lowest_loss(net):
-    arch = bars.Architecture(ops=((2,) * 10, (1,) * 10), reduce=(0,) * 10, widths=(0, 3),
+    arch = bars_supernet.Architecture(ops=((2,) * 10, (1,) * 10), reduce=(0,) * 10, widths=(0, 3),
                              depths=(1, 0))
     set_alphas(net, arch)
     try:
-        sampled = bars.sample_architectures(net, 3, np.random.default_rng(0))
+        sampled = bars_derive.sample_architectures(net, 3, np.random.default_rng(0))
         assert all(s == arch for s in sampled)  # confident alphas: always that point
     finally:
         reset_alphas(net)
     batches = [(images(4, s), tf.constant([0, 1, 2, 3])) for s in range(2)]
-    best, scored = bars.derive_candidates(net, 3, batches, seed=1)
+    best, scored = bars_derive.derive_candidates(net, 3, batches, seed=1)
     assert len(scored) == 3
     assert best == min(scored, key=lambda gl: gl[1])[0]
     assert isinstance(best, genotypes.BarsGenotype) and best.base_channels == BASE
@@ -320,19 +326,22 @@ def test_derivation_is_bounded_to_one_validation_pass_and_shows_progress(net, ca
 
 
 def test_settings_parse_flag_strings_and_reject_bad_values():
-    cfg = SearchConfig(method="bars", extra={"base_channels": "8,16", "width_choices": "0.5,1",
-                                             "op_shortcut": "false", "max_depth": 2})
-    s = bars.settings(cfg)
-    assert s["base_channels"] == (8, 16) and s["width_choices"] == (0.5, 1.0)
-    assert s["op_shortcut"] is False and s["num_samples"] == 8
+    cfg = SearchConfig.create("bars", base_channels="8,16", width_choices="0.5,1",
+                              op_shortcut=False, max_depth=2).validate()
+    s = cfg.settings
+    assert s.base_channels == (8, 16) and s.width_choices == (0.5, 1.0)
+    assert s.op_shortcut is False and s.num_samples == 8
     for bad, match in (({"downsample": "x"}, "downsample"), ({"width_choices": "0,1"}, "width"),
-                       ({"num_samples": 0}, "num_samples"), ({"budget": 1}, "unknown"),
-                       ({"temperature": 0}, "temperature"), ({"base_channels": "a"}, "base")):
+                       ({"num_samples": 0}, "num_samples"), ({"temperature": 0}, "temperature"),
+                       ({"base_channels": "a"}, "base"), ({"max_depth": 1.5}, "max_depth"),
+                       ({"op_shortcut": "false"}, "op_shortcut")):
         with pytest.raises(ValueError, match=match):
-            bars.validate_config(SearchConfig(method="bars", extra=bad))
-    cfg = bars.default_config()
+            SearchConfig.create("bars", **bad).validate()
+    with pytest.raises(ValueError, match="unknown bars search settings: budget"):
+        SearchConfig.create("bars", budget=1)
+    cfg = SearchConfig.create("bars")
     assert cfg.method == "bars" and cfg.ops == ops.BARS_OPS and cfg.w_wd == 0.0
-    assert cfg.extra["warmup_epochs"] == 5 and cfg.extra["num_samples"] == 8
+    assert cfg.settings.warmup_epochs == 5 and cfg.settings.num_samples == 8
 
 
 def test_logits_keep_their_scale_at_initialisation():

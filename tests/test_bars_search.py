@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 
 from bnas_tf import data, genotypes, models
-from bnas_tf.search import bars, runner
+from bnas_tf.search import SearchConfig, runner
+from bnas_tf.search.bars import method as bars_method
+from bnas_tf.search.engine import EngineConfig
 
 SIZE = 16
 
@@ -19,10 +21,10 @@ def data_config(cifar_dir, examples=40):
                            max_examples=examples, batch_size=8)
 
 
-def search_config(**extra):
+def search_config(**settings):
     settings = {"base_channels": [8], "max_depth": 1, "warmup_epochs": 0, "num_samples": 2,
-                **extra}
-    return bars.default_config(epochs=1, batch_size=8, eval_batches=1, extra=settings)
+                **settings}
+    return SearchConfig.create("bars", epochs=1, batch_size=8, eval_batches=1, **settings)
 
 
 def alpha_values(ckpt_dir):
@@ -70,8 +72,10 @@ def test_bars_bilevel_model_applies_the_multiplicative_budget(cifar_dir):
     """One eager BARS step with a budget far below the supernet's cost: the alpha
     step lowers the expected FLOPs; without a budget the loss is CE + entropy term."""
     config = search_config()
-    net = bars.build_supernet(config, 10, SIZE)
-    model = bars.build_model(net, config, steps_per_epoch=1, image_size=SIZE)
+    engine = EngineConfig().resolve()
+    net = bars_method.build_supernet(config, 10, SIZE, engine)
+    model = bars_method.build_model(net, config, steps_per_epoch=1, image_size=SIZE,
+                                    engine=engine)
     assert type(model.w_optimizer).__name__ == "Adam"
     x, y = next(iter(data.load(data_config(cifar_dir), "search_val", training=False)))
     ce = model._ce(x, y)[0]  # random Gumbel sample: compare loss structure, not values

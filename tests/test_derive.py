@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bnas_tf import genotypes, ops
-from bnas_tf.search import derive
+from bnas_tf.search.bnas import derive
 
 OPS = ops.BNAS_OPS  # none is column 0
 NONE, MAX, CONV = OPS.index("none"), OPS.index("max_pool_3x3"), OPS.index("bin_conv_3x3")

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
 
-from bnas_tf.benchmark import randomize_batchnorm
+from bnas_tf.export import randomize_batchnorm
 from bnas_tf import binary, export, model_dir, models, ops
 from bnas_tf.models import presets
 

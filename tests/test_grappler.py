@@ -55,9 +55,21 @@ def test_bilevel_train_function_runs_inside_lean(monkeypatch):
             yield
 
     monkeypatch.setattr(bilevel.grappler, "lean", recording)
-    net = tf.keras.Sequential([tf.keras.layers.Dense(3)])
-    net.build([None, 5])
-    net.arch_variables = [tf.Variable(tf.zeros([3]), name="alpha")]  # unused: zero gradient
+    class Net(bilevel.SupernetBase):
+        def __init__(self):
+            super().__init__()
+            self.dense = tf.keras.layers.Dense(3)
+            self.alpha = tf.Variable(tf.zeros([3]), name="alpha")  # unused: zero gradient
+
+        @property
+        def arch_variables(self):
+            return [self.alpha]
+
+        def call(self, x, training=None):
+            return self.dense(x)
+
+    net = Net()
+    net(tf.ones([1, 5]))
     model = bilevel.BilevelModel(net, w_wd=0.0, a_wd=0.0)
     model.compile(tf.keras.optimizers.legacy.SGD(0.1), tf.keras.optimizers.legacy.SGD(0.1))
     batch = ((tf.ones([4, 5]), tf.constant([0, 1, 2, 0])),) * 2

@@ -12,7 +12,12 @@ import pytest
 import tensorflow as tf
 
 from bnas_tf import data, genotypes, models, ops
-from bnas_tf.search import SearchConfig, bilevel, parse_ops, regularizers, runner, supernet
+from bnas_tf.search import SearchConfig, bilevel, parse_ops, runner
+from bnas_tf.search import alphas as alpha_fns
+from bnas_tf.search.bnas import cell as bnas_cell
+from bnas_tf.search.bnas import method as bnas_method
+from bnas_tf.search.bnas import regularizers, supernet
+from bnas_tf.search.engine import EngineConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FEW_OPS = ("none", "max_pool_3x3", "bin_conv_3x3")
@@ -20,7 +25,7 @@ FEW_OPS = ("none", "max_pool_3x3", "bin_conv_3x3")
 
 # ----------------------------------------------------------------------------- toy supernet
 
-class ToyNet(tf.keras.Model):
+class ToyNet(bilevel.SupernetBase):
     """logits = x @ W + alpha; optionally an unused alpha matrix with a regulariser."""
 
     def __init__(self, reg_lambda=None):
@@ -172,10 +177,11 @@ def test_shared_kernel_quantisation_gives_the_same_step(order):
     for shared in (True, False):
         tf.keras.utils.set_random_seed(3)
         net = supernet.Supernet(FEW_OPS, cells=3, channels=4, conv_dtype="float32")
-        config = SearchConfig(cells=3, channels=4, batch_size=4, order=order, ops=FEW_OPS)
+        config = SearchConfig.create(cells=3, channels=4, batch_size=4, order=order,
+                                     ops=FEW_OPS)
         model = bilevel.build(net, config, steps_per_epoch=2, image_size=16)
         if not shared:
-            net.quantize = None  # the step then quantises inside each pass
+            net.precompute = lambda: None  # the step then quantises inside each pass
         iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
         train_function = model.make_train_function()
         for _ in range(2):
@@ -191,7 +197,7 @@ def test_shared_kernel_quantisation_gives_the_same_step(order):
 
 
 def test_supernet_reuses_given_quantised_kernels():
-    """net(x, quantized=net.quantize()) equals net(x), and gradients reach the latent
+    """net(x, precomputed=net.precompute()) equals net(x), and gradients reach the latent
     kernels through the given signs (straight-through)."""
     tf.keras.utils.set_random_seed(4)
     net = supernet.Supernet(FEW_OPS, cells=3, channels=4, conv_dtype="float32")
@@ -202,8 +208,8 @@ def test_supernet_reuses_given_quantised_kernels():
     grads = []
     for given in (True, False):
         with tf.GradientTape() as tape:
-            quantized = net.quantize() if given else None
-            y = net(x, training=True, quantized=quantized)
+            quantized = net.precompute() if given else None
+            y = net(x, training=True, precomputed=quantized)
             loss = tf.reduce_sum(y * y)
         grads.append(tape.gradient(loss, kernels))
         if given:
@@ -211,7 +217,7 @@ def test_supernet_reuses_given_quantised_kernels():
     assert np.allclose(y_given.numpy(), y.numpy(), atol=1e-6)
     # at another input size the given kernels' border terms do not fit: quantised anew
     x24 = tf.random.stateless_normal([2, 24, 24, 3], seed=[5, 5])
-    assert np.allclose(net(x24, quantized=net.quantize()).numpy(), net(x24).numpy(),
+    assert np.allclose(net(x24, precomputed=net.precompute()).numpy(), net(x24).numpy(),
                        atol=1e-6)
     for a, b in zip(*grads):
         assert a is not None and np.abs(a.numpy()).sum() > 0
@@ -224,11 +230,11 @@ def test_diversity_regulariser_pushes_alphas_towards_uniform():
     for lam in (0.0, 1.0):
         model = _toy_model(reg_lambda=lam, a_lr=0.05, adam=True)
         net = model.net
-        before = regularizers.row_entropy_np(net.alpha_free.numpy()).mean()
+        before = alpha_fns.row_entropy_np(net.alpha_free.numpy()).mean()
         start = net.alpha_free.numpy()
         for _ in range(20):
             model.train_step(_batches())
-        entropies[lam] = regularizers.row_entropy_np(net.alpha_free.numpy()).mean()
+        entropies[lam] = alpha_fns.row_entropy_np(net.alpha_free.numpy()).mean()
         if lam == 0.0:
             assert np.array_equal(net.alpha_free.numpy(), start)
     assert entropies[1.0] > before + 0.05
@@ -237,7 +243,7 @@ def test_diversity_regulariser_pushes_alphas_towards_uniform():
 
 def test_diversity_term_value_and_annealing():
     alphas = [tf.constant([[0.0, 0.0], [3.0, 0.0]]), tf.constant([[1.0, -1.0]])]
-    rows = np.concatenate([regularizers.row_entropy_np(a.numpy()) for a in alphas])
+    rows = np.concatenate([alpha_fns.row_entropy_np(a.numpy()) for a in alphas])
     h = rows.mean()
     assert float(regularizers.diversity(alphas, 1.0, 7.7, 0.0)) == pytest.approx(-h, rel=1e-5)
     assert float(regularizers.diversity(alphas, 2.0, 7.7, 7.7)) == pytest.approx(
@@ -303,28 +309,6 @@ def test_mirrored_step_equals_single_device_step():
 
 # ----------------------------------------------------------------------------- supernet
 
-def test_shared_bn_convs_equal_separate_binary_convs():
-    x = tf.random.stateless_normal([4, 9, 9, 4], seed=[1, 2])
-    config = ops.OpConfig(affine=False, pool_bn=True)
-    names = ("none", "bin_conv_3x3", "bin_dil_conv_3x3", "bin_dil_conv_5x5", "max_pool_3x3")
-    mix = [tf.constant(v) for v in (0.1, 0.2, 0.3, 0.25, 0.15)]
-    for stride in (1, 2):
-        shared = supernet.MixedOp(names, 4, stride, config, share_bn=True)
-        separate = supernet.MixedOp(names, 4, stride, config, share_bn=False)
-        shared(x, mix, training=True)
-        separate(x, mix, training=True)
-        layers = dict(separate.singles)
-        for conv, k in zip(shared.convs.convs, shared.conv_indices):
-            conv.kernel.assign(layers[k].conv.kernel)
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            ys, yp = shared(x, mix, training=True), separate(x, mix, training=True)
-        assert ys.shape == yp.shape == (4, 9 if stride == 1 else 5, 9 if stride == 1 else 5, 4)
-        assert np.allclose(ys.numpy(), yp.numpy(), atol=1e-5)
-        assert np.allclose(tape.gradient(ys, x).numpy(), tape.gradient(yp, x).numpy(),
-                           atol=1e-5)
-
-
 def test_supernet_structure_and_variables():
     net = supernet.Supernet(FEW_OPS, cells=3, channels=4, num_classes=10)
     logits = net(tf.zeros([2, 16, 16, 3]), training=False)
@@ -365,7 +349,6 @@ def test_supernet_built_from_its_input_shape_equals_one_built_by_a_call(ops_, ce
     values = {v.name: v.numpy() for v in by_call.variables}
     for v in by_shape.variables:
         v.assign(values[v.name])
-    assert [c.in_hw for c in by_shape.cells] == [c.in_hw for c in by_call.cells]
     assert np.allclose(by_call(x, training=True).numpy(), by_shape(x, training=True).numpy(),
                        atol=1e-5)
     assert len(by_shape.variables) == len(names)  # the call created nothing more
@@ -374,26 +357,23 @@ def test_supernet_built_from_its_input_shape_equals_one_built_by_a_call(ops_, ce
 def test_supernet_stem_follows_the_image_size_like_the_final_network():
     """'auto' picks DARTS' ImageNet stem from 128 pixels (1/8 resolution into the
     first cell, which reduces s0 as after a reduction), the CIFAR stem below; the
-    search config's ``extra['stem']`` overrides it; a bad stem is a one-line error."""
-    def build(size, **extra):
-        config = SearchConfig(cells=3, channels=4, ops=FEW_OPS, extra=extra)
-        supernet.validate_config(config)
-        return supernet.build_supernet(config, 10, size)
+    search config's ``stem`` setting overrides it; a bad stem is a one-line error."""
+    def build(size, **settings):
+        config = SearchConfig.create(cells=3, channels=4, ops=FEW_OPS, **settings).validate()
+        return bnas_method.build_supernet(config, 10, size, EngineConfig().resolve())
 
     big, small = build(128), build(32)
     assert (big.stem_kind, small.stem_kind) == ("imagenet", "cifar")
     assert build(32, stem="imagenet").stem_kind == "imagenet"
     assert build(128, stem="cifar").stem_kind == "cifar"
-    big(tf.zeros([1, 128, 128, 3]))
-    assert big.cells[0].in_hw == (16, 16) and isinstance(big.cells[0].pre0,
-                                                         supernet.FactorizedReduce)
-    small(tf.zeros([1, 32, 32, 3]))
-    assert small.cells[0].in_hw == (32, 32)
-    assert supernet.derive(big, SearchConfig(cells=3, channels=4, ops=FEW_OPS)).normal
-    with pytest.raises(ValueError, match="unknown stem 'cifar10'; choose one of auto, cifar"):
+    assert big.stem(tf.zeros([1, 128, 128, 3]))[1].shape[1:3] == (16, 16)
+    assert isinstance(big.cells[0].pre0, bnas_cell.FactorizedReduce)
+    assert isinstance(small.cells[0].pre0, bnas_cell.ReLUConvBN)
+    assert bnas_method.derive(big, SearchConfig.create(cells=3, channels=4, ops=FEW_OPS)).normal
+    with pytest.raises(ValueError, match="unknown BNAS stem 'cifar10'; choose one of auto, cifar"):
         build(32, stem="cifar10")
-    with pytest.raises(ValueError, match="unknown BNAS search settings: stems"):
-        supernet.validate_config(SearchConfig(ops=FEW_OPS, extra={"stems": "cifar"}))
+    with pytest.raises(ValueError, match="unknown bnas search settings: stems"):
+        SearchConfig.create(ops=FEW_OPS, stems="cifar")
 
 
 def test_supernet_with_per_edge_layers_is_built_by_a_call():
@@ -415,15 +395,18 @@ def test_config_and_ops_errors():
     with pytest.raises(ValueError, match="unknown op 'bin_conv_7x7'"):
         parse_ops("bnas,bin_conv_7x7")
     with pytest.raises(ValueError, match="unknown op"):
-        SearchConfig(ops=("none", "conv_9x9")).validate()
-    with pytest.raises(ValueError, match="gamma must be > 0"):
-        SearchConfig(gamma=0.0).validate()
-    with pytest.raises(ValueError, match="at least 2 cells"):
-        SearchConfig(cells=1).validate()
+        SearchConfig.create(ops=("none", "conv_9x9")).validate()
+    with pytest.raises(ValueError, match="BNAS gamma must be > 0"):
+        SearchConfig.create(gamma=0.0).validate()
+    with pytest.raises(ValueError, match="BNAS cells must be an integer >= 2"):
+        SearchConfig.create(cells=1).validate()
     with pytest.raises(ValueError, match="order"):
-        SearchConfig(order=3).validate()
-    cfg = SearchConfig(ops=FEW_OPS, extra={"warmup_epochs": 5})
-    assert SearchConfig.from_dict(json.loads(cfg.to_json())) == cfg
+        SearchConfig.create(order=3).validate()
+    with pytest.raises(ValueError, match="unknown bnas search settings: warmup_epochs"):
+        SearchConfig.create(ops=FEW_OPS, warmup_epochs=5)
+    for cfg in (SearchConfig.create(ops=FEW_OPS, gamma=2.0),
+                SearchConfig.create("bars", base_channels="8,16", warmup_epochs=2)):
+        assert SearchConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
 def test_flags_give_method_defaults_then_command_line_values():
@@ -437,8 +420,9 @@ def test_flags_give_method_defaults_then_command_line_values():
         search_flags.FLAGS(["search.py", "--method=bnas", "--gamma=2",
                             "--ops=bnas,-bin_conv_5x5", "--batch_size=32", "--epochs=3"])
         cfg = search_flags.search_config_from_flags()
-    assert (cfg.method, cfg.gamma, cfg.batch_size, cfg.epochs) == ("bnas", 2.0, 32, 3)
-    assert "bin_conv_5x5" not in cfg.ops and cfg.extra == {}
+        assert search_flags.engine_from_flags() == EngineConfig()
+    assert (cfg.method, cfg.settings.gamma, cfg.batch_size, cfg.epochs) == ("bnas", 2.0, 32, 3)
+    assert "bin_conv_5x5" not in cfg.ops and cfg.settings.cells == 8
     assert cfg.w_lr == SearchConfig().w_lr
     with flagsaver.flagsaver():
         search_flags.FLAGS(["search.py", "--method=bars", "--flops_budget=10",
@@ -446,29 +430,59 @@ def test_flags_give_method_defaults_then_command_line_values():
         cfg = search_flags.search_config_from_flags()
     assert cfg.method == "bars" and cfg.w_lr == 0.001
     assert cfg.ops == ops.BARS_OPS  # the BARS method's own default, not the BNAS set
-    assert cfg.extra["flops_budget"] == 10.0 and cfg.extra["base_channels"] == [8, 16]
+    assert cfg.settings.flops_budget == 10.0 and cfg.settings.base_channels == (8, 16)
     with flagsaver.flagsaver():
         search_flags.FLAGS(["search.py", "--method=bars", "--width_choices=0.5,x"])
         with pytest.raises(ValueError, match="width_choices"):
             search_flags.search_config_from_flags()
     with flagsaver.flagsaver():
-        search_flags.FLAGS(["search.py", "--conv_dtype=float32"])
-        cfg = search_flags.search_config_from_flags()
-    assert cfg.extra == {"conv_dtype": "float32"}
-    assert supernet.build_supernet(cfg, 10, 32).conv_dtype == "float32"
+        search_flags.FLAGS(["search.py", "--conv_dtype=float32",
+                            "--cell_implementation=reference"])
+        engine = search_flags.engine_from_flags()
+    assert engine == EngineConfig(cell="reference", conv_dtype="float32")
     with flagsaver.flagsaver():
         search_flags.FLAGS(["search.py", "--method=bars", "--conv_dtype=bfloat16"])
         with pytest.raises(ValueError, match="--conv_dtype applies to --method=bnas only"):
+            search_flags.engine_from_flags()
+
+
+@pytest.mark.parametrize("method,flag", [("bars", "--cells=5"), ("bars", "--channels=8"),
+                                         ("bars", "--gamma=2"), ("bars", "--stem=cifar"),
+                                         ("bnas", "--warmup_epochs=1"),
+                                         ("bnas", "--base_channels=8,16,32"),
+                                         ("bnas", "--flops_budget=5")])
+def test_a_flag_the_method_does_not_read_is_refused_in_one_line(method, flag):
+    """tools/search.py --method=bars --cells=5 used to ignore --cells silently."""
+    sys.path.insert(0, str(REPO))
+    from absl.testing import flagsaver
+
+    from flags import search as search_flags
+
+    name = flag[2:].split("=")[0]
+    other = "bnas" if method == "bars" else "bars"
+    with flagsaver.flagsaver():
+        search_flags.FLAGS(["search.py", f"--method={method}", flag])
+        with pytest.raises(ValueError, match=f"^--{name} applies to --method={other} only, "
+                                             f"not --method={method}$"):
             search_flags.search_config_from_flags()
 
 
+@pytest.mark.parametrize("epochs,warmup", [(1, 5), (3, 3)])
+def test_a_bars_search_whose_warmup_covers_every_epoch_is_refused(epochs, warmup):
+    """With warm-up >= epochs no alpha is ever updated: such a search would present a
+    genotype of untouched alphas as its result."""
+    with pytest.raises(ValueError, match=f"BARS warmup_epochs={warmup} >= epochs={epochs}"):
+        SearchConfig.create("bars", epochs=epochs, warmup_epochs=warmup).validate()
+    SearchConfig.create("bars", epochs=warmup + 1, warmup_epochs=warmup).validate()
+
+
 def test_net_defined_arch_loss_replaces_the_additive_one():
-    """A net with arch_loss(ce, epoch) (BARS' multiplicative budget) owns the alpha loss."""
+    """A net's arch_loss(ce, reg, epoch) (BARS' multiplicative budget) owns the alpha loss."""
     steps = []
     for scale in (None, 3.0):
         model = _toy_model()
         if scale is not None:
-            model.net.arch_loss = lambda ce, epoch, s=scale: s * ce
+            model.net.arch_loss = lambda ce, reg, epoch, s=scale: s * ce
         a0 = model.net.alpha.numpy()
         model.train_step(_batches())
         steps.append(a0 - model.net.alpha.numpy())
@@ -495,7 +509,8 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, cifar_dir):
 # ----------------------------------------------------------------------------- full runs
 
 def _small(cifar_dir, epochs=2, **kw):
-    cfg = SearchConfig(cells=3, channels=4, epochs=epochs, batch_size=16, ops=FEW_OPS, **kw)
+    cfg = SearchConfig.create(cells=3, channels=4, epochs=epochs, batch_size=16, ops=FEW_OPS,
+                              **kw)
     dc = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=128,
                          image_size=16)
     return dc, cfg
@@ -614,7 +629,7 @@ def test_search_runs_under_mirrored_strategy(tmp_path, cifar_dir):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from bnas_tf import data
         from bnas_tf.search import SearchConfig, runner
-        cfg = SearchConfig(cells=3, channels=4, epochs=1, batch_size=16, ops={FEW_OPS!r},
+        cfg = SearchConfig.create(cells=3, channels=4, epochs=1, batch_size=16, ops={FEW_OPS!r},
                            strategy="mirrored")
         dc = data.DataConfig(dataset="folder", data_dir={str(cifar_dir)!r}, max_examples=128,
                              image_size=16)
@@ -626,3 +641,32 @@ def test_search_runs_under_mirrored_strategy(tmp_path, cifar_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert 0.0 <= float(out.stdout.strip().splitlines()[-1]) <= 1.0
     assert genotypes.load(str(tmp_path / "m" / "genotype.json"))
+
+
+# A search_config.json written by the previous version (flat BNAS settings, `extra`).
+OLD_SEARCH = {"a_beta1": 0.5, "a_beta2": 0.999, "a_lr": 0.0003, "a_wd": 0.001, "batch_size": 16,
+              "binarization": "xnor", "cell_template": "bnas", "cells": 3, "channels": 4,
+              "derive": "bnas", "diversity_lambda": 1.0, "diversity_tau": 7.7, "epochs": 2,
+              "eval_batches": None, "extra": {"conv_dtype": "auto"}, "gamma": 1.0,
+              "grad_clip": 5.0, "method": "bnas", "ops": list(FEW_OPS), "order": 1, "seed": 0,
+              "strategy": "default", "w_lr": 0.025, "w_lr_min": 0.001, "w_momentum": 0.9,
+              "w_wd": 0.0003}
+
+
+def test_a_search_directory_of_the_previous_version_is_recognised(tmp_path, cifar_dir):
+    """Its identity, upgraded, equals this run's (so it resumes: the checkpoint's
+    variable names are unchanged); with other settings it is refused in one line."""
+    from bnas_tf.search import search_dir
+
+    dc, cfg = _small(cifar_dir)
+    dc = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=128,
+                         image_size=16, batch_size=16, seed=0)
+    identity = search_dir.run_identity(dc, cfg, EngineConfig())
+    (tmp_path / "search_config.json").write_text(json.dumps(
+        {"data": identity["data"], "search": OLD_SEARCH}))
+    assert search_dir.check_output_dir(str(tmp_path), identity) is False
+    assert search_dir.read_config(str(tmp_path)) == cfg
+    other = search_dir.run_identity(dc, SearchConfig.create(
+        cells=3, channels=4, epochs=2, batch_size=16, ops=FEW_OPS, gamma=2.0), EngineConfig())
+    with pytest.raises(runner.SearchDirError, match="differs in search.bnas.gamma"):
+        search_dir.check_output_dir(str(tmp_path), other)

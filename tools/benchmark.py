@@ -1,5 +1,6 @@
 """Speed, memory and size figures: search step, first step, train step, input
 pipeline, peak RSS, LCE export sizes and latency; compared with the PyTorch reference.
+Runs from a checkout (the harness, benchmarks/, is not installed with the package).
 
   python tools/benchmark.py --output=bench.json            # the full run (~15 min)
   python tools/benchmark.py --quick --output=/tmp/b.json   # smoke run, small shapes
@@ -13,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
-from bnas_tf import benchmark  # noqa: E402
+from benchmarks import harness as benchmark  # noqa: E402
 import flags  # noqa: E402
 from flags import benchmark as benchmark_flags  # noqa: E402
 

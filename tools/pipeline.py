@@ -26,8 +26,10 @@ FLAGS = pipeline_flags.FLAGS
 
 HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir", "progress")),
         ("data", flags.names(data_flags)),
-        ("search", flags.names(search_flags, exclude=search_flags.BARS_FLAGS + (
-            "epochs", "stop_after", "output_dir", "progress"))),
+        ("search", flags.names(search_flags, exclude=search_flags.BNAS_FLAGS
+                               + search_flags.BARS_FLAGS
+                               + ("epochs", "stop_after", "output_dir", "progress"))),
+        ("search, --method=bnas only", search_flags.BNAS_FLAGS),
         ("search, --method=bars only", search_flags.BARS_FLAGS),
         ("train (recipe; --train_epochs sets the epochs)",
          ("recipe",) + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))

@@ -23,7 +23,9 @@ from flags import search as search_flags  # noqa: E402
 
 FLAGS = search_flags.FLAGS
 
-HELP = (("search", flags.names(search_flags, exclude=search_flags.BARS_FLAGS)),
+HELP = (("search", flags.names(search_flags, exclude=search_flags.BNAS_FLAGS
+                                + search_flags.BARS_FLAGS)),
+        ("search, --method=bnas only", search_flags.BNAS_FLAGS),
         ("search, --method=bars only", search_flags.BARS_FLAGS),
         ("data", flags.names(data_flags)))
 
@@ -32,9 +34,11 @@ def main(argv):
     flags.check_args(argv, output_dir="DIR")
     with flags.usage_errors():
         config = search_flags.search_config_from_flags()
+        engine = search_flags.engine_from_flags()
         summary = runner.run_search(config.method, data_flags.data_config_from_flags(), config,
                                     FLAGS.output_dir, stop_after=FLAGS.stop_after,
-                                    verbose=search_flags.PROGRESS[FLAGS.progress])
+                                    verbose=search_flags.PROGRESS[FLAGS.progress],
+                                    engine=engine)
     path = os.path.join(FLAGS.output_dir, runner.GENOTYPE_FILE)
     print(json.dumps({"genotype": path if os.path.isfile(path) else None,
                       "best_epoch": summary.get("best_epoch"),

@@ -1,42 +1,171 @@
-"""Differentiable architecture search: the search configuration shared by every method.
+"""Differentiable architecture search: the typed settings and the two interfaces every
+method shares.
 
-Modules: `supernet` (the BNAS supernet and the BNAS method), `bilevel` (the generic
-bilevel Keras `train_step`), `regularizers` (the diversity regulariser), `derive`
-(BNAS genotype derivation, numpy), `runner` (the generic search loop). A search
-*method* is a module exposing ``build_supernet``, ``derive``, ``epoch_logs`` and
-``on_epoch_begin`` (see docs/search.md); `METHODS` maps names to those modules.
+The house (docs/search.md): `bilevel` (the DARTS bilevel step), `runner` (the generic
+loop), `search_dir` (a search directory's layout and guard), `engine` (speed knobs,
+not the paper's), and one folder per method: `bnas/` (cell search, BNAS paper) and
+`bars/` (macro + micro search, BARS paper), each with a ``method.py`` implementing
+`SearchMethod`.
 
-This module does not import TensorFlow.
+* `SearchConfig`: what every method reads (epochs, batch, op list, optimisers, ...)
+  plus ``settings``, the method's own typed settings (`BnasSettings`, `BarsSettings`);
+  saved as the ``search`` part of DIR/search_config.json.
+* `SearchMethod`, `Supernet`: the Protocols the runner and the bilevel step rely on.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 
-from bnas_tf import ops
+from bnas_tf import genotypes, ops
+from bnas_tf.models import bars as bars_models
+from bnas_tf.models import common
+from bnas_tf.search.bnas import derive as bnas_derive
 
-METHODS = {"bnas": "bnas_tf.search.supernet", "bars": "bnas_tf.search.bars"}
-TEMPLATES = ("bnas", "darts")
-DERIVE_MODES = ("bnas", "darts")
-STRATEGIES = ("default", "mirrored", "multi_worker")  # bnas_tf.distribute
+METHODS = {"bnas": "bnas_tf.search.bnas.method", "bars": "bnas_tf.search.bars.method"}
+
+
+def _fail(owner, name, rule, value):
+    raise ValueError(f"{owner}{name} must be {rule}, got {value!r}")
+
+
+def _check_int(owner, name, value, low):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(owner, name, f"an integer >= {low}", value)
+
+
+def _check_choice(owner, name, value, choices):
+    if value not in choices:
+        raise ValueError(f"unknown {owner}{name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _numbers(value, kind, owner, name):
+    """A tuple of numbers from a sequence or a comma-separated string."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        out = tuple(kind(float(v)) if kind is int else kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}{name} must be a comma-separated list of numbers, "
+                         f"got {value!r}") from None
+    if kind is int and any(float(v) != int(float(v)) for v in value):
+        _fail(owner, name, "integers", list(value))
+    return out
+
+
+@dataclasses.dataclass
+class BnasSettings:
+    """BNAS' own settings (the BNAS paper; docs/search.md)."""
+
+    cells: int = 8
+    channels: int = 16
+    cell_template: str = "bnas"     # 'bnas' (inter-cell skips) | 'darts' ("No Skip")
+    diversity_lambda: float = 1.0   # lambda of the diversity regulariser (0 = "No Div")
+    diversity_tau: float = 7.7      # tau: the regulariser decays as exp(-epoch / tau)
+    gamma: float = 1.0              # Eq. 4: Zeroise weight divided by gamma in derivation
+    derive: str = "bnas"            # 'bnas' (keeps Zeroise) | 'darts' ("No Zeroise")
+    stem: str = "auto"              # 'auto' (by image size), 'cifar', 'imagenet'
+
+    SEARCH_DEFAULTS: typing.ClassVar[dict] = {}  # SearchConfig fields: its own defaults
+
+    def validate(self):
+        o = "BNAS "
+        _check_int(o, "cells", self.cells, 2)
+        _check_int(o, "channels", self.channels, 1)
+        _check_choice(o, "cell_template", self.cell_template, genotypes.TEMPLATES)
+        _check_choice(o, "derive", self.derive, bnas_derive.MODES)
+        _check_choice(o, "stem", self.stem, common.STEMS)
+        if not self.gamma > 0:
+            _fail(o, "gamma", "> 0 (it divides the Zeroise weight)", self.gamma)
+        if not self.diversity_lambda >= 0:
+            _fail(o, "diversity_lambda", ">= 0", self.diversity_lambda)
+        if not self.diversity_tau > 0:
+            _fail(o, "diversity_tau", "> 0", self.diversity_tau)
+        return self
+
+    def check_epochs(self, epochs):
+        del epochs  # every BNAS epoch updates the alphas
+
+
+@dataclasses.dataclass
+class BarsSettings:
+    """BARS' own settings (BARS paper Sec. 4-5, App. A; docs/bars.md)."""
+
+    flops_budget: float = 0.0       # millions of equivalent OPs (FLOPs + BiOPs/64); 0 = none
+    warmup_epochs: int = 5          # weight-only epochs before the alphas are updated
+    temperature: float = 1.0        # initial Gumbel-softmax temperature
+    temperature_decay: float = 0.9  # temperature multiplier per epoch
+    entropy_start: float = -0.01    # lambda_ent at epoch 0
+    entropy_step: float = 0.001     # lambda_ent increment per epoch
+    budget_theta_above: float = 1.0
+    budget_theta_below: float = 0.0
+    num_samples: int = 8            # architectures sampled when deriving
+    derive_batches: int = 0         # validation batches per sampled candidate; 0 = auto
+    base_channels: tuple = (48, 96, 192)
+    width_choices: tuple = (0.25, 0.5, 0.75, 1.0)
+    max_depth: int = 3
+    downsample: str = "improved"
+    op_shortcut: bool = True
+
+    # BARS App. A: Adam for the weights (3e-4, cosine to 0, no decay) and alphas
+    SEARCH_DEFAULTS: typing.ClassVar[dict] = dict(
+        ops=ops.BARS_OPS, w_lr=3e-4, w_lr_min=0.0, w_wd=0.0, a_lr=3e-4, a_beta1=0.9,
+        a_beta2=0.999, a_wd=1e-3, binarization="bars")
+
+    def __post_init__(self):
+        self.base_channels = _numbers(self.base_channels, int, "BARS ", "base_channels")
+        self.width_choices = _numbers(self.width_choices, float, "BARS ", "width_choices")
+
+    def validate(self):
+        o = "BARS "
+        if not self.base_channels or any(c < 2 for c in self.base_channels):
+            _fail(o, "base_channels", "integers >= 2", list(self.base_channels))
+        w = self.width_choices
+        if not w or any(not 0 < r <= 1 for r in w):
+            _fail(o, "width_choices", "in (0, 1]", list(w))
+        if len(set(w)) != len(w):
+            raise ValueError(f"BARS width_choices has duplicates: {list(w)}")
+        _check_int(o, "warmup_epochs", self.warmup_epochs, 0)
+        _check_int(o, "max_depth", self.max_depth, 0)
+        _check_int(o, "num_samples", self.num_samples, 1)
+        _check_int(o, "derive_batches", self.derive_batches, 0)
+        if not self.flops_budget >= 0:
+            _fail(o, "flops_budget", ">= 0 (0 = none)", self.flops_budget)
+        if not self.temperature > 0:
+            _fail(o, "temperature", "> 0", self.temperature)
+        if not 0 < self.temperature_decay <= 1:
+            _fail(o, "temperature_decay", "in (0, 1]", self.temperature_decay)
+        _check_choice(o, "downsample", self.downsample, bars_models.DOWNSAMPLES)
+        if not isinstance(self.op_shortcut, bool):
+            _fail(o, "op_shortcut", "true or false", self.op_shortcut)
+        return self
+
+    def check_epochs(self, epochs):
+        """A search whose warm-up covers every epoch never updates an alpha: refused."""
+        if self.warmup_epochs >= epochs:
+            raise ValueError(f"BARS warmup_epochs={self.warmup_epochs} >= epochs={epochs}: "
+                             "the search would never update an architecture parameter; "
+                             "lower --warmup_epochs or raise --epochs")
+
+
+SETTINGS = {"bnas": BnasSettings, "bars": BarsSettings}
 
 
 @dataclasses.dataclass
 class SearchConfig:
-    """Everything a search run depends on (saved as DIR/search_config.json)."""
+    """Everything a search run depends on: the settings every method reads, and
+    `settings`, the typed settings of `method` (saved in DIR/search_config.json).
+
+    Build one with `SearchConfig.create(method, **values)`: each value goes to the
+    field or the method setting of its name; unset ones take the method's defaults.
+    """
 
     method: str = "bnas"
     epochs: int = 50
     batch_size: int = 64
-    cells: int = 8
-    channels: int = 16
     ops: tuple = ops.BNAS_OPS
-    cell_template: str = "bnas"      # 'bnas' (inter-cell skips) | 'darts' ("No Skip")
     order: int = 1                   # 1 = first order, 2 = DARTS' unrolled gradient
-    diversity_lambda: float = 1.0    # lambda of the diversity regulariser (0 = "No Div")
-    diversity_tau: float = 7.7       # tau: the regulariser decays as exp(-epoch / tau)
-    gamma: float = 1.0               # Eq. 4: Zeroise weight divided by gamma in derivation
-    derive: str = "bnas"             # 'bnas' (keeps Zeroise) | 'darts' ("No Zeroise")
     binarization: str = "xnor"       # binary.SCHEMES name of the supernet's binary ops
     w_lr: float = 0.025
     w_lr_min: float = 0.001
@@ -48,70 +177,142 @@ class SearchConfig:
     a_beta2: float = 0.999
     a_wd: float = 1e-3
     seed: int = 0
-    strategy: str = "default"
+    strategy: str = "default"        # bnas_tf.distribute.STRATEGIES
     eval_batches: int | None = None  # validation batches per epoch (None = whole split)
-    extra: dict = dataclasses.field(default_factory=dict)  # method-specific (BARS)
+    settings: BnasSettings | BarsSettings | None = None  # None: the method's defaults
 
     def __post_init__(self):
         self.ops = tuple(self.ops)
-        self.extra = dict(self.extra or {})
+        if self.settings is None and self.method in SETTINGS:
+            self.settings = SETTINGS[self.method]()
+
+    @classmethod
+    def create(cls, method="bnas", **values):
+        """The config of `method`: its defaults, then `values` (field or setting names)."""
+        _check_choice("search ", "method", method, METHODS)
+        kind = SETTINGS[method]
+        own = {f.name for f in dataclasses.fields(kind)}
+        unknown = sorted(set(values) - own - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {method} search settings: {', '.join(unknown)}")
+        settings = kind(**{k: v for k, v in values.items() if k in own})
+        common = {**kind.SEARCH_DEFAULTS, **{k: v for k, v in values.items() if k not in own}}
+        return cls(method=method, settings=settings, **common)
 
     def validate(self):
         """Raise a one-line ValueError naming the first bad setting."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown search method {self.method!r}; "
-                             f"choose one of {', '.join(METHODS)}")
+        _check_choice("search ", "method", self.method, METHODS)
+        if not isinstance(self.settings, SETTINGS[self.method]):
+            raise ValueError(f"a {self.method} search needs {SETTINGS[self.method].__name__}, "
+                             f"got {type(self.settings).__name__}")
         self.ops = ops.check_ops(self.ops)
-        _positive_int(self, "epochs", "batch_size", "channels")
-        if self.cells < 2:
-            raise ValueError(f"a supernet needs at least 2 cells, got cells={self.cells}")
-        if not self.gamma > 0:
-            raise ValueError(f"gamma must be > 0 (it divides the Zeroise weight), "
-                             f"got {self.gamma}")
+        for name in ("epochs", "batch_size"):
+            _check_int("", name, getattr(self, name), 1)
         if self.order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {self.order}")
-        if self.cell_template not in TEMPLATES:
-            raise ValueError(f"unknown cell template {self.cell_template!r}; "
-                             f"choose one of {', '.join(TEMPLATES)}")
-        if self.derive not in DERIVE_MODES:
-            raise ValueError(f"unknown derivation {self.derive!r}; "
-                             f"choose one of {', '.join(DERIVE_MODES)}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; "
-                             f"choose one of {', '.join(STRATEGIES)}")
-        if self.diversity_lambda < 0:
-            raise ValueError(f"diversity_lambda must be >= 0, got {self.diversity_lambda}")
-        if not self.diversity_tau > 0:
-            raise ValueError(f"diversity_tau must be > 0, got {self.diversity_tau}")
-        if self.eval_batches is not None and self.eval_batches < 1:
-            raise ValueError(f"eval_batches must be >= 1, got {self.eval_batches}")
+        if self.eval_batches is not None:
+            _check_int("", "eval_batches", self.eval_batches, 1)
         for name in ("w_lr", "a_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        self.settings.validate()
+        self.settings.check_epochs(self.epochs)
         return self
 
     def to_dict(self):
-        data = dataclasses.asdict(self)
+        """Plain data: the common fields and, under the method's name, its settings."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "settings"}
         data["ops"] = list(self.ops)
+        settings = dataclasses.asdict(self.settings)
+        data[self.method] = {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in settings.items()}
         return data
 
     @classmethod
     def from_dict(cls, data):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """The config of `to_dict`'s data, or of a previous version's search_config.json
+        (flat BNAS settings and an untyped ``extra`` dict), which it upgrades."""
+        data = upgrade(data)
+        method = data.get("method", "bnas")
+        known = {f.name for f in dataclasses.fields(cls)} - {"settings"}
+        unknown = sorted(set(data) - known - {method})
         if unknown:
             raise ValueError(f"unknown search settings: {', '.join(unknown)}")
-        return cls(**data)
+        kind = SETTINGS.get(method)
+        settings = kind(**data.get(method, {})) if kind else None
+        return cls(settings=settings, **{k: v for k, v in data.items() if k in known})
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _positive_int(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+_OLD_BNAS = ("cells", "channels", "cell_template", "diversity_lambda", "diversity_tau",
+             "gamma", "derive")
+
+
+def upgrade(data):
+    """A search config dict of the previous version (BNAS settings flat beside the
+    common ones, BARS' and the engine's in ``extra``) in today's layout; today's
+    layout unchanged. The engine's conv_dtype, no longer part of a run's identity,
+    is dropped."""
+    if "extra" not in data:
+        return dict(data)
+    data = dict(data)
+    extra = dict(data.pop("extra") or {})
+    extra.pop("conv_dtype", None)
+    method = data.get("method", "bnas")
+    own = {k: data.pop(k) for k in _OLD_BNAS if k in data}
+    if method == "bnas":
+        data["bnas"] = {**own, **extra}
+    else:
+        data[method] = {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()}
+    return data
+
+
+@typing.runtime_checkable
+class Supernet(typing.Protocol):
+    """What the bilevel step needs of a supernet (`bilevel.SupernetBase` gives the
+    defaults of the optional parts)."""
+
+    arch_variables: list   # the architecture variables; every other trainable is a weight
+
+    def __call__(self, x, training=None, precomputed=None):
+        """[B, H, W, 3] images -> [B, classes] logits (`precomputed`: `precompute()`)."""
+
+    def arch_regularization(self, epoch):
+        """The scalar regulariser of the alpha loss (BNAS: diversity; BARS: entropy)."""
+
+    def arch_loss(self, ce, reg, epoch):
+        """The whole alpha loss from the (replica-scaled) validation CE and `reg`."""
+
+    def precompute(self):
+        """Tensors that depend only on the weights, shared by the alpha and weight
+        passes of one first-order step (BNAS: quantised kernels), or None."""
+
+    def build_from_shape(self, input_shape) -> bool:
+        """Create the variables without a forward pass; False if a call must."""
+
+
+class SearchMethod(typing.Protocol):
+    """A search method: the module ``bnas_tf.search.<name>.method`` (`METHODS`)."""
+
+    def build_supernet(self, config: SearchConfig, num_classes: int, image_size: int,
+                       engine) -> Supernet:
+        """The supernet (variables built by `build_model`); `engine`: engine.EngineConfig."""
+
+    def build_model(self, net, config: SearchConfig, steps_per_epoch: int, image_size: int,
+                    engine):
+        """A compiled bilevel.BilevelModel (call inside the strategy scope)."""
+
+    def on_epoch_begin(self, net, epoch: int) -> bool:
+        """Per-epoch schedules; returns whether the alphas are updated this epoch."""
+
+    def derive(self, net, config: SearchConfig, val_batches):
+        """The genotype (genotypes.*Genotype) of the current alphas."""
+
+    def epoch_logs(self, net, epoch: int) -> dict:
+        """name -> float (scalar), HxWx3 uint8 array (image) or str (text)."""
 
 
 def parse_ops(text):

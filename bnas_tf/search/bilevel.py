@@ -1,13 +1,17 @@
 """Bilevel (DARTS) optimisation as a Keras model: one custom `train_step`, any supernet.
 
-`BilevelModel` wraps a supernet `net`, a Keras layer/model that
+`BilevelModel` wraps a supernet `net` (the `bnas_tf.search.Supernet` Protocol;
+`SupernetBase` gives the defaults of its optional parts), a Keras model that
 
 * maps images to logits: ``net(x, training=...)``;
 * lists its architecture variables in the property ``net.arch_variables``
   (every other trainable variable of `net` is a weight);
-* optionally adds an architecture-loss term ``net.arch_regularization(epoch)``
-  (a scalar tensor; BNAS: the diversity regulariser), or defines the whole
-  architecture loss as ``net.arch_loss(ce, epoch)`` (BARS' multiplicative budget).
+* gives the architecture loss ``net.arch_loss(ce, reg, epoch)`` from the validation
+  CE and its regulariser ``reg = net.arch_regularization(epoch)`` (default
+  ``ce + reg``; BNAS: the diversity regulariser; BARS: the entropy term and a
+  multiplicative FLOPs budget);
+* may share tensors that depend only on its weights between the two passes of a
+  first-order step: ``net.precompute()``, passed back as ``net(x, precomputed=...)``.
 
 Each training step takes ``((x_train, y_train), (x_val, y_val))`` and
 
@@ -56,6 +60,35 @@ def _tape():
     return tf.GradientTape(watch_accessed_variables=False)
 
 
+class SupernetBase(tf.keras.Model):
+    """The defaults of a supernet's optional parts (the `bnas_tf.search.Supernet`
+    Protocol): no regulariser, alpha loss = CE + regulariser, nothing precomputed,
+    variables created by a first call, no random generator to checkpoint (`rng`)."""
+
+    rng = None  # a tf.random.Generator the runner checkpoints (BARS' Gumbel noise)
+
+    @property
+    def arch_variables(self):
+        raise NotImplementedError("a supernet lists its architecture variables")
+
+    def arch_regularization(self, epoch):
+        del epoch
+        return tf.constant(0.0)
+
+    def arch_loss(self, ce, reg, epoch):
+        """`ce`: the replica-scaled validation CE; `reg` is scaled for tf.distribute
+        like any regulariser."""
+        del epoch
+        return ce + tf.nn.scale_regularization_loss(reg)
+
+    def precompute(self):
+        return None
+
+    def build_from_shape(self, input_shape):
+        del input_shape
+        return False
+
+
 def _dense(grads, variables):
     """Replace missing gradients by zeros and IndexedSlices by dense tensors."""
     return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
@@ -71,16 +104,18 @@ class BilevelModel(tf.keras.Model):
       w_wd: L2 weight decay of the weights (added to their gradient, after clipping).
       a_wd: L2 weight decay of the architecture variables.
       grad_clip: global-norm clip of the weight gradients (None or 0 = off).
+      lean_grappler: optimise the traced step with `grappler.lean` (engine knob).
     """
 
-    def __init__(self, net, order=1, w_wd=3e-4, a_wd=1e-3, grad_clip=5.0, name="bilevel",
-                 **kwargs):
+    def __init__(self, net, order=1, w_wd=3e-4, a_wd=1e-3, grad_clip=5.0, lean_grappler=True,
+                 name="bilevel", **kwargs):
         super().__init__(name=name, **kwargs)
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         self.net = net
         self.order = order
         self.w_wd, self.a_wd, self.grad_clip = float(w_wd), float(a_wd), grad_clip
+        self.lean_grappler = bool(lean_grappler)
         self.epoch = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="epoch")
         self.alpha_update = tf.Variable(True, trainable=False, dtype=tf.bool,
                                         name="alpha_update")
@@ -103,12 +138,11 @@ class BilevelModel(tf.keras.Model):
 
     def build_net(self, image_size, channels=3):
         """Create the supernet's variables (call inside the strategy scope): from the
-        input shape when the net has ``build_from_shape(shape) -> bool`` and it
-        succeeds, else by one call on a batch of zeros."""
+        input shape when the net's ``build_from_shape(shape)`` succeeds, else by one
+        call on a batch of zeros."""
         if not self.net.built:
             shape = [1, image_size, image_size, channels]
-            by_shape = getattr(self.net, "build_from_shape", None)
-            if by_shape is None or not by_shape(shape):  # else a forward pass builds it
+            if not self.net.build_from_shape(shape):  # else a forward pass builds it
                 self.net(tf.zeros(shape), training=False)
         return self
 
@@ -159,31 +193,18 @@ class BilevelModel(tf.keras.Model):
         self.epoch.assign(float(epoch))
 
     # ------------------------------------------------------------------ losses
-    def _arch_reg(self):
-        reg = getattr(self.net, "arch_regularization", None)
-        if reg is None:
-            return tf.constant(0.0)
-        return tf.cast(reg(self.epoch), tf.float32)
-
-    def _ce(self, x, y, training=True, quantized=None):
-        logits = (self.net(x, training=training) if quantized is None
-                  else self.net(x, training=training, quantized=quantized))
+    def _ce(self, x, y, training=True, precomputed=None):
+        logits = (self.net(x, training=training) if precomputed is None
+                  else self.net(x, training=training, precomputed=precomputed))
         per_example = cross_entropy(y, logits)
         return tf.nn.compute_average_loss(per_example), per_example, logits
 
-    def _arch_loss(self, x_val, y_val, quantized=None):
-        """Scaled loss for the alpha step, the unscaled CE and the regulariser.
-
-        A net with ``arch_loss(ce, epoch)`` defines the whole alpha loss itself (BARS'
-        multiplicative FLOPs budget); `ce` is the replica-scaled validation CE, so
-        additive alpha-only terms should go through tf.nn.scale_regularization_loss.
-        Otherwise the loss is CE + ``arch_regularization(epoch)``.
-        """
-        ce, per_example, _ = self._ce(x_val, y_val, quantized=quantized)
-        reg = self._arch_reg()
-        custom = getattr(self.net, "arch_loss", None)
-        loss = custom(ce, self.epoch) if custom is not None \
-            else ce + tf.nn.scale_regularization_loss(reg)
+    def _arch_loss(self, x_val, y_val, precomputed=None):
+        """Scaled loss for the alpha step (``net.arch_loss``), the unscaled CE and the
+        regulariser."""
+        ce, per_example, _ = self._ce(x_val, y_val, precomputed=precomputed)
+        reg = tf.cast(self.net.arch_regularization(self.epoch), tf.float32)
+        loss = self.net.arch_loss(ce, reg, self.epoch)
         return loss, tf.reduce_mean(per_example), reg
 
     def _train_loss_grads(self, x, y, variables):
@@ -193,16 +214,16 @@ class BilevelModel(tf.keras.Model):
         return _all_reduce(_dense(tape.gradient(loss, variables), variables))
 
     # ------------------------------------------------------------------ alpha step
-    def _first_order_arch_grads(self, x_train, y_train, x_val, y_val, quantized=None):
+    def _first_order_arch_grads(self, x_train, y_train, x_val, y_val, precomputed=None):
         alphas = self.arch_variables
         with _tape() as tape:
             tape.watch(alphas)
-            loss, ce, reg = self._arch_loss(x_val, y_val, quantized)
+            loss, ce, reg = self._arch_loss(x_val, y_val, precomputed)
         grads = _dense(tape.gradient(loss, alphas), alphas)
         return grads, ce, reg
 
-    def _second_order_arch_grads(self, x_train, y_train, x_val, y_val, quantized=None):
-        del quantized  # the virtual steps change the weights: quantised anew each pass
+    def _second_order_arch_grads(self, x_train, y_train, x_val, y_val, precomputed=None):
+        del precomputed  # the virtual steps change the weights: computed anew each pass
         alphas, weights = self.arch_variables, self.weight_variables
         xi = self._w_lr()
         # Virtual step w' = w - xi * grad_w L_train(w, alpha) (with the L2 term).
@@ -235,14 +256,14 @@ class BilevelModel(tf.keras.Model):
         lr = opt.learning_rate
         return tf.cast(lr(opt.iterations) if callable(lr) else lr, tf.float32)
 
-    def _arch_step(self, x_train, y_train, x_val, y_val, quantized=None):
+    def _arch_step(self, x_train, y_train, x_val, y_val, precomputed=None):
         alphas = self.arch_variables
         if self.order == 2:
             self._check_order()
             grads, ce, reg = self._second_order_arch_grads(x_train, y_train, x_val, y_val)
         else:
             grads, ce, reg = self._first_order_arch_grads(x_train, y_train, x_val, y_val,
-                                                          quantized)
+                                                          precomputed)
             grads = _all_reduce(grads)
         grads = [g + self.a_wd * a for g, a in zip(grads, alphas)]
         update = self.a_optimizer.apply_gradients(zip(grads, alphas),
@@ -250,12 +271,12 @@ class BilevelModel(tf.keras.Model):
         return ce, reg, update
 
     # ------------------------------------------------------------------ weight step
-    def _weight_step(self, x, y, tape=None, quantized=None):
+    def _weight_step(self, x, y, tape=None, precomputed=None):
         weights = self.weight_variables
         tape = tape if tape is not None else _tape()
         with tape:
             tape.watch(weights)
-            loss, per_example, logits = self._ce(x, y, quantized=quantized)
+            loss, per_example, logits = self._ce(x, y, precomputed=precomputed)
         grads = _all_reduce(_dense(tape.gradient(loss, weights), weights))
         if self.grad_clip:
             grads, _ = tf.clip_by_global_norm(grads, self.grad_clip)
@@ -266,22 +287,22 @@ class BilevelModel(tf.keras.Model):
         return per_example, logits
 
     def train_step(self, data):
-        """One bilevel step. A net with ``quantize()`` (the BNAS supernet) has its
-        binary kernels quantised once, recorded on the weight step's tape, and shared
-        by the alpha and weight passes (the weights do not change in between). The
+        """One bilevel step. In first order the net's ``precompute()`` (BNAS' fused cells:
+        the quantised binary kernels) runs once, recorded on the weight step's tape,
+        and is shared by the alpha and weight passes (the weights do not change in
+        between). The
         alpha step is left out while `alpha_update` is off: eagerly read from the
         variable, in a traced step from its Python copy, which `set_alpha_update` and
         the train function (`make_train_function`) keep in sync."""
         (x_train, y_train), (x_val, y_val) = data
-        tape, quantized = _tape(), None
-        quantize = getattr(self.net, "quantize", None)
-        if quantize is not None and self.order == 1:
+        tape, precomputed = _tape(), None
+        if self.order == 1:
             with tape:
                 tape.watch(self.weight_variables)
-                quantized = quantize()
+                precomputed = self.net.precompute()
         on = bool(self.alpha_update.numpy()) if tf.executing_eagerly() else self._alpha_step_on
         if on:
-            arch_ce, reg, update = self._arch_step(x_train, y_train, x_val, y_val, quantized)
+            arch_ce, reg, update = self._arch_step(x_train, y_train, x_val, y_val, precomputed)
             # the weight pass starts after the alpha step: its first layers (which do
             # not read the alphas) would otherwise run during the alpha pass and add
             # their activations to its peak memory
@@ -289,7 +310,7 @@ class BilevelModel(tf.keras.Model):
                 x_train = tf.identity(x_train)
         else:
             arch_ce, reg = tf.constant(0.0), tf.constant(0.0)
-        per_example, logits = self._weight_step(x_train, y_train, tape, quantized)
+        per_example, logits = self._weight_step(x_train, y_train, tape, precomputed)
         self.loss_tracker.update_state(per_example)
         self.accuracy.update_state(y_train, logits)
         self.arch_loss_tracker.update_state(arch_ce)
@@ -312,6 +333,8 @@ class BilevelModel(tf.keras.Model):
             if on not in functions:
                 functions[on] = super(BilevelModel, self).make_train_function(force=True)
                 self.train_function = train_function
+            if not self.lean_grappler:
+                return functions[on](iterator)
             with grappler.lean():
                 return functions[on](iterator)
 
@@ -363,11 +386,14 @@ def make_optimizers(config, steps_per_epoch):
     return w_opt, a_opt
 
 
-def build(net, config, steps_per_epoch, image_size):
-    """A compiled BilevelModel for `net` and a SearchConfig (call inside strategy.scope())."""
+def build(net, config, steps_per_epoch, image_size, engine=None, optimizers=None):
+    """A compiled BilevelModel for `net` and a SearchConfig (call inside strategy.scope()):
+    `optimizers` (w_optimizer, a_optimizer) default to DARTS' (`make_optimizers`);
+    `engine`: an engine.EngineConfig (its ``lean_grappler``)."""
     model = BilevelModel(net, order=config.order, w_wd=config.w_wd, a_wd=config.a_wd,
-                         grad_clip=config.grad_clip)
+                         grad_clip=config.grad_clip,
+                         lean_grappler=True if engine is None else engine.lean_grappler)
     model.build_net(image_size)
-    w_opt, a_opt = make_optimizers(config, steps_per_epoch)
+    w_opt, a_opt = optimizers or make_optimizers(config, steps_per_epoch)
     model.compile(w_opt, a_opt)
     return model

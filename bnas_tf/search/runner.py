@@ -1,35 +1,8 @@
 """The search loop, generic over methods: data, bilevel fit, derivation, logs, resume.
 
-``run_search(method, data_config, search_config, output_dir)`` writes into
-``output_dir`` (DIR):
-
-* ``search_config.json``  what the run depends on (a rerun must match it);
-* ``ckpt/``               tf.train.CheckpointManager: weights, alphas, both
-                          optimizers, the epoch counter (and ``net.rng`` if the
-                          supernet keeps a tf.random.Generator there), saved after
-                          every epoch. Rerunning the same command continues;
-* ``genotypes/epoch_XXX.json``  the genotype derived after every epoch;
-* ``genotype.json``       the genotype of the epoch with the best validation accuracy;
-* ``search_summary.json`` per epoch: losses, accuracies, genotype, learnable ops;
-* ``logs/``               TensorBoard: ``train``/``validation`` (Keras) and ``search``
-                          (method scalars such as alpha entropy, per-cell op
-                          probability heatmaps, the genotype as text).
-
-A *method* is a module (or any object) with
-
-* ``build_supernet(search_config, num_classes, image_size) -> net`` (see
-  `bilevel.BilevelModel` for what a net provides);
-* ``derive(net, search_config, val_batches) -> genotype`` (a genotypes.*Genotype);
-* ``epoch_logs(net, epoch) -> dict``: name -> float (scalar), HxWx3 uint8 array
-  (image) or str (text), written to TensorBoard and (scalars) to the summary;
-* ``on_epoch_begin(net, epoch) -> None | dict`` (optional): a returned
-  ``{"alpha_update": bool}`` switches architecture updates for that epoch;
-* ``validate_config(search_config)`` (optional): one-line ValueError for bad
-  method-specific settings (``search_config.extra``);
-* ``build_model(net, search_config, steps_per_epoch, image_size)`` (optional): a
-  compiled BilevelModel (default `bilevel.build`), for method-specific optimisers;
-* ``default_config()`` (optional): the method's SearchConfig defaults, used by
-  tools/search.py for every setting not given on the command line.
+``run_search(method, data_config, search_config, output_dir, engine=EngineConfig())``
+writes a search directory (its layout: `search_dir`). A method is a
+`bnas_tf.search.SearchMethod` (``bnas_tf.search.<name>.method``, see `METHODS`).
 
 Epoch ``e`` reads its data with seed ``data_seed(seed, e)``, so a resumed run sees
 the same batches as an uninterrupted one.
@@ -58,17 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from bnas_tf import data, distribute, files, genotypes, ops
-from bnas_tf.search import METHODS, SearchConfig, bilevel  # noqa: F401  (re-export)
-
-CONFIG_FILE = "search_config.json"
-SUMMARY_FILE = "search_summary.json"
-GENOTYPE_FILE = "genotype.json"
-DATA_IDENTITY = ("dataset", "data_dir", "image_size", "max_examples", "cutout", "augment",
-                 "validation_fraction", "num_subset_classes")
-
-
-class SearchDirError(ValueError):
-    """The output directory belongs to another search run."""
+from bnas_tf.search import METHODS, SearchConfig, search_dir  # noqa: F401  (re-export)
+from bnas_tf.search.engine import EngineConfig
+from bnas_tf.search.search_dir import (CONFIG_FILE, GENOTYPE_FILE, SUMMARY_FILE,  # noqa: F401
+                                       SearchDirError, check_output_dir, run_identity)
 
 
 def get_method(name_or_method):
@@ -78,64 +44,12 @@ def get_method(name_or_method):
     if name_or_method not in METHODS:
         raise ValueError(f"unknown search method {name_or_method!r}; "
                          f"choose one of {', '.join(METHODS)}")
-    try:
-        return importlib.import_module(METHODS[name_or_method])
-    except ModuleNotFoundError as e:
-        raise ValueError(f"search method {name_or_method!r} is not available "
-                         f"({e})") from None
+    return importlib.import_module(METHODS[name_or_method])
 
 
 def data_seed(seed, epoch):
     """The data-order/augmentation seed of one epoch."""
     return int(seed) * 100_003 + int(epoch)
-
-
-def run_identity(data_config, search_config):
-    """What must match for a directory's checkpoint to be resumed."""
-    data_part = {k: getattr(data_config, k) for k in DATA_IDENTITY if hasattr(data_config, k)}
-    if data_part.get("data_dir"):
-        data_part["data_dir"] = os.path.abspath(os.path.expanduser(data_part["data_dir"]))
-    return files.plain({"search": search_config.to_dict(), "data": data_part})
-
-
-def check_output_dir(output_dir, identity):
-    """True if `output_dir` holds a checkpoint of this run (resume), False if it holds
-    none; SearchDirError if it belongs to a different run (its search_config.json
-    differs in anything but ``search.epochs``: see `_extend_epochs`) or holds a
-    checkpoint without a search_config.json."""
-    ckpt_dir = os.path.join(output_dir, "ckpt")
-    has_ckpt = os.path.isdir(ckpt_dir) and tf.train.latest_checkpoint(ckpt_dir) is not None
-    path = os.path.join(output_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        if has_ckpt:
-            raise SearchDirError(f"{output_dir} holds a search checkpoint without "
-                                 f"{CONFIG_FILE}; choose another --output_dir")
-        return False
-    with open(path, encoding="utf-8") as f:
-        try:
-            saved = json.load(f)
-        except json.JSONDecodeError:
-            raise SearchDirError(f"{path} is malformed; choose another --output_dir") from None
-    diffs = [d for d in _diff(saved, identity) if d != "search.epochs"]
-    if diffs:
-        raise SearchDirError(f"{output_dir} holds a different search (differs in "
-                             f"{', '.join(diffs[:6])}); use another --output_dir or "
-                             "delete it")
-    return has_ckpt
-
-
-def _diff(saved, current, prefix=""):
-    keys = sorted(set(saved) | set(current)) if isinstance(saved, dict) and \
-        isinstance(current, dict) else None
-    if keys is None:
-        return [] if saved == current else [prefix.rstrip(".") or "config"]
-    out = []
-    for k in keys:
-        if k not in saved or k not in current:
-            out.append(f"{prefix}{k}")
-        else:
-            out.extend(_diff(saved[k], current[k], f"{prefix}{k}."))
-    return out
 
 
 def learnable_ops(genotype):
@@ -147,19 +61,9 @@ def _checkpoint(model, net):
     items = {"model": model, "w_optimizer": model.w_optimizer,
              "a_optimizer": model.a_optimizer,
              "done": tf.Variable(0, dtype=tf.int64, trainable=False, name="done")}
-    rng = getattr(net, "rng", None)
-    if isinstance(rng, tf.random.Generator):
-        items["rng"] = rng
+    if isinstance(net.rng, tf.random.Generator):
+        items["rng"] = net.rng
     return tf.train.Checkpoint(**items)
-
-
-def _epochs_done(output_dir):
-    """Completed epochs recorded in DIR/ckpt (0 without a checkpoint)."""
-    latest = tf.train.latest_checkpoint(os.path.join(output_dir, "ckpt"))
-    if not latest:
-        return 0
-    reader = tf.train.load_checkpoint(latest)
-    return int(reader.get_tensor("done/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
 def _search_datasets(data_config, epoch, steps):
@@ -201,19 +105,24 @@ def _best(entries):
 
 
 def run_search(method, data_config, search_config, output_dir, stop_after=None,
-               verbose="auto"):
+               verbose="auto", engine=None):
     """Search; returns the summary dict (also in DIR/search_summary.json).
 
-    `stop_after`: run at most this many epochs in this call (the run resumes on the
-    next call with the same arguments), for time-sliced or preemptible runs.
+    `method`: a name in `METHODS` (it must be ``search_config.method``) or a
+    `SearchMethod`; `engine`: an engine.EngineConfig (default: EngineConfig()), resolved
+    here, once. `stop_after`: run at most this many epochs in this call (the run
+    resumes on the next call with the same arguments), for time-sliced or
+    preemptible runs.
     """
     config = search_config.validate()
+    if isinstance(method, str) and method != config.method:
+        raise ValueError(f"run_search: method {method!r} differs from the config's "
+                         f"{config.method!r}")
     method = get_method(method)
+    engine = (engine or EngineConfig()).resolve()
     strategy = distribute.make_strategy(config.strategy)  # first: multi-worker needs it
     dirs = distribute.WorkerDirs(strategy)
     chief = dirs.chief
-    if hasattr(method, "validate_config"):
-        method.validate_config(config)
     data_config = dataclasses.replace(data_config, batch_size=config.batch_size,
                                       seed=config.seed)
     info = data.dataset_info(data_config)
@@ -226,27 +135,27 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
                              "--max_examples")
     steps = n_train // config.batch_size
 
-    identity = run_identity(data_config, config)
+    identity = run_identity(data_config, config, engine)
     resuming = check_output_dir(output_dir, identity)
-    os.makedirs(os.path.join(output_dir, "genotypes"), exist_ok=True)
+    os.makedirs(os.path.join(output_dir, search_dir.GENOTYPES_DIR), exist_ok=True)
     if resuming:
         _extend_epochs(output_dir, config.epochs)
     if chief:  # equal to the saved one but for search.epochs (check_output_dir)
         files.write_json(os.path.join(output_dir, CONFIG_FILE), identity, sort_keys=True)
 
     summary_path = os.path.join(output_dir, SUMMARY_FILE)
-    if resuming and _epochs_done(output_dir) >= config.epochs and os.path.isfile(summary_path):
+    if resuming and search_dir.epochs_done(output_dir) >= config.epochs \
+            and os.path.isfile(summary_path):
         _log(f"{output_dir}: search already complete ({config.epochs} epochs)")
         with open(summary_path, encoding="utf-8") as f:
             return json.load(f)
 
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        net = method.build_supernet(config, info.num_classes, info.image_size)
-        build_model = getattr(method, "build_model", None) or bilevel.build
-        model = build_model(net, config, steps, info.image_size)
+        net = method.build_supernet(config, info.num_classes, info.image_size, engine)
+        model = method.build_model(net, config, steps, info.image_size, engine)
     ckpt = _checkpoint(model, net)
-    ckpt_dir = os.path.join(output_dir, "ckpt")
+    ckpt_dir = os.path.join(output_dir, search_dir.CKPT_DIR)
     manager = tf.train.CheckpointManager(ckpt, dirs.path(ckpt_dir), max_to_keep=2)
     start = 0
     latest = tf.train.latest_checkpoint(ckpt_dir)
@@ -264,16 +173,15 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     eval_ds = data.load(data_config, "search_val", training=False)
     if config.eval_batches:
         eval_ds = eval_ds.take(config.eval_batches)
-    writer = tf.summary.create_file_writer(os.path.join(output_dir, "logs", "search")) \
+    writer = tf.summary.create_file_writer(os.path.join(output_dir, search_dir.LOGS_DIR,
+                                                        "search")) \
         if chief else tf.summary.create_noop_writer()
     end = config.epochs if stop_after is None else min(config.epochs, start + int(stop_after))
     for epoch in range(start, end):
         model.set_epoch(epoch)
-        control = getattr(method, "on_epoch_begin", None)
-        control = control(net, epoch) if control else None
-        if isinstance(control, dict) and "alpha_update" in control:
-            model.set_alpha_update(control["alpha_update"])
-        callbacks = [tf.keras.callbacks.TensorBoard(dirs.path(os.path.join(output_dir, "logs")),
+        model.set_alpha_update(method.on_epoch_begin(net, epoch))
+        logs_dir = os.path.join(output_dir, search_dir.LOGS_DIR)
+        callbacks = [tf.keras.callbacks.TensorBoard(dirs.path(logs_dir),
                                                     write_graph=False, profile_batch=0)]
         if verbose != 0:  # "Epoch 1/4" .. "Epoch 4/4", not Keras' "Epoch 2/2" of one fit
             callbacks.append(EpochOfTotal(config.epochs, count_mode="steps"))
@@ -291,8 +199,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         summary["epochs"].append(entry)
         if chief:
             _write_summaries(writer, epoch, logs)
-            genotypes.save(genotype, os.path.join(output_dir, "genotypes",
-                                                  f"epoch_{epoch + 1:03d}.json"),
+            genotypes.save(genotype, search_dir.epoch_genotype_path(output_dir, epoch + 1),
                            extra={"epoch": epoch + 1, "val_accuracy": entry.get("val_accuracy")})
             _finish_summary(summary, output_dir)
         ckpt.done.assign(epoch + 1)
@@ -327,7 +234,7 @@ def _extend_epochs(output_dir, epochs):
         before = json.load(f).get("search", {}).get("epochs")
     if before is None or before == epochs:
         return
-    done = _epochs_done(output_dir)
+    done = search_dir.epochs_done(output_dir)
     if done > epochs:
         raise SearchDirError(f"{output_dir} has {done} epochs done; --epochs={epochs} is "
                              f"fewer (give --epochs >= {done}, or another --output_dir)")

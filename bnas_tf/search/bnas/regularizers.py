@@ -11,17 +11,7 @@ import bnas_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-
-def row_entropy(alpha):
-    """Entropy of softmax over the last axis, per row (natural log)."""
-    log_p = tf.nn.log_softmax(alpha, axis=-1)
-    return -tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1)
-
-
-def mean_row_entropy(alphas):
-    """Mean row entropy over all rows of all the given architecture matrices."""
-    rows = tf.concat([tf.reshape(row_entropy(a), [-1]) for a in alphas], axis=0)
-    return tf.reduce_mean(rows)
+from bnas_tf.search.alphas import mean_row_entropy, row_entropy_np
 
 
 def annealing(epoch, tau):
@@ -34,17 +24,6 @@ def diversity(alphas, lam, tau, epoch):
     if not lam:
         return tf.constant(0.0)
     return -float(lam) * mean_row_entropy(alphas) * annealing(epoch, tau)
-
-
-def softmax_np(alpha):
-    alpha = np.asarray(alpha, dtype=np.float64)
-    e = np.exp(alpha - alpha.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def row_entropy_np(alpha):
-    p = softmax_np(alpha)
-    return -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=-1)
 
 
 def diversity_np(alphas, lam, tau, epoch):

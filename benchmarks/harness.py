@@ -134,15 +134,6 @@ def quick_config(**overrides) -> BenchConfig:
     return BenchConfig(**values)
 
 
-def configure_threads(intra=0, inter=0):
-    """TensorFlow thread pools (must run before TensorFlow executes anything)."""
-    import tensorflow as tf
-    if intra:
-        tf.config.threading.set_intra_op_parallelism_threads(int(intra))
-    if inter:
-        tf.config.threading.set_inter_op_parallelism_threads(int(inter))
-
-
 # ----------------------------------------------------------------------------- timing
 
 def median_time(fn, repeats, warmup=1):
@@ -189,32 +180,34 @@ def _clear():
 
 # ----------------------------------------------------------------------------- search
 
-def bnas_search_config(config, conv_dtype=None):
+def bnas_search_config(config):
     from bnas_tf.search import SearchConfig
-    return SearchConfig(cells=config.search_cells, channels=config.search_channels,
-                        batch_size=config.batch_size,
-                        extra={"conv_dtype": conv_dtype or config.conv_dtype})
+    return SearchConfig.create("bnas", cells=config.search_cells,
+                               channels=config.search_channels, batch_size=config.batch_size)
 
 
 def bars_search_config(config):
-    from bnas_tf.search import bars
-    return bars.default_config(batch_size=config.batch_size, extra=dict(config.bars_extra))
+    from bnas_tf.search import SearchConfig
+    return SearchConfig.create("bars", batch_size=config.batch_size, **config.bars_extra)
 
 
-def build_search_model(method, search_config, image_size, num_classes=10, steps_per_epoch=100):
+def build_search_model(method, search_config, image_size, num_classes=10, steps_per_epoch=100,
+                       conv_dtype="auto"):
     """(net, compiled BilevelModel) exactly as `runner.run_search` builds them."""
     import tensorflow as tf
-    from bnas_tf.search import bilevel, runner
+    from bnas_tf.search import runner
+    from bnas_tf.search.engine import EngineConfig
     module = runner.get_method(method)
+    engine = EngineConfig(conv_dtype=conv_dtype).resolve()
     tf.keras.utils.set_random_seed(search_config.seed)
-    net = module.build_supernet(search_config, num_classes, image_size)
-    build_model = getattr(module, "build_model", None) or bilevel.build
-    return net, build_model(net, search_config, steps_per_epoch, image_size)
+    net = module.build_supernet(search_config, num_classes, image_size, engine)
+    return net, module.build_model(net, search_config, steps_per_epoch, image_size, engine)
 
 
 def search_step(method, search_config, config):
     """Median seconds of one bilevel search step (and the first, tracing, call)."""
-    _, model = build_search_model(method, search_config, config.image_size)
+    _, model = build_search_model(method, search_config, config.image_size,
+                                  conv_dtype=config.conv_dtype)
     train, val = (_random_batch(search_config.batch_size, config.image_size, seed=s)
                   for s in (0, 1))
     step, first, logs = _keras_step(model, (train, val))
@@ -229,11 +222,13 @@ def child_search(args):
     started = time.time()
     import bnas_tf  # noqa: F401
     import tensorflow as tf
-    configure_threads(args.get("intra", 0), args.get("inter", 0))
+    from bnas_tf.search import engine
+    engine.configure_threads(args.get("intra", 0), args.get("inter", 0))
     imported = time.time()
     from bnas_tf.search import SearchConfig
-    search_config = SearchConfig(**args["search"])
-    _, model = build_search_model("bnas", search_config, args["image_size"])
+    search_config = SearchConfig.from_dict(args["search"])
+    _, model = build_search_model("bnas", search_config, args["image_size"],
+                                  conv_dtype=args["conv_dtype"])
     built = time.time()
     train, val = (_random_batch(search_config.batch_size, args["image_size"], seed=s)
                   for s in (0, 1))
@@ -277,14 +272,13 @@ def search_process(config, conv_dtype=None, timeout=3600):
     configured shape: the wall time from launch to the end of its first step (and its
     breakdown), the median of the timed steps after warm-up, the process CPU time
     per step, and the child's peak resident memory (MB) over the whole run."""
-    search = bnas_search_config(config, conv_dtype)
-    args = {"search": {k: v for k, v in dataclasses.asdict(search).items()
-                       if k in ("cells", "channels", "batch_size", "extra")},
+    args = {"search": bnas_search_config(config).to_dict(),
+            "conv_dtype": conv_dtype or config.conv_dtype,
             "image_size": config.image_size, "repeats": config.repeats,
             "warmup": config.warmup,
             "intra": config.intra_op_threads, "inter": config.inter_op_threads}
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-            "from bnas_tf import benchmark; benchmark.child_search(json.loads(sys.argv[2]))")
+            "from benchmarks import harness; harness.child_search(json.loads(sys.argv[2]))")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         launched = time.time()
@@ -418,23 +412,6 @@ def input_pipeline(config):
 
 # ----------------------------------------------------------------------------- export
 
-def randomize_batchnorm(model, seed=0):
-    """BN statistics and affine parameters as after training (an untrained net has
-    identical BNs, which the converter may merge)."""
-    import tensorflow as tf
-    rng = np.random.default_rng(seed)
-    for layer in model.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization) and layer.built:
-            n = layer.moving_mean.shape
-            layer.moving_mean.assign(rng.normal(0.0, 0.3, n))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
-            if layer.gamma is not None:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-            if layer.beta is not None:
-                layer.beta.assign(rng.normal(0.0, 0.3, n))
-    return model
-
-
 def export_sizes(config, residual=None):
     """Binary .tflite (LCE) and float twin of the final network: bytes, op counts,
     single-image latency."""
@@ -443,7 +420,7 @@ def export_sizes(config, residual=None):
     spec = final_spec(config, residual)
     tf.keras.utils.set_random_seed(0)
     with tempfile.TemporaryDirectory(prefix="bnas_bench_") as directory:
-        model = randomize_batchnorm(models.build(spec, 10, config.image_size))
+        model = export.randomize_batchnorm(models.build(spec, 10, config.image_size))
         model_dir.write_spec(directory, spec, 10, config.image_size)
         model.save_weights(model_dir.path(directory, model_dir.WEIGHTS))
         binary = export.export(model, samples=config.export_samples,
@@ -532,7 +509,8 @@ def run(config: BenchConfig, progress=print) -> dict:
     """Run the configured measurements; returns the result dict (see module doc)."""
     config.validate()
     import bnas_tf  # noqa: F401
-    configure_threads(config.intra_op_threads, config.inter_op_threads)
+    from bnas_tf.search import engine
+    engine.configure_threads(config.intra_op_threads, config.inter_op_threads)
     from bnas_tf import files
     out = {"quick": config.quick, "config": dataclasses.asdict(config),
            "environment": environment(config), "reference": dict(REFERENCE)}

@@ -1,4 +1,4 @@
-"""Derive a BNAS cell genotype from architecture weights (pure numpy, testable).
+"""Derive a BNAS cell genotype from architecture weights (numpy, testable).
 
 Each of the 4 nodes of a cell has one edge row per earlier state (2, 3, 4, 5 rows:
 14 in all). Per row, softmax over ops. In ``bnas`` mode (the paper, Eq. 4) the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnas_tf import genotypes, ops
+from bnas_tf.search import alphas
 
 MODES = ("bnas", "darts")
 
@@ -32,12 +33,6 @@ def edge_labels(nodes=genotypes.NODES):
     return [f"{names[j]}->n{i}" for i in range(nodes) for j in range(2 + i)]
 
 
-def _softmax(alpha):
-    alpha = np.asarray(alpha, dtype=np.float64)
-    e = np.exp(alpha - alpha.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def scored_weights(alpha, op_names, gamma=1.0, mode="bnas"):
     """Per-row op scores used for the decision: softmax, Zeroise / gamma ('bnas') or
     Zeroise at -inf ('darts')."""
@@ -46,7 +41,7 @@ def scored_weights(alpha, op_names, gamma=1.0, mode="bnas"):
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     op_names = list(op_names)
-    w = _softmax(alpha)
+    w = alphas.softmax_np(alpha)
     if w.ndim != 2 or w.shape[1] != len(op_names):
         raise ValueError(f"alpha has shape {np.shape(alpha)}, expected (edges, "
                          f"{len(op_names)}) for ops {', '.join(op_names)}")

@@ -1,0 +1,73 @@
+"""Engine knobs of a search: how it is computed, never what (the paper-level settings
+are `SearchConfig`'s). Resolved once, by `EngineConfig.resolve`, before the supernet
+is built; not part of a search directory's identity, except the cell implementation
+(the two cells hold their variables differently).
+
+* ``cell``: ``fused`` (default; bnas/fused.py, the grouped fast cell) or ``reference``
+  (bnas/cell.py, the DARTS-shaped specification, slower); BNAS only.
+* ``conv_dtype``: dtype of the fused cell's +-1 conv products: ``auto`` (bfloat16 on
+  CPUs that multiply it natively, else float32), ``float32`` or ``bfloat16``.
+* ``lean_grappler``: optimise the traced step with `grappler.lean` (docs/benchmark.md).
+* ``intra_op_threads`` / ``inter_op_threads``: TensorFlow's thread pools (0 = default).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+CELLS = ("fused", "reference")
+CONV_DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    cell: str = "fused"
+    conv_dtype: str = "auto"
+    lean_grappler: bool = True
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+    def validate(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell implementation {self.cell!r}; "
+                             f"choose one of {', '.join(CELLS)}")
+        if self.conv_dtype not in CONV_DTYPES:
+            raise ValueError(f"unknown conv_dtype {self.conv_dtype!r}; choose one of "
+                             f"{', '.join(CONV_DTYPES)}")
+        for name in ("intra_op_threads", "inter_op_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        return self
+
+    def resolve(self):
+        """A copy with ``conv_dtype`` 'auto' replaced by this machine's choice
+        (`native_bfloat16`), and the thread pools applied (before TensorFlow runs)."""
+        self.validate()
+        conv_dtype = self.conv_dtype
+        if conv_dtype == "auto":
+            conv_dtype = "bfloat16" if native_bfloat16() else "float32"
+        configure_threads(self.intra_op_threads, self.inter_op_threads)
+        return dataclasses.replace(self, conv_dtype=conv_dtype)
+
+
+def configure_threads(intra=0, inter=0):
+    """Set TensorFlow's intra/inter-op thread pools (0 leaves TensorFlow's default)."""
+    import tensorflow as tf
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+
+
+def native_bfloat16():
+    """True if this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and no GPU is
+    visible: then bfloat16 binary convs run about twice as fast as float32 ones."""
+    import tensorflow as tf
+    from bnas_tf import binary
+    if tf.config.list_physical_devices("GPU") or binary.onednn_disabled():
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
