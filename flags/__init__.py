@@ -4,6 +4,7 @@ Also the few helpers every binary shares: defining a group's flags once,
 checking the command line, and turning library errors into one-line usage errors.
 """
 import contextlib
+import re
 import os
 import shlex
 import sys
@@ -103,10 +104,13 @@ def help_text(doc, groups):
                 "comma separated list of strings", "a,b,...")
             text = flag.help.split(">: ", 1)[1] if values and flag.help.startswith("<") \
                 else flag.help  # absl prefixes an enum's help with its values
-            # a setting whose default depends on the method states it in its help
-            default = "" if flag.default is None and "(default: " in text \
-                else f"  (default: {_default_text(flag)})"
-            lines.append(f"  --{name}={kind}{default}")
+            default = _default_text(flag)
+            stated = re.search(r"\s*\(default: (.*)\)$", text, flags=re.S)
+            if flag.default is None and stated:  # a default the method decides, in the help
+                text, default = text[:stated.start()], stated.group(1)
+            lines += textwrap.wrap(f"--{name}={kind}  (default: {default})", HELP_WIDTH,
+                                   initial_indent="  ", subsequent_indent=" " * 8,
+                                   break_on_hyphens=False)
             lines += textwrap.wrap(text, HELP_WIDTH, initial_indent=" " * 6,
                                    subsequent_indent=" " * 6)
     return "\n".join(lines)

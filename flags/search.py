@@ -101,7 +101,8 @@ def _default_text(owner, field):
         return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
     values = {m: kind.SEARCH_DEFAULTS.get(field, getattr(SearchConfig(), field))
               for m, kind in SETTINGS.items()}
-    values = {m: ",".join(v) if isinstance(v, tuple) else v for m, v in values.items()}
+    values = {m: "bnas" if v == ops.BNAS_OPS else ",".join(v) if isinstance(v, tuple) else v
+              for m, v in values.items()}  # 'bnas' names the BNAS op set (parse_ops)
     if len(set(map(str, values.values()))) == 1:
         return next(iter(values.values()))
     return ", ".join(f"{m} {v}" for m, v in values.items())

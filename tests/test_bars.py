@@ -313,15 +313,15 @@ def test_sampling_follows_alpha_and_derivation_picks_lowest_loss(net):
 def test_derivation_is_bounded_to_one_validation_pass_and_shows_progress(net, capsys):
     ds = tf.data.Dataset.from_tensor_slices((tf.concat([images(4, s) for s in range(8)], 0),
                                              tf.constant([0, 1, 2, 3] * 8))).batch(4)
-    assert bars.derive_batch_count(ds, 3) == 2  # 8 batches // 3 candidates
-    assert bars.derive_batch_count(ds, 16) == 1
-    assert bars.derive_batch_count(ds, 3, derive_batches=5) == 5
-    assert bars.derive_batch_count(ds.filter(lambda x, y: True), 4) == 2  # unknown size
-    _, scored = bars.derive_candidates(net, 3, ds, seed=1)
+    assert bars_derive.derive_batch_count(ds, 3) == 2  # 8 batches // 3 candidates
+    assert bars_derive.derive_batch_count(ds, 16) == 1
+    assert bars_derive.derive_batch_count(ds, 3, derive_batches=5) == 5
+    assert bars_derive.derive_batch_count(ds.filter(lambda x, y: True), 4) == 2  # unknown size
+    _, scored = bars_derive.derive_candidates(net, 3, ds, seed=1)
     out = capsys.readouterr().out
     assert "3 sampled architectures, each scored on 2 validation batches" in out
     assert "3/3" in out  # the progress bar over the candidates
-    _, first_two = bars.derive_candidates(net, 3, list(ds.take(2)), seed=1, progress=False)
+    _, first_two = bars_derive.derive_candidates(net, 3, list(ds.take(2)), seed=1, progress=False)
     assert [loss for _, loss in scored] == pytest.approx([loss for _, loss in first_two])
 
 
