@@ -164,6 +164,11 @@ class OneCycle(tf.keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_fraction": self.warmup_fraction, "name": self.name}
 
 
+# A legacy optimizer's config names its schedule by bare class name ("OneCycle"), not by
+# the registered "bnas_tf>OneCycle": register that name too, so saved models load.
+tf.keras.utils.get_custom_objects().setdefault("OneCycle", OneCycle)
+
+
 def make_schedule(config, steps_per_epoch):
     """The per-step learning-rate schedule of `config` (a float for 'constant')."""
     steps_per_epoch = max(int(steps_per_epoch), 1)
@@ -201,6 +206,7 @@ def current_learning_rate(optimizer):
 
 # ----------------------------------------------------------------------------- losses
 
+@tf.keras.utils.register_keras_serializable(SERIAL)
 class CrossEntropy(tf.keras.losses.Loss):
     """Softmax cross-entropy of logits against integer labels, with label smoothing."""
 
