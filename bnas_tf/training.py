@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from bnas_tf import data, distribute, models
+from bnas_tf import callbacks as lr_callbacks
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import common, presets
 
@@ -197,11 +198,7 @@ def make_optimizer(config, steps_per_epoch):
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
-def current_learning_rate(optimizer):
-    lr = optimizer._get_hyper("learning_rate")  # the schedule itself, not its value
-    if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
-        lr = lr(optimizer.iterations)
-    return float(tf.keras.backend.get_value(lr))
+current_learning_rate = lr_callbacks.learning_rate  # the optimizer's next step's rate
 
 
 # ----------------------------------------------------------------------------- losses
@@ -276,12 +273,9 @@ class DropPathSchedule(tf.keras.callbacks.Callback):
         common.set_drop_path(self.model, self.drop_path * epoch / self.epochs)
 
 
-class LearningRateLogger(tf.keras.callbacks.Callback):
-    """Put the current learning rate into the epoch logs (TensorBoard: epoch_learning_rate)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+# The learning rate the epoch used (its first step's) into the epoch logs (TensorBoard:
+# epoch_learning_rate, metrics.json history), not the next epoch's.
+LearningRateLogger = lr_callbacks.EpochLearningRate
 
 
 class NanGuard(tf.keras.callbacks.Callback):
@@ -472,7 +466,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
         DropPathSchedule(config.drop_path, config.epochs),
         LearningRateLogger(),
         EpochCheckpoint(manager, epoch_var, guard),
-        tf.keras.callbacks.TensorBoard(dirs.path(mdir.path(output_dir, mdir.LOGS)),
+        lr_callbacks.TensorBoard(dirs.path(mdir.path(output_dir, mdir.LOGS)),
                                        write_graph=False, profile_batch=0),
         *extra_callbacks,
     ]

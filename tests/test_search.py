@@ -1,5 +1,6 @@
 """BNAS search: bilevel step, diversity regulariser, supernet, runner, resume, CLI."""
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -501,6 +502,18 @@ def _small(cifar_dir, epochs=2, **kw):
     return dc, cfg
 
 
+def _tb_scalars(log_dir, tag):
+    """The values of one TensorBoard scalar, by step (last write wins)."""
+    values = {}
+    for path in sorted(log_dir.glob("events.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    value = tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value
+                    values[event.step] = float(value)
+    return [values[k] for k in sorted(values)]
+
+
 def _ckpt_alphas(directory):
     reader = tf.train.load_checkpoint(os.path.join(directory, "ckpt"))
     keys = sorted(k for k in reader.get_variable_to_shape_map()
@@ -574,6 +587,17 @@ def test_resumed_search_matches_an_uninterrupted_one(interrupted_search, cifar_d
                                                              rel=1e-5)
     assert resumed["epochs"][1]["genotype"] == summary["epochs"][1]["genotype"]
     assert (out / "genotypes" / "epoch_001.json").exists()
+    # The learning rate each epoch USED (issue 14, item 4): summary, TensorBoard w_lr
+    # (logs/search) and epoch_learning_rate (logs/train), in the resumed run too.
+    used = [cfg.w_lr_min + (cfg.w_lr - cfg.w_lr_min) * 0.5 * (1 + math.cos(math.pi * e / 2))
+            for e in range(2)]
+    for run in (summary, resumed):
+        assert [e["w_lr"] for e in run["epochs"]] == pytest.approx(used, rel=1e-5)
+        assert [e["learning_rate"] for e in run["epochs"]] == pytest.approx(used, rel=1e-5)
+    for run_dir in (straight, out):
+        assert _tb_scalars(run_dir / "logs" / "search", "w_lr") == pytest.approx(used, rel=1e-5)
+        assert _tb_scalars(run_dir / "logs" / "train", "epoch_learning_rate") == \
+            pytest.approx(used, rel=1e-5)
     # A finished search reruns as a no-op.
     again = runner.run_search("bnas", dc, cfg, str(out), verbose=0)
     assert again["epochs"] == resumed["epochs"]

@@ -208,15 +208,17 @@ def test_saved_model_serves_the_trained_network(trained, fixed_batch):
 
 
 def test_tensorboard_logs_hold_the_learning_rate(trained):
-    out, _, _ = trained
+    out, metrics, _ = trained
     events = glob.glob(os.path.join(out, model_dir.LOGS, "train", "events.out.tfevents.*"))
     assert events
     lrs = [tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value
            for path in events for event in tf.compat.v1.train.summary_iterator(path)
            for v in event.summary.value if v.tag == "epoch_learning_rate"]
     assert len(lrs) == EPOCHS
-    assert float(lrs[0]) == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi / EPOCHS)),
-                                          rel=1e-4)
+    # the rate each epoch USED (its first step's), not the next epoch's (issue 14, item 4)
+    used = [2e-3 * 0.5 * (1 + math.cos(math.pi * e / EPOCHS)) for e in range(EPOCHS)]
+    assert [float(v) for v in lrs] == pytest.approx(used, rel=1e-4)
+    assert metrics["history"]["learning_rate"] == pytest.approx(used, rel=1e-4)
 
 
 def test_evaluate_tool_prints_and_writes(trained, capsys):

@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from bnas_tf import data, distribute, files, genotypes, ops
+from bnas_tf import callbacks as lr_callbacks
 from bnas_tf.search import METHODS, SearchConfig, bilevel  # noqa: F401  (re-export)
 
 CONFIG_FILE = "search_config.json"
@@ -260,8 +261,10 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         control = control(net, epoch) if control else None
         if isinstance(control, dict) and "alpha_update" in control:
             model.set_alpha_update(control["alpha_update"])
-        callbacks = [tf.keras.callbacks.TensorBoard(dirs.path(os.path.join(output_dir, "logs")),
-                                                    write_graph=False, profile_batch=0)]
+        w_lr = float(model._w_lr().numpy())  # this epoch's, read before its steps run
+        callbacks = [lr_callbacks.EpochLearningRate(model.w_optimizer),
+                     lr_callbacks.TensorBoard(dirs.path(os.path.join(output_dir, "logs")),
+                                              write_graph=False, profile_batch=0)]
         history = model.fit(_search_datasets(data_config, epoch, steps), epochs=epoch + 1,
                             initial_epoch=epoch, steps_per_epoch=steps,
                             validation_data=eval_ds, callbacks=callbacks, verbose=verbose)
@@ -270,7 +273,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         logs = dict(method.epoch_logs(net, epoch) or {})
         logs["genotype"] = str(genotype)
         logs["learnable_ops"] = learnable_ops(genotype)
-        logs["w_lr"] = float(model._w_lr().numpy())
+        logs["w_lr"] = w_lr
         entry = {"epoch": epoch, **fit_logs, **_scalars(logs),
                  "genotype": genotype.to_dict()}
         summary["epochs"].append(entry)

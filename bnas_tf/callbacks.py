@@ -1,0 +1,46 @@
+"""Keras callbacks that log the learning rate an epoch USED (search and training).
+
+Keras' own TensorBoard callback logs ``epoch_learning_rate`` as the schedule's value
+at the optimizer's step counter after the epoch, i.e. the NEXT epoch's first step.
+`EpochLearningRate` reads the schedule when the epoch begins (its first step) and
+puts that value into the epoch logs as ``learning_rate``; `TensorBoard` writes the
+logs' value instead of recomputing it. Per-step schedules vary within an epoch: the
+logged value is the one of the epoch's first step.
+"""
+from __future__ import annotations
+
+import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+
+
+def learning_rate(optimizer, step=None):
+    """The learning rate `optimizer` applies at `step` (default: its next step), a float."""
+    lr = optimizer._get_hyper("learning_rate")  # the schedule itself, not its value
+    if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
+        lr = lr(optimizer.iterations if step is None else step)
+    return float(tf.keras.backend.get_value(lr))
+
+
+class EpochLearningRate(tf.keras.callbacks.Callback):
+    """``logs["learning_rate"]``: the learning rate of the epoch's first step."""
+
+    def __init__(self, optimizer=None):
+        super().__init__()
+        self.optimizer, self.value = optimizer, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.value = learning_rate(self.optimizer or self.model.optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.value is not None:
+            logs["learning_rate"] = self.value
+
+
+class TensorBoard(tf.keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, writing the logs' ``learning_rate`` (set by
+    `EpochLearningRate`) rather than the schedule's value for the next epoch."""
+
+    def _collect_learning_rate(self, logs):
+        if "learning_rate" in logs:
+            return logs
+        return super()._collect_learning_rate(logs)
