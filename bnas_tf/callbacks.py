@@ -1,4 +1,4 @@
-"""Keras callbacks that log the learning rate an epoch USED (search and training).
+"""Keras callbacks: the learning rate an epoch USED, and a stop at the first NaN/Inf.
 
 Keras' own TensorBoard callback logs ``epoch_learning_rate`` as the schedule's value
 at the optimizer's step counter after the epoch, i.e. the NEXT epoch's first step.
@@ -10,6 +10,7 @@ logged value is the one of the epoch's first step.
 from __future__ import annotations
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import numpy as np
 import tensorflow as tf
 
 
@@ -44,3 +45,39 @@ class TensorBoard(tf.keras.callbacks.TensorBoard):
         if "learning_rate" in logs:
             return logs
         return super()._collect_learning_rate(logs)
+
+
+def first_nonfinite(values):
+    """The name of the first non-finite scalar or array in a name -> value mapping, or None."""
+    for name, value in values.items():
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            continue
+        if not np.isfinite(array).all():
+            return name
+    return None
+
+
+class StopOnNonFinite(tf.keras.callbacks.Callback):
+    """Stop training at the first batch or epoch whose logs hold NaN/Inf; `failure` is
+    then ``(epoch, name)`` (epoch 0-based, name of the first non-finite log entry)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.failure = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, logs):
+        name = first_nonfinite(logs or {})
+        if name is not None and self.failure is None:
+            self.failure = (self.epoch, name)
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs)

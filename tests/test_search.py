@@ -3,9 +3,11 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
+import types
 
 import bnas_tf  # noqa: F401
 import numpy as np
@@ -626,3 +628,48 @@ def test_search_runs_under_mirrored_strategy(tmp_path, cifar_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert 0.0 <= float(out.stdout.strip().splitlines()[-1]) <= 1.0
     assert genotypes.load(str(tmp_path / "m" / "genotype.json"))
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def test_diverged_search_exits_nonzero_with_one_line_and_no_genotype(tmp_path, cifar_dir):
+    """--w_lr=1e38 used to log NaN losses in every epoch, exit 0 and write genotype.json."""
+    out = tmp_path / "diverged"
+    result = _run_cli("--method=bnas", "--dataset=folder", f"--data_dir={cifar_dir}",
+                      "--max_examples=64", "--image_size=16", "--batch_size=16", "--epochs=2",
+                      "--cells=3", "--channels=4", f"--ops={','.join(FEW_OPS)}",
+                      "--w_lr=1e38", "--progress=none", f"--output_dir={out}")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"search\.py: search diverged in epoch 0 .*: \S+ is NaN/Inf; .*", last), \
+        result.stderr[-2000:]
+    assert not (out / "genotype.json").exists()
+    assert not list((out / "genotypes").glob("*.json"))
+    assert tf.train.latest_checkpoint(str(out / "ckpt")) is None
+
+
+def test_divergence_keeps_the_last_good_epoch_and_dead_cells_are_flagged(tmp_path, cifar_dir,
+                                                                        capfd):
+    """Epoch 0 derives with gamma 1e-9 (Zeroise wins every edge: the cells ignore their
+    inputs, flagged in the log, summary and genotype files); epoch 1's alphas turn NaN:
+    the run stops naming the epoch, keeping epoch 0's checkpoint, summary and genotype."""
+    def poison(net, epoch):
+        if epoch == 1:
+            net.alpha_normal.assign(tf.fill(net.alpha_normal.shape, float("nan")))
+        return None
+    method = types.SimpleNamespace(**{k: getattr(supernet, k) for k in (
+        "build_supernet", "derive", "epoch_logs", "validate_config")}, on_epoch_begin=poison)
+    dc, cfg = _small(cifar_dir, epochs=3, gamma=1e-9)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"diverged in epoch 1 .*NaN/Inf.*epochs 0\.\.0"):
+        runner.run_search(method, dc, cfg, str(out), verbose=0)
+    assert "WARNING: epoch 0: the derived normal and reduce cell does not depend on its " \
+           "inputs" in capfd.readouterr().err
+    assert tf.train.latest_checkpoint(str(out / "ckpt")).endswith("ckpt-1")
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [0]
+    assert summary["warning"].startswith("genotype.json: the derived normal and reduce cell")
+    saved = json.loads((out / "genotype.json").read_text())
+    assert saved["epoch"] == 0 and "does not depend on its inputs" in saved["warning"]
+    assert genotypes.disconnected_cells(genotypes.load(str(out / "genotype.json")))
+    assert sorted(p.name for p in (out / "genotypes").iterdir()) == ["epoch_000.json"]

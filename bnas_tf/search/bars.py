@@ -38,6 +38,7 @@ from bnas_tf import binary, genotypes, ops
 from bnas_tf.models import bars as bars_models
 from bnas_tf.models import common
 from bnas_tf.search import SearchConfig, bilevel, budget
+from bnas_tf.search import derive as derive_lib
 
 WIDTH_CHOICES = bars_models.WIDTH_CHOICES
 EXTRA_DEFAULTS = {
@@ -512,7 +513,10 @@ def _cost_tables(net):
 
 # ---------------------------------------------------------------------------- derivation
 def sample_architectures(net, count, rng):
-    """`count` architectures drawn from softmax(alpha) (``none`` allowed)."""
+    """`count` architectures drawn from softmax(alpha) (``none`` allowed); ValueError
+    (one line) if an alpha is NaN/Inf (a diverged search)."""
+    for v in net.arch_variables:
+        derive_lib.check_finite(v.numpy(), f"BARS {v.name.split(':')[0]}")
     probs = net.probabilities()
 
     def draw(p):

@@ -32,6 +32,19 @@ def edge_labels(nodes=genotypes.NODES):
     return [f"{names[j]}->n{i}" for i in range(nodes) for j in range(2 + i)]
 
 
+def check_finite(alpha, what="alpha"):
+    """Raise ValueError (one line) if `alpha` holds NaN or +-Inf: a diverged search,
+    whose softmax would silently derive all-``none`` cells."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    bad = ~np.isfinite(alpha)
+    if bad.any():
+        rows = sorted({int(r) for r in np.argwhere(bad)[:, 0]}) if alpha.ndim == 2 else []
+        where = f" (edge rows {', '.join(map(str, rows[:8]))})" if rows else ""
+        raise ValueError(f"{what} holds {int(bad.sum())} non-finite value(s) (NaN/Inf)"
+                         f"{where}: the search diverged; cannot derive a genotype")
+    return alpha
+
+
 def _softmax(alpha):
     alpha = np.asarray(alpha, dtype=np.float64)
     e = np.exp(alpha - alpha.max(axis=-1, keepdims=True))
@@ -46,7 +59,7 @@ def scored_weights(alpha, op_names, gamma=1.0, mode="bnas"):
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     op_names = list(op_names)
-    w = _softmax(alpha)
+    w = _softmax(check_finite(alpha))
     if w.ndim != 2 or w.shape[1] != len(op_names):
         raise ValueError(f"alpha has shape {np.shape(alpha)}, expected (edges, "
                          f"{len(op_names)}) for ops {', '.join(op_names)}")

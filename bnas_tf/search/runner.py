@@ -262,13 +262,15 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         if isinstance(control, dict) and "alpha_update" in control:
             model.set_alpha_update(control["alpha_update"])
         w_lr = float(model._w_lr().numpy())  # this epoch's, read before its steps run
-        callbacks = [lr_callbacks.EpochLearningRate(model.w_optimizer),
+        guard = lr_callbacks.StopOnNonFinite()
+        callbacks = [guard, lr_callbacks.EpochLearningRate(model.w_optimizer),
                      lr_callbacks.TensorBoard(dirs.path(os.path.join(output_dir, "logs")),
                                               write_graph=False, profile_batch=0)]
         history = model.fit(_search_datasets(data_config, epoch, steps), epochs=epoch + 1,
                             initial_epoch=epoch, steps_per_epoch=steps,
                             validation_data=eval_ds, callbacks=callbacks, verbose=verbose)
         fit_logs = {k: float(v[-1]) for k, v in history.history.items()}
+        _stop_if_diverged(guard, fit_logs, model, epoch, config.epochs, output_dir, dirs)
         genotype = method.derive(net, config, eval_ds)
         logs = dict(method.epoch_logs(net, epoch) or {})
         logs["genotype"] = str(genotype)
@@ -276,12 +278,17 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         logs["w_lr"] = w_lr
         entry = {"epoch": epoch, **fit_logs, **_scalars(logs),
                  "genotype": genotype.to_dict()}
+        warning = genotype_warning(genotype)
+        if warning:
+            entry["warning"] = warning
+            _log(f"WARNING: epoch {epoch}: {warning}")
         summary["epochs"].append(entry)
         if chief:
             _write_summaries(writer, epoch, logs)
             genotypes.save(genotype, os.path.join(output_dir, "genotypes",
                                                   f"epoch_{epoch:03d}.json"),
-                           extra={"epoch": epoch, "val_accuracy": entry.get("val_accuracy")})
+                           extra={"epoch": epoch, "val_accuracy": entry.get("val_accuracy"),
+                                  **({"warning": warning} if warning else {})})
             _finish_summary(summary, output_dir)
         ckpt.done.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
@@ -291,14 +298,44 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     return summary
 
 
+def genotype_warning(genotype):
+    """A one-line warning for a genotype whose cells ignore their inputs, else None."""
+    dead = genotypes.disconnected_cells(genotype)
+    if not dead:
+        return None
+    return (f"the derived {' and '.join(dead)} cell does not depend on its inputs (every "
+            "path to its output nodes passes through none: Zeroise dominates); a network "
+            "built from it cannot learn - raise --gamma or use --derive=darts")
+
+
+def _stop_if_diverged(guard, fit_logs, model, epoch, epochs, output_dir, dirs):
+    """FloatingPointError (one line) at the first NaN/Inf loss or alpha of `epoch`
+    (0-based), before anything of that epoch is saved: the previous epoch's
+    checkpoint, genotype and summary stay as they were."""
+    name = guard.failure[1] if guard.failure else lr_callbacks.first_nonfinite(fit_logs)
+    if name is None:
+        name = lr_callbacks.first_nonfinite({v.name.split(":")[0]: v.numpy()
+                                             for v in model.arch_variables})
+    if name is None:
+        return
+    dirs.cleanup()
+    kept = (f"checkpoint, summary and genotypes of epochs 0..{epoch - 1} kept in {output_dir}"
+            if epoch else "no epoch completed, no genotype written")
+    raise FloatingPointError(f"search diverged in epoch {epoch} (of 0..{epochs - 1}): "
+                             f"{name} is NaN/Inf; stopped ({kept})")
+
+
 def _finish_summary(summary, output_dir):
     best = _best(summary["epochs"])
     if best is not None:
         summary["best_epoch"] = best["epoch"]
         summary["best_val_accuracy"] = best["val_accuracy"]
+        extra = {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]}
+        summary.pop("warning", None)
+        if best.get("warning"):
+            summary["warning"] = extra["warning"] = f"{GENOTYPE_FILE}: {best['warning']}"
         genotypes.save(genotypes.from_dict(best["genotype"]),
-                       os.path.join(output_dir, GENOTYPE_FILE),
-                       extra={"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]})
+                       os.path.join(output_dir, GENOTYPE_FILE), extra=extra)
     files.write_json(os.path.join(output_dir, SUMMARY_FILE), summary, sort_keys=True)
 
 
