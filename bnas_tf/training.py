@@ -35,6 +35,7 @@ make_strategy = distribute.make_strategy
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "one_cycle")
 TRAIN_CONFIG = "train_config.json"
+HISTORY = "history.json"  # per-epoch logs, kept in step with the checkpoints
 SERIAL = "bnas_tf"
 
 
@@ -303,17 +304,47 @@ class NanGuard(tf.keras.callbacks.Callback):
 
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):
-    """Save model + optimizer + completed-epoch counter after every good epoch."""
+    """After every good epoch: append its logs to `history` (a list of per-epoch dicts)
+    and write them to `history_path`, then save model + optimizer + completed-epoch
+    counter. The history is written first: a kill in between leaves it one epoch
+    ahead of the checkpoint, and a resume cuts it back (`read_history`)."""
 
-    def __init__(self, manager, epoch_var, guard):
+    def __init__(self, manager, epoch_var, guard, history=None, history_path=None):
         super().__init__()
         self.manager, self.epoch_var, self.guard = manager, epoch_var, guard
+        self.history = [] if history is None else history
+        self.history_path = history_path
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.failed_epoch is not None:
             return
+        self.history.append({"epoch": int(epoch), **{k: float(v) for k, v in (logs or {}).items()}})
+        if self.history_path:
+            mdir.write_json(self.history_path, self.history)
         self.epoch_var.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+
+
+def read_history(path, epochs_done):
+    """The per-epoch logs of the `epochs_done` checkpointed epochs ([] without a file)."""
+    if not os.path.isfile(path):
+        return []
+    return [e for e in mdir.read_json(path, "training history") if e["epoch"] < epochs_done]
+
+
+def history_lists(history):
+    """Per-epoch dicts -> {name: [value per epoch that logged it]} (Keras' History form)."""
+    out = {}
+    for entry in history:
+        for k, v in entry.items():
+            if k != "epoch":
+                out.setdefault(k, []).append(v)
+    return out
+
+
+def epoch_seed(seed, epoch):
+    """The data-order/augmentation seed of one training epoch (as the search's)."""
+    return int(seed) * 100_003 + int(epoch)
 
 
 # ----------------------------------------------------------------------------- model dir
@@ -420,13 +451,15 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
 
 def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, extra_callbacks):
     steps_per_epoch = data.num_examples(data_config, "train") // config.batch_size
-    train_ds = _distribute(data.load(data_config, "train", training=True))
-    val_ds = (_distribute(data.load(data_config, "validation", training=False))
+
+    def with_targets(ds):
+        return ds.map(lambda x, y: (x, (y, y))) if config.auxiliary else ds
+
+    def epoch_data(epoch):  # epoch-seeded: a resumed run reads what an uninterrupted one reads
+        seeded = dataclasses.replace(data_config, seed=epoch_seed(data_config.seed, epoch))
+        return with_targets(_distribute(data.load(seeded, "train", training=True)))
+    val_ds = (with_targets(_distribute(data.load(data_config, "validation", training=False)))
               if config.validation_freq else None)
-    if config.auxiliary:
-        train_ds = train_ds.map(lambda x, y: (x, (y, y)))
-        if val_ds is not None:
-            val_ds = val_ds.map(lambda x, y: (x, (y, y)))
 
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -461,26 +494,33 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     manager = tf.train.CheckpointManager(checkpoint, dirs.path(ckpt_dir),
                                          max_to_keep=config.keep_checkpoints)
     guard = NanGuard()
+    history_path = dirs.path(mdir.path(output_dir, HISTORY))
+    checkpointer = EpochCheckpoint(manager, epoch_var, guard,
+                                   read_history(history_path, initial_epoch), history_path)
     callback_list = [
         guard,
         DropPathSchedule(config.drop_path, config.epochs),
         LearningRateLogger(),
-        EpochCheckpoint(manager, epoch_var, guard),
+        checkpointer,
         lr_callbacks.TensorBoard(dirs.path(mdir.path(output_dir, mdir.LOGS)),
                                        write_graph=False, profile_batch=0),
         *extra_callbacks,
     ]
-    history = {}
-    if initial_epoch < config.epochs:
-        fit = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                        validation_data=val_ds, validation_freq=max(config.validation_freq, 1),
-                        callbacks=callback_list, verbose=config.verbose)
-        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-    else:
+    # One fit per epoch, each on its epoch-seeded data (the search's scheme), so callbacks'
+    # on_train_begin/end run once per epoch.
+    for epoch in range(initial_epoch, config.epochs):
+        validate = val_ds is not None and (epoch + 1) % max(config.validation_freq, 1) == 0
+        model.fit(epoch_data(epoch), epochs=epoch + 1, initial_epoch=epoch,
+                  validation_data=val_ds if validate else None, callbacks=callback_list,
+                  verbose=config.verbose)
+        if guard.failed_epoch is not None or model.stop_training:
+            break
+    if initial_epoch >= config.epochs:
         logging.info("%s already trained for %d epochs; evaluating", output_dir, initial_epoch)
-        previous = mdir.path(output_dir, mdir.METRICS)
-        if os.path.isfile(previous):
-            history = mdir.read_json(previous).get("history", {})
+    history = history_lists(checkpointer.history)
+    previous = mdir.path(output_dir, mdir.METRICS)
+    if not history and initial_epoch and os.path.isfile(previous):  # a run from before history.json
+        history = mdir.read_json(previous).get("history", {})
     if guard.failed_epoch is not None:
         raise FloatingPointError(
             f"training loss became NaN/Inf in epoch {guard.failed_epoch + 1}; stopped. "
