@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from bnas_tf import data, distribute, models
+from bnas_tf import data, distribute, models, scoring
 from bnas_tf import callbacks as lr_callbacks
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import common, presets
@@ -458,7 +458,14 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     def epoch_data(epoch):  # epoch-seeded: a resumed run reads what an uninterrupted one reads
         seeded = dataclasses.replace(data_config, seed=epoch_seed(data_config.seed, epoch))
         return with_targets(_distribute(data.load(seeded, "train", training=True)))
-    val_ds = (with_targets(_distribute(data.load(data_config, "validation", training=False)))
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size < replicas:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {replicas} "
+                         "replicas of the strategy: every replica needs at least one image")
+    # validation and the final test run on one device (bnas_tf.scoring): the saved model
+    twin = scoring.inference_twin(spec, info.num_classes, info.image_size)
+    twin.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
+    val_ds = (data.load(data_config, "validation", training=False)
               if config.validation_freq else None)
 
     tf.keras.utils.set_random_seed(config.seed)
@@ -499,6 +506,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
                                    read_history(history_path, initial_epoch), history_path)
     callback_list = [
         guard,
+        *([scoring.Validation(twin, val_ds, config.validation_freq)] if val_ds else []),
         DropPathSchedule(config.drop_path, config.epochs),
         LearningRateLogger(),
         checkpointer,
@@ -509,10 +517,8 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     # One fit per epoch, each on its epoch-seeded data (the search's scheme), so callbacks'
     # on_train_begin/end run once per epoch.
     for epoch in range(initial_epoch, config.epochs):
-        validate = val_ds is not None and (epoch + 1) % max(config.validation_freq, 1) == 0
         model.fit(epoch_data(epoch), epochs=epoch + 1, initial_epoch=epoch,
-                  validation_data=val_ds if validate else None, callbacks=callback_list,
-                  verbose=config.verbose)
+                  callbacks=callback_list, verbose=config.verbose)
         if guard.failed_epoch is not None or model.stop_training:
             break
     if initial_epoch >= config.epochs:
@@ -528,16 +534,15 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
 
     with strategy.scope():
         final = inference_model(model)
-        final.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
-    test_ds = _distribute(data.load(data_config, "test", training=False))
-    results = final.evaluate(test_ds, return_dict=True, verbose=0)
     save_dir = dirs.path(output_dir)
     os.makedirs(save_dir, exist_ok=True)
     _save(save_dir, final)
+    # the score of what was saved: weights.h5 in the one-device twin
+    mdir.load_weights(twin, mdir.path(save_dir, mdir.WEIGHTS))
+    results = scoring.evaluate(twin, data.load(data_config, "test", training=False))
     metrics = {
-        "top1": float(results["top1"]), "top5": float(results["top5"]),
-        "loss": float(results["loss"]),
-        **_costs(final),
+        **results,
+        **_costs(twin),
         "epochs": int(max(initial_epoch, config.epochs)),
         "dataset": data_config.dataset,
         "data_dir": data_config.data_dir,

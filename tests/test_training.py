@@ -212,9 +212,10 @@ def test_tensorboard_logs_hold_the_learning_rate(trained):
     out, metrics, _ = trained
     events = glob.glob(os.path.join(out, model_dir.LOGS, "train", "events.out.tfevents.*"))
     assert events
-    lrs = [tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value
-           for path in events for event in tf.compat.v1.train.summary_iterator(path)
-           for v in event.summary.value if v.tag == "epoch_learning_rate"]
+    lrs = [value for _, value in sorted(  # one events file per epoch: order by step
+        (event.step, tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value)
+        for path in events for event in tf.compat.v1.train.summary_iterator(path)
+        for v in event.summary.value if v.tag == "epoch_learning_rate")]
     assert len(lrs) == EPOCHS
     # the rate each epoch USED (its first step's), not the next epoch's (issue 14, item 4)
     used = [2e-3 * 0.5 * (1 + math.cos(math.pi * e / EPOCHS)) for e in range(EPOCHS)]

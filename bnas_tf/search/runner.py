@@ -47,7 +47,7 @@ import bnas_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import data, distribute, files, genotypes, ops
+from bnas_tf import data, distribute, files, genotypes, ops, scoring
 from bnas_tf import callbacks as lr_callbacks
 from bnas_tf.search import METHODS, SearchConfig, bilevel  # noqa: F401  (re-export)
 
@@ -268,7 +268,8 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
                                               write_graph=False, profile_batch=0)]
         history = model.fit(_search_datasets(data_config, epoch, steps), epochs=epoch + 1,
                             initial_epoch=epoch, steps_per_epoch=steps,
-                            validation_data=eval_ds, callbacks=callbacks, verbose=verbose)
+                            validation_data=_replica_safe(eval_ds, strategy),
+                            callbacks=callbacks, verbose=verbose)
         fit_logs = {k: float(v[-1]) for k, v in history.history.items()}
         _stop_if_diverged(guard, fit_logs, model, epoch, config.epochs, output_dir, dirs)
         genotype = method.derive(net, config, eval_ds)
@@ -296,6 +297,14 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         _finish_summary(summary, output_dir)
     dirs.cleanup()
     return summary
+
+
+def _replica_safe(eval_ds, strategy):
+    """`eval_ds` with no empty per-replica batch under a multi-replica strategy (a
+    remainder batch smaller than the replica count crashes oneDNN's conv):
+    `scoring.pad_batches`, padding weighted 0."""
+    replicas = strategy.num_replicas_in_sync
+    return scoring.pad_batches(eval_ds, replicas) if replicas > 1 else eval_ds
 
 
 def genotype_warning(genotype):
