@@ -34,11 +34,45 @@ def copy_weights(source, target):
     return target
 
 
-def evaluate(twin, dataset, verbose=0):
-    """{"loss", "top1", "top5"} of a compiled `twin` on (images, labels) batches."""
-    results = twin.evaluate(dataset, return_dict=True, verbose=verbose)
-    return {"loss": float(results["loss"]), "top1": float(results["top1"]),
-            "top5": float(results["top5"])}
+class Scorer:
+    """Mean cross-entropy ("loss"), top-1 and top-5 accuracy of a network on (images,
+    labels) batches, each example counted once (sums over examples, not means of
+    batch means). A plain loop, not Keras' evaluate: that one runs under the strategy
+    of an enclosing fit, and this must run on one device.
+    Top-1 is argmax == label (Keras' SparseCategoricalAccuracy), top-5 tf.math.in_top_k
+    (SparseTopKCategoricalAccuracy); the loss is softmax cross-entropy of the logits."""
+
+    def __init__(self, model):
+        self.model = model
+
+        @tf.function(reduce_retracing=True)
+        def sums(images, labels):
+            logits = tf.cast(self.model(images, training=False), tf.float32)
+            labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                           tf.float64)
+            top5 = tf.cast(tf.math.in_top_k(labels, logits, 5), tf.float64)
+            return (tf.reduce_sum(tf.cast(ce, tf.float64)), tf.reduce_sum(top1),
+                    tf.reduce_sum(top5), tf.size(labels))
+        self._sums = sums
+
+    def __call__(self, dataset, verbose=0):
+        """{"loss", "top1", "top5", "examples"}; `verbose` shows a Keras progress bar."""
+        loss = top1 = top5 = 0.0
+        count = 0
+        progress = tf.keras.utils.Progbar(None, unit_name="batch") if verbose else None
+        for step, (images, labels) in enumerate(dataset):
+            batch = self._sums(images, labels)
+            loss, top1, top5 = loss + float(batch[0]), top1 + float(batch[1]), \
+                top5 + float(batch[2])
+            count += int(batch[3])
+            if progress is not None:
+                progress.update(step + 1, [("top1", top1 / count)])
+        if not count:
+            raise ValueError("no examples to score (empty split)")
+        return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count,
+                "examples": count}
 
 
 def pad_batches(dataset, multiple):
@@ -58,15 +92,17 @@ def pad_batches(dataset, multiple):
 
 
 class Validation(tf.keras.callbacks.Callback):
-    """Every `freq` epochs: copy the trained network into `twin` and put its scores on
-    `dataset` into the epoch logs as val_loss / val_top1 / val_top5."""
+    """Every `freq` epochs: copy the trained network into the one-device twin of
+    `scorer` and put its scores on `dataset` into the epoch logs (val_loss, val_top1,
+    val_top5)."""
 
-    def __init__(self, twin, dataset, freq=1):
+    def __init__(self, scorer, dataset, freq=1):
         super().__init__()
-        self.twin, self.dataset, self.freq = twin, dataset, int(freq)
+        self.scorer, self.dataset, self.freq = scorer, dataset, int(freq)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.freq or (epoch + 1) % self.freq:
             return
-        copy_weights(self.model, self.twin)
-        logs.update({f"val_{k}": v for k, v in evaluate(self.twin, self.dataset).items()})
+        copy_weights(self.model, self.scorer.model)
+        scores = self.scorer(self.dataset)
+        logs.update({f"val_{k}": scores[k] for k in ("loss", "top1", "top5")})

@@ -464,7 +464,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
                          "replicas of the strategy: every replica needs at least one image")
     # validation and the final test run on one device (bnas_tf.scoring): the saved model
     twin = scoring.inference_twin(spec, info.num_classes, info.image_size)
-    twin.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
+    scorer = scoring.Scorer(twin)
     val_ds = (data.load(data_config, "validation", training=False)
               if config.validation_freq else None)
 
@@ -506,7 +506,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
                                    read_history(history_path, initial_epoch), history_path)
     callback_list = [
         guard,
-        *([scoring.Validation(twin, val_ds, config.validation_freq)] if val_ds else []),
+        *([scoring.Validation(scorer, val_ds, config.validation_freq)] if val_ds else []),
         DropPathSchedule(config.drop_path, config.epochs),
         LearningRateLogger(),
         checkpointer,
@@ -539,9 +539,9 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     _save(save_dir, final)
     # the score of what was saved: weights.h5 in the one-device twin
     mdir.load_weights(twin, mdir.path(save_dir, mdir.WEIGHTS))
-    results = scoring.evaluate(twin, data.load(data_config, "test", training=False))
+    results = scorer(data.load(data_config, "test", training=False))
     metrics = {
-        **results,
+        **{k: results[k] for k in ("top1", "top5", "loss")},
         **_costs(twin),
         "epochs": int(max(initial_epoch, config.epochs)),
         "dataset": data_config.dataset,
@@ -573,7 +573,8 @@ def evaluate(model_dir, data_config=None, split="test", write=True, verbose=0):
     """Top-1 / top-5 / loss of the trained network in `model_dir` on a data split.
 
     data_config None: the data the model was trained with. Images are resized to the
-    model's image size. Writes model_dir/eval_<split>.json.
+    model's image size. Runs weights.h5 on one device (bnas_tf.scoring), as training
+    scores its runs. Writes model_dir/eval_<split>.json.
     """
     _, num_classes, image_size, _ = mdir.read_spec(model_dir)
     if data_config is None:
@@ -583,14 +584,11 @@ def evaluate(model_dir, data_config=None, split="test", write=True, verbose=0):
     if info.num_classes != num_classes:
         raise ValueError(f"the model in {model_dir} has {num_classes} classes but "
                          f"{data_config.data_dir or data_config.dataset} has {info.num_classes}")
-    model = mdir.load_model(model_dir)
-    model.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
-    results = model.evaluate(data.load(data_config, split, training=False),
-                             return_dict=True, verbose=verbose)
-    out = {"top1": float(results["top1"]), "top5": float(results["top5"]),
-           "loss": float(results["loss"]), "split": split, "dataset": data_config.dataset,
-           "data_dir": data_config.data_dir,
-           "examples": data.num_examples(data_config, split)}
+    results = scoring.Scorer(mdir.load_model(model_dir))(
+        data.load(data_config, split, training=False), verbose=verbose)
+    out = {"top1": results["top1"], "top5": results["top5"], "loss": results["loss"],
+           "split": split, "dataset": data_config.dataset, "data_dir": data_config.data_dir,
+           "examples": results["examples"]}
     if write:
         mdir.write_json(mdir.path(model_dir, f"eval_{split}.json"), out)
     return out

@@ -673,3 +673,37 @@ def test_divergence_keeps_the_last_good_epoch_and_dead_cells_are_flagged(tmp_pat
     assert saved["epoch"] == 0 and "does not depend on its inputs" in saved["warning"]
     assert genotypes.disconnected_cells(genotypes.load(str(out / "genotype.json")))
     assert sorted(p.name for p in (out / "genotypes").iterdir()) == ["epoch_000.json"]
+
+
+def test_mirrored_search_with_a_validation_remainder_finishes(tmp_path, cifar_dir):
+    """2 logical CPUs; the search_val split leaves 1 image in its last batch (less than
+    one per replica): used to crash in oneDNN's conv, now padded with weight-0 rows."""
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        import bnas_tf, json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from bnas_tf import data
+        from bnas_tf.search import SearchConfig, runner
+        for cap in range(20, 60):
+            dc = data.DataConfig(dataset="folder", data_dir={str(cifar_dir)!r},
+                                 max_examples=cap, image_size=16)
+            n_val = data.num_examples(dc, "search_val")
+            if n_val % 4 == 1:
+                break
+        cfg = SearchConfig(cells=3, channels=4, epochs=1, batch_size=4, ops={FEW_OPS!r},
+                           strategy="mirrored")
+        summary = runner.run_search("bnas", dc, cfg, {str(tmp_path / 'm')!r}, verbose=0)
+        print("RESULT " + json.dumps({{"n_val": n_val,
+                                      "val_accuracy": summary["epochs"][0]["val_accuracy"]}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=900, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert result["n_val"] % 4 == 1
+    correct = result["val_accuracy"] * result["n_val"]  # each image counted exactly once
+    assert correct == pytest.approx(round(correct), abs=1e-4)
+    assert genotypes.load(str(tmp_path / "m" / "genotype.json"))
