@@ -1,4 +1,5 @@
-"""Keras callbacks: the learning rate an epoch USED, and a stop at the first NaN/Inf.
+"""Keras callbacks and epoch logs: the learning rate an epoch USED, a stop at the first
+NaN/Inf, and the per-epoch history a resumed training run keeps.
 
 Keras' own TensorBoard callback logs ``epoch_learning_rate`` as the schedule's value
 at the optimizer's step counter after the epoch, i.e. the NEXT epoch's first step.
@@ -8,6 +9,9 @@ logs' value instead of recomputing it. Per-step schedules vary within an epoch: 
 logged value is the one of the epoch's first step.
 """
 from __future__ import annotations
+
+import json
+import os
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
@@ -81,3 +85,21 @@ class StopOnNonFinite(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs)
+
+
+def read_history(path, epochs_done):
+    """The per-epoch logs of the `epochs_done` checkpointed epochs ([] without a file)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [e for e in json.load(f) if e["epoch"] < epochs_done]
+
+
+def history_lists(history):
+    """Per-epoch dicts -> {name: [value per epoch that logged it]} (Keras' History form)."""
+    out = {}
+    for entry in history:
+        for k, v in entry.items():
+            if k != "epoch":
+                out.setdefault(k, []).append(v)
+    return out

@@ -4,7 +4,8 @@
 DIR/spec.json       network spec + num_classes + image_size + dataset (rebuilds the net)
 DIR/saved_model/    SavedModel of the trained network (inference signature)
 DIR/weights.h5      final weights (Keras HDF5), loaded into a rebuilt network
-DIR/metrics.json    top-1, top-5, loss, params, flops, biops, ...
+DIR/metrics.json    top-1, top-5, loss (weights.h5 scored on one device), params, ...
+DIR/history.json    per-epoch logs, in step with the checkpoints (resume keeps them)
 DIR/ckpt/           tf.train.CheckpointManager checkpoints (resume)
 DIR/logs/           TensorBoard logs
 ```

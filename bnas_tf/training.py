@@ -307,7 +307,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
     """After every good epoch: append its logs to `history` (a list of per-epoch dicts)
     and write them to `history_path`, then save model + optimizer + completed-epoch
     counter. The history is written first: a kill in between leaves it one epoch
-    ahead of the checkpoint, and a resume cuts it back (`read_history`)."""
+    ahead of the checkpoint, and a resume cuts it back (`callbacks.read_history`)."""
 
     def __init__(self, manager, epoch_var, guard, history=None, history_path=None):
         super().__init__()
@@ -323,23 +323,6 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
             mdir.write_json(self.history_path, self.history)
         self.epoch_var.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
-
-
-def read_history(path, epochs_done):
-    """The per-epoch logs of the `epochs_done` checkpointed epochs ([] without a file)."""
-    if not os.path.isfile(path):
-        return []
-    return [e for e in mdir.read_json(path, "training history") if e["epoch"] < epochs_done]
-
-
-def history_lists(history):
-    """Per-epoch dicts -> {name: [value per epoch that logged it]} (Keras' History form)."""
-    out = {}
-    for entry in history:
-        for k, v in entry.items():
-            if k != "epoch":
-                out.setdefault(k, []).append(v)
-    return out
 
 
 def epoch_seed(seed, epoch):
@@ -503,7 +486,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     guard = NanGuard()
     history_path = dirs.path(mdir.path(output_dir, HISTORY))
     checkpointer = EpochCheckpoint(manager, epoch_var, guard,
-                                   read_history(history_path, initial_epoch), history_path)
+                                   lr_callbacks.read_history(history_path, initial_epoch), history_path)
     callback_list = [
         guard,
         *([scoring.Validation(scorer, val_ds, config.validation_freq)] if val_ds else []),
@@ -523,7 +506,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
             break
     if initial_epoch >= config.epochs:
         logging.info("%s already trained for %d epochs; evaluating", output_dir, initial_epoch)
-    history = history_lists(checkpointer.history)
+    history = lr_callbacks.history_lists(checkpointer.history)
     previous = mdir.path(output_dir, mdir.METRICS)
     if not history and initial_epoch and os.path.isfile(previous):  # a run from before history.json
         history = mdir.read_json(previous).get("history", {})

@@ -84,3 +84,46 @@ def test_interrupted_runs_resume_bit_identical_with_the_full_history(tmp_path, c
     resumed = run(resumed_dir, cifar_dir)
 
     compare_runs(tmp_path / "straight", resumed_dir, straight, resumed, EPOCHS)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import bnas_tf
+import tensorflow as tf
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv[0] else ".")
+from tests.test_resume import run
+
+class Kill(tf.keras.callbacks.Callback):  # kill -9 after batch 1 of epoch 1
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+import pathlib
+kill = sys.argv[3] == "kill"
+run(pathlib.Path(sys.argv[1]), sys.argv[2], [Kill()] if kill else [], epochs=2)
+print("DONE")
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_a_fresh_process_resumes_bit_identical(tmp_path, cifar_dir):
+    """The uninterrupted and the killed-then-resumed runs each in fresh processes."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def proc(directory, mode):
+        return subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(directory), str(cifar_dir),
+                               mode], cwd=repo, capture_output=True, text=True, timeout=900,
+                              env=dict(os.environ, PYTHONPATH=repo))
+    straight = proc(tmp_path / "straight", "run")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = proc(tmp_path / "resumed", "kill")
+    assert killed.returncode == -9 and "DONE" not in killed.stdout
+    resumed = proc(tmp_path / "resumed", "run")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = [json.loads((tmp_path / d / mdir.METRICS).read_text())
+               for d in ("straight", "resumed")]
+    compare_runs(tmp_path / "straight", tmp_path / "resumed", *metrics, 2)
