@@ -237,6 +237,20 @@ def test_evaluate_tool_prints_and_writes(trained, capsys):
     assert printed["top1"] == pytest.approx(metrics["top1"], abs=1e-6)
 
 
+def test_evaluate_tool_refuses_a_strategy_it_cannot_honour(trained):
+    from absl import app
+    out, _, _ = trained
+    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.FLAGS(["evaluate.py", f"--model_dir={out}", "--strategy=mirrored"])
+    try:
+        with pytest.raises(app.UsageError, match="one device"):
+            tool.main(["evaluate.py"])
+    finally:
+        tool.FLAGS.unparse_flags()
+
+
 def test_different_spec_is_refused_and_nothing_is_touched(trained, data_config):
     out, _, _ = trained
     before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "**"), recursive=True)}
