@@ -61,14 +61,20 @@ class Scorer:
         """{"loss", "top1", "top5", "examples"}; `verbose` shows a Keras progress bar."""
         loss = top1 = top5 = 0.0
         count = 0
-        progress = tf.keras.utils.Progbar(None, unit_name="batch") if verbose else None
-        for step, (images, labels) in enumerate(dataset):
+        batches = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
+        progress = (tf.keras.utils.Progbar(batches if batches >= 0 else None, unit_name="batch",
+                                           stateful_metrics=["top1"])
+                    if verbose else None)
+        step = 0
+        for step, (images, labels) in enumerate(dataset, start=1):
             batch = self._sums(images, labels)
             loss, top1, top5 = loss + float(batch[0]), top1 + float(batch[1]), \
                 top5 + float(batch[2])
             count += int(batch[3])
             if progress is not None:
-                progress.update(step + 1, [("top1", top1 / count)])
+                progress.update(step, [("top1", top1 / count)])
+        if progress is not None and count:
+            progress.update(step, [("top1", top1 / count)], finalize=True)
         if not count:
             raise ValueError("no examples to score (empty split)")
         return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count,
