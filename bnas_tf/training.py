@@ -486,7 +486,8 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     guard = NanGuard()
     history_path = dirs.path(mdir.path(output_dir, HISTORY))
     checkpointer = EpochCheckpoint(manager, epoch_var, guard,
-                                   lr_callbacks.read_history(history_path, initial_epoch), history_path)
+                                   lr_callbacks.read_history(history_path, initial_epoch),
+                                   history_path)
     callback_list = [
         guard,
         *([scoring.Validation(scorer, val_ds, config.validation_freq)] if val_ds else []),
