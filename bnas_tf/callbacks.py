@@ -51,6 +51,19 @@ class TensorBoard(tf.keras.callbacks.TensorBoard):
         return super()._collect_learning_rate(logs)
 
 
+class Progbar(tf.keras.callbacks.ProgbarLogger):
+    """Keras' progress output for a run of one `fit` per epoch: "Epoch e/EPOCHS" counts
+    the run's epochs, not the single epoch of each fit. Put it last in the callbacks."""
+
+    def __init__(self, epochs):
+        super().__init__(count_mode="steps")
+        self.total_epochs = int(epochs)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
+
+
 def first_nonfinite(values):
     """The name of the first non-finite scalar or array in a name -> value mapping, or None."""
     for name, value in values.items():

@@ -497,6 +497,7 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
         lr_callbacks.TensorBoard(dirs.path(mdir.path(output_dir, mdir.LOGS)),
                                        write_graph=False, profile_batch=0),
         *extra_callbacks,
+        lr_callbacks.Progbar(config.epochs),  # last: shows the logs as the others left them
     ]
     # One fit per epoch, each on its epoch-seeded data (the search's scheme), so callbacks'
     # on_train_begin/end run once per epoch.
