@@ -408,7 +408,7 @@ def float_twin(model_dir, load_weights=True) -> tf.keras.Model:
     model = models.build(spec, num_classes, image_size, binarization=binary.FLOAT)
     weights = model_dir_lib.path(os.fspath(model_dir), model_dir_lib.WEIGHTS)
     if load_weights and os.path.isfile(weights):
-        model.load_weights(weights, by_name=True)
+        model_dir_lib.load_weights(model, weights)
     return model
 
 

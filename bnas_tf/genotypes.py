@@ -87,6 +87,25 @@ class BnasGenotype:
         return f"normal: [{cell(self.normal)}]  reduce: [{cell(self.reduce)}]"
 
 
+def disconnected_cells(genotype):
+    """Kinds ("normal", "reduce") of a BnasGenotype's cells whose output does not depend
+    on their inputs: no `*_concat` node reaches s0 or s1 through non-``none`` ops (a
+    Zeroise-dominated derivation). A network of such a normal cell outputs constant
+    logits (loss ln(classes)). Empty for other genotypes."""
+    if not isinstance(genotype, BnasGenotype):
+        return []
+    dead = []
+    for kind in ("normal", "reduce"):
+        edges = getattr(genotype, kind)
+        live = [True, True]  # s0, s1
+        for node in range(NODES):
+            live.append(any(op != ops.ZERO and live[src]
+                            for op, src in edges[2 * node:2 * node + 2]))
+        if not any(live[i] for i in getattr(genotype, f"{kind}_concat")):
+            dead.append(kind)
+    return dead
+
+
 def dense_edges(nodes=NODES):
     """The (from, to) edges of a dense cell with an input node 0 and nodes 1..nodes."""
     return tuple((i, j) for j in range(1, nodes + 1) for i in range(j))

@@ -4,7 +4,8 @@
 DIR/spec.json       network spec + num_classes + image_size + dataset (rebuilds the net)
 DIR/saved_model/    SavedModel of the trained network (inference signature)
 DIR/weights.h5      final weights (Keras HDF5), loaded into a rebuilt network
-DIR/metrics.json    top-1, top-5, loss, params, flops, biops, ...
+DIR/metrics.json    top-1, top-5, loss (weights.h5 scored on one device), params, ...
+DIR/history.json    per-epoch logs, in step with the checkpoints (resume keeps them)
 DIR/ckpt/           tf.train.CheckpointManager checkpoints (resume)
 DIR/logs/           TensorBoard logs
 ```
@@ -63,15 +64,53 @@ def build_model(model_dir, auxiliary=False):
     return models.build(spec, num_classes, image_size, auxiliary=auxiliary)
 
 
+def saved_layers(weights_path):
+    """Names of the layers holding weights in a Keras HDF5 weights file."""
+    import h5py  # tf-keras' own HDF5 dependency
+    with h5py.File(weights_path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = [n.decode() if isinstance(n, bytes) else str(n)
+                 for n in group.attrs.get("layer_names", [])]
+        return [n for n in names if len(group[n].attrs.get("weight_names", [])) > 0]
+
+
+def check_weights(model, weights_path):
+    """Raise ValueError (one line) unless the layers of `model` that hold weights are
+    exactly the layers saved in `weights_path`: loading by name would otherwise leave
+    a layer at its random initial weights, or drop saved weights, without a word."""
+    saved = set(saved_layers(weights_path))
+    built = {layer.name for layer in model.layers if layer.weights}
+    missing, extra = sorted(built - saved), sorted(saved - built)
+    if missing or extra:
+        parts = ([f"layers without saved weights: {', '.join(missing)}"] if missing else []) + \
+            ([f"saved weights without a layer: {', '.join(extra)}"] if extra else [])
+        raise ValueError(f"{weights_path} does not match the network of its {SPEC} "
+                         f"({'; '.join(parts)}); was {SPEC} edited after training?")
+
+
+def load_weights(model, weights_path):
+    """Load `weights_path` into `model` by layer name after `check_weights`; a layer whose
+    weights differ in number or shape is a one-line ValueError too."""
+    check_weights(model, weights_path)
+    try:
+        model.load_weights(weights_path, by_name=True)
+    except ValueError as e:
+        raise ValueError(f"{weights_path} does not match the network of its {SPEC} "
+                         f"({' '.join(str(e).split())[:300]})") from None
+    return model
+
+
 def load_model(model_dir):
-    """The trained inference network of `model_dir`: rebuilt from spec, final weights loaded."""
+    """The trained inference network of `model_dir`: rebuilt from spec, final weights loaded.
+
+    Raises FileNotFoundError without weights.h5, ValueError when weights.h5 and
+    spec.json describe different networks (see `check_weights`).
+    """
     weights = path(model_dir, WEIGHTS)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"no trained weights in {model_dir} (expected {WEIGHTS}); "
                                 "run tools/train.py to the end first")
-    model = build_model(model_dir)
-    model.load_weights(weights, by_name=True)
-    return model
+    return load_weights(build_model(model_dir), weights)
 
 
 def save_model(model_dir, model):

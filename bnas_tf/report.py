@@ -191,6 +191,9 @@ def result_row(directory):
                                   "metrics (has training finished?)")
     if "top1" not in metrics:
         raise ValueError(f"{directory}: metrics.json has no 'top1'")
+    weights = model_dir.path(directory, model_dir.WEIGHTS)
+    if os.path.isfile(weights):  # the scores are those of the saved weights' network
+        model_dir.check_weights(model_dir.build_model(directory), weights)
     name = spec.get("name") or metrics.get("spec") or os.path.basename(
         os.path.normpath(directory))
     dataset = metrics.get("dataset") or record.get("dataset")

@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from bnas_tf import data, distribute, files, models
+from bnas_tf import callbacks as lr_callbacks
+from bnas_tf import data, distribute, files, models, scoring
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import common, presets
 
@@ -33,6 +34,7 @@ make_strategy = distribute.make_strategy
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "one_cycle")
 TRAIN_CONFIG = "train_config.json"
+HISTORY = "history.json"  # per-epoch logs, kept in step with the checkpoints
 SERIAL = "bnas_tf"
 
 
@@ -163,6 +165,11 @@ class OneCycle(tf.keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_fraction": self.warmup_fraction, "name": self.name}
 
 
+# A legacy optimizer's config names its schedule by bare class name ("OneCycle"), not by
+# the registered "bnas_tf>OneCycle": register that name too, so saved models load.
+tf.keras.utils.get_custom_objects().setdefault("OneCycle", OneCycle)
+
+
 def make_schedule(config, steps_per_epoch):
     """The per-step learning-rate schedule of `config` (a float for 'constant')."""
     steps_per_epoch = max(int(steps_per_epoch), 1)
@@ -191,15 +198,12 @@ def make_optimizer(config, steps_per_epoch):
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
-def current_learning_rate(optimizer):
-    lr = optimizer._get_hyper("learning_rate")  # the schedule itself, not its value
-    if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
-        lr = lr(optimizer.iterations)
-    return float(tf.keras.backend.get_value(lr))
+current_learning_rate = lr_callbacks.learning_rate  # the optimizer's next step's rate
 
 
 # ----------------------------------------------------------------------------- losses
 
+@tf.keras.utils.register_keras_serializable(SERIAL)
 class CrossEntropy(tf.keras.losses.Loss):
     """Softmax cross-entropy of logits against integer labels, with label smoothing."""
 
@@ -269,12 +273,9 @@ class DropPathSchedule(tf.keras.callbacks.Callback):
         common.set_drop_path(self.model, self.drop_path * epoch / self.epochs)
 
 
-class LearningRateLogger(tf.keras.callbacks.Callback):
-    """Put the current learning rate into the epoch logs (TensorBoard: epoch_learning_rate)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+# The learning rate the epoch used (its first step's) into the epoch logs (TensorBoard:
+# epoch_learning_rate, metrics.json history), not the next epoch's.
+LearningRateLogger = lr_callbacks.EpochLearningRate
 
 
 class NanGuard(tf.keras.callbacks.Callback):
@@ -302,17 +303,30 @@ class NanGuard(tf.keras.callbacks.Callback):
 
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):
-    """Save model + optimizer + completed-epoch counter after every good epoch."""
+    """After every good epoch: append its logs to `history` (a list of per-epoch dicts)
+    and write them to `history_path`, then save model + optimizer + completed-epoch
+    counter. The history is written first: a kill in between leaves it one epoch
+    ahead of the checkpoint, and a resume cuts it back (`callbacks.read_history`)."""
 
-    def __init__(self, manager, epoch_var, guard):
+    def __init__(self, manager, epoch_var, guard, history=None, history_path=None):
         super().__init__()
         self.manager, self.epoch_var, self.guard = manager, epoch_var, guard
+        self.history = [] if history is None else history
+        self.history_path = history_path
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.failed_epoch is not None:
             return
+        self.history.append({"epoch": int(epoch), **{k: float(v) for k, v in (logs or {}).items()}})
+        if self.history_path:
+            mdir.write_json(self.history_path, self.history)
         self.epoch_var.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+
+
+def epoch_seed(seed, epoch):
+    """The data-order/augmentation seed of one training epoch (as the search's)."""
+    return int(seed) * 100_003 + int(epoch)
 
 
 # ----------------------------------------------------------------------------- model dir
@@ -413,13 +427,22 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
 
 def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, extra_callbacks):
     steps_per_epoch = data.num_examples(data_config, "train") // config.batch_size
-    train_ds = _distribute(data.load(data_config, "train", training=True))
-    val_ds = (_distribute(data.load(data_config, "validation", training=False))
+
+    def with_targets(ds):
+        return ds.map(lambda x, y: (x, (y, y))) if config.auxiliary else ds
+
+    def epoch_data(epoch):  # epoch-seeded: a resumed run reads what an uninterrupted one reads
+        seeded = dataclasses.replace(data_config, seed=epoch_seed(data_config.seed, epoch))
+        return with_targets(_distribute(data.load(seeded, "train", training=True)))
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size < replicas:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {replicas} "
+                         "replicas of the strategy: every replica needs at least one image")
+    # validation and the final test run on one device (bnas_tf.scoring): the saved model
+    twin = scoring.inference_twin(spec, info.num_classes, info.image_size)
+    scorer = scoring.Scorer(twin)
+    val_ds = (data.load(data_config, "validation", training=False)
               if config.validation_freq else None)
-    if config.auxiliary:
-        train_ds = train_ds.map(lambda x, y: (x, (y, y)))
-        if val_ds is not None:
-            val_ds = val_ds.map(lambda x, y: (x, (y, y)))
 
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -454,26 +477,34 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     manager = tf.train.CheckpointManager(checkpoint, dirs.path(ckpt_dir),
                                          max_to_keep=config.keep_checkpoints)
     guard = NanGuard()
+    history_path = dirs.path(mdir.path(output_dir, HISTORY))
+    checkpointer = EpochCheckpoint(manager, epoch_var, guard,
+                                   lr_callbacks.read_history(history_path, initial_epoch),
+                                   history_path)
     callback_list = [
         guard,
+        *([scoring.Validation(scorer, val_ds, config.validation_freq)] if val_ds else []),
         DropPathSchedule(config.drop_path, config.epochs),
         LearningRateLogger(),
-        EpochCheckpoint(manager, epoch_var, guard),
-        tf.keras.callbacks.TensorBoard(dirs.path(mdir.path(output_dir, mdir.LOGS)),
+        checkpointer,
+        lr_callbacks.TensorBoard(dirs.path(mdir.path(output_dir, mdir.LOGS)),
                                        write_graph=False, profile_batch=0),
         *extra_callbacks,
+        lr_callbacks.Progbar(config.epochs),  # last: shows the logs as the others left them
     ]
-    history = {}
-    if initial_epoch < config.epochs:
-        fit = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                        validation_data=val_ds, validation_freq=max(config.validation_freq, 1),
-                        callbacks=callback_list, verbose=config.verbose)
-        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-    else:
+    # One fit per epoch, each on its epoch-seeded data (the search's scheme), so callbacks'
+    # on_train_begin/end run once per epoch.
+    for epoch in range(initial_epoch, config.epochs):
+        model.fit(epoch_data(epoch), epochs=epoch + 1, initial_epoch=epoch,
+                  callbacks=callback_list, verbose=config.verbose)
+        if guard.failed_epoch is not None or model.stop_training:
+            break
+    if initial_epoch >= config.epochs:
         logging.info("%s already trained for %d epochs; evaluating", output_dir, initial_epoch)
-        previous = mdir.path(output_dir, mdir.METRICS)
-        if os.path.isfile(previous):
-            history = mdir.read_json(previous).get("history", {})
+    history = lr_callbacks.history_lists(checkpointer.history)
+    previous = mdir.path(output_dir, mdir.METRICS)
+    if not history and initial_epoch and os.path.isfile(previous):  # a run from before history.json
+        history = mdir.read_json(previous).get("history", {})
     if guard.failed_epoch is not None:
         raise FloatingPointError(
             f"training loss became NaN/Inf in epoch {guard.failed_epoch + 1}; stopped. "
@@ -481,16 +512,15 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
 
     with strategy.scope():
         final = inference_model(model)
-        final.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
-    test_ds = _distribute(data.load(data_config, "test", training=False))
-    results = final.evaluate(test_ds, return_dict=True, verbose=0)
     save_dir = dirs.path(output_dir)
     os.makedirs(save_dir, exist_ok=True)
     _save(save_dir, final)
+    # the score of what was saved: weights.h5 in the one-device twin
+    mdir.load_weights(twin, mdir.path(save_dir, mdir.WEIGHTS))
+    results = scorer(data.load(data_config, "test", training=False))
     metrics = {
-        "top1": float(results["top1"]), "top5": float(results["top5"]),
-        "loss": float(results["loss"]),
-        **_costs(final),
+        **{k: results[k] for k in ("top1", "top5", "loss")},
+        **_costs(twin),
         "epochs": int(max(initial_epoch, config.epochs)),
         "dataset": data_config.dataset,
         "data_dir": data_config.data_dir,
@@ -521,7 +551,8 @@ def evaluate(model_dir, data_config=None, split="test", write=True, verbose=0):
     """Top-1 / top-5 / loss of the trained network in `model_dir` on a data split.
 
     data_config None: the data the model was trained with. Images are resized to the
-    model's image size. Writes model_dir/eval_<split>.json.
+    model's image size. Runs weights.h5 on one device (bnas_tf.scoring), as training
+    scores its runs. Writes model_dir/eval_<split>.json.
     """
     _, num_classes, image_size, _ = mdir.read_spec(model_dir)
     if data_config is None:
@@ -531,14 +562,11 @@ def evaluate(model_dir, data_config=None, split="test", write=True, verbose=0):
     if info.num_classes != num_classes:
         raise ValueError(f"the model in {model_dir} has {num_classes} classes but "
                          f"{data_config.data_dir or data_config.dataset} has {info.num_classes}")
-    model = mdir.load_model(model_dir)
-    model.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
-    results = model.evaluate(data.load(data_config, split, training=False),
-                             return_dict=True, verbose=verbose)
-    out = {"top1": float(results["top1"]), "top5": float(results["top5"]),
-           "loss": float(results["loss"]), "split": split, "dataset": data_config.dataset,
-           "data_dir": data_config.data_dir,
-           "examples": data.num_examples(data_config, split)}
+    results = scoring.Scorer(mdir.load_model(model_dir))(
+        data.load(data_config, split, training=False), verbose=verbose)
+    out = {"top1": results["top1"], "top5": results["top5"], "loss": results["loss"],
+           "split": split, "dataset": data_config.dataset, "data_dir": data_config.data_dir,
+           "examples": results["examples"]}
     if write:
         mdir.write_json(mdir.path(model_dir, f"eval_{split}.json"), out)
     return out

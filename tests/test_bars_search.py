@@ -1,5 +1,6 @@
 """BARS end to end: a short search on real CIFAR-10 images writes a genotype that
 builds, trains and converts to LCE with every binary conv as LceBconv2d."""
+import dataclasses
 import json
 import os
 
@@ -49,14 +50,19 @@ def train_one_step(spec, cifar_dir):
 
 def test_one_epoch_search_writes_a_genotype_that_trains(cifar_dir, tmp_path):
     out = str(tmp_path / "search")
-    summary = runner.run_search("bars", data_config(cifar_dir), search_config(), out,
-                                verbose=0)
+    config = dataclasses.replace(search_config(), epochs=2)
+    summary = runner.run_search("bars", data_config(cifar_dir), config, out, verbose=0)
     entry = summary["epochs"][0]
     for key in ("bars/temperature", "bars/entropy_coefficient", "bars/expected_equivalent_mops",
                 "bars/stage0/width_0.25", "bars/stage0/depth_1", "bars/op_bin_conv_3x3"):
         assert key in entry
-    assert entry["bars/temperature"] == pytest.approx(1.0)
-    assert entry["bars/entropy_coefficient"] == pytest.approx(-0.01)
+    # Each epoch logs the schedules' values it USED (issue 14, item 4): temperature
+    # 1.0 * 0.9^e, lambda_ent -0.01 + 0.001 e, and the weights' cosine learning rate.
+    epochs = summary["epochs"]
+    assert [e["bars/temperature"] for e in epochs] == pytest.approx([1.0, 0.9])
+    assert [e["bars/entropy_coefficient"] for e in epochs] == pytest.approx([-0.01, -0.009])
+    lr, lr_min = config.w_lr, config.w_lr_min
+    assert [e["w_lr"] for e in epochs] == pytest.approx([lr, lr_min + (lr - lr_min) * 0.5])
     alphas = alpha_values(os.path.join(out, "ckpt"))
     assert alphas and any(np.abs(a).max() > 0 for a in alphas.values())  # alphas moved
     path = os.path.join(out, runner.GENOTYPE_FILE)

@@ -102,3 +102,46 @@ def test_edge_labels_match_rows():
     labels = derive.edge_labels()
     assert len(labels) == derive.edge_offsets()[1] == 14
     assert labels[0] == "c_{k-2}->n0" and labels[-1] == "n2->n3"
+
+
+# ------------------------------------------------- diverged alphas, input-independent cells
+@pytest.mark.parametrize("poison", ["nan", "inf", "-inf"])
+def test_derivation_refuses_non_finite_alphas(poison):
+    """NaN everywhere or one +-Inf used to derive an all-`none` genotype silently."""
+    good = _alpha()
+    bad = np.full((14, len(OPS)), np.nan) if poison == "nan" else _alpha()
+    if poison != "nan":
+        bad[3, CONV] = float(poison)
+    for normal, reduce in ((bad, good), (good, bad)):
+        with pytest.raises(ValueError, match=r"non-finite .*diverged") as error:
+            derive.derive_bnas(normal, reduce, OPS)
+        assert "\n" not in str(error.value)
+
+
+def test_bars_derivation_refuses_non_finite_alphas():
+    import bnas_tf  # noqa: F401
+    from bnas_tf.search import bars
+    net = bars.BarsSupernet(10, 16, base_channels=(4,), max_depth=1)
+    net.alpha_width.assign(np.full(net.alpha_width.shape, np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"BARS .*alpha_width.*non-finite") as error:
+        bars.sample_architectures(net, 2, np.random.default_rng(0))
+    assert "\n" not in str(error.value)
+
+
+def test_disconnected_cells_are_found():
+    """A cell whose output nodes reach neither input through non-`none` ops."""
+    live = genotypes.load("bnas_a")
+    assert genotypes.disconnected_cells(live) == []
+    all_none = derive.derive_bnas(_alpha(), _alpha(), OPS, gamma=1e-9)  # Zeroise wins all
+    assert genotypes.disconnected_cells(all_none) == ["normal", "reduce"]
+    # Node 0 takes s0 through a conv, but only nodes 1..3 (Zeroise-only) are concatenated.
+    edges = [("bin_conv_3x3", 0), ("none", 1)] + [("none", 0), ("none", 1)] * 3
+    g = genotypes.BnasGenotype(normal=edges, reduce=edges, normal_concat=(3, 4, 5),
+                               reduce_concat=(3, 4, 5))
+    assert genotypes.disconnected_cells(g) == ["normal", "reduce"]
+    # A chain node2 <- node0 <- s0 through shortcut/pool keeps the cell live.
+    edges = [("max_pool_3x3", 0), ("none", 1), ("shortcut", 2), ("none", 0)] + \
+        [("none", 0), ("none", 1)] * 2
+    g = genotypes.BnasGenotype(normal=edges, reduce=genotypes.load("bnas_a").reduce,
+                               normal_concat=(3,))
+    assert genotypes.disconnected_cells(g) == []

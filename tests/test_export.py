@@ -233,3 +233,4 @@ def test_dilated_binary_convs_on_one_input_convert():
     x = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Add()(y))
     report = export.export(tf.keras.Model(inputs, tf.keras.layers.Dense(10)(x)), samples=4)
     assert report.bconv_ops == 2
+    assert not {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"} & set(report.op_counts)  # docs/export.md

@@ -1,10 +1,13 @@
 """BNAS search: bilevel step, diversity regulariser, supernet, runner, resume, CLI."""
 import json
+import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
+import types
 
 import bnas_tf  # noqa: F401
 import numpy as np
@@ -516,6 +519,18 @@ def _small(cifar_dir, epochs=2, **kw):
     return dc, cfg
 
 
+def _tb_scalars(log_dir, tag):
+    """The values of one TensorBoard scalar, by step (last write wins)."""
+    values = {}
+    for path in sorted(log_dir.glob("events.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    value = tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value
+                    values[event.step] = float(value)
+    return [values[k] for k in sorted(values)]
+
+
 def _ckpt_alphas(directory):
     reader = tf.train.load_checkpoint(os.path.join(directory, "ckpt"))
     keys = sorted(k for k in reader.get_variable_to_shape_map()
@@ -596,6 +611,17 @@ def test_resumed_search_matches_an_uninterrupted_one(interrupted_search, cifar_d
     assert best in (1, 2)
     assert genotypes.load(str(straight / "genotype.json")) == \
         genotypes.load(str(straight / "genotypes" / f"epoch_{best:03d}.json"))
+    # The learning rate each epoch USED (issue 14, item 4): summary, TensorBoard w_lr
+    # (logs/search) and epoch_learning_rate (logs/train), in the resumed run too.
+    used = [cfg.w_lr_min + (cfg.w_lr - cfg.w_lr_min) * 0.5 * (1 + math.cos(math.pi * e / 2))
+            for e in range(2)]
+    for run in (summary, resumed):
+        assert [e["w_lr"] for e in run["epochs"]] == pytest.approx(used, rel=1e-5)
+        assert [e["learning_rate"] for e in run["epochs"]] == pytest.approx(used, rel=1e-5)
+    for run_dir in (straight, out):
+        assert _tb_scalars(run_dir / "logs" / "search", "w_lr") == pytest.approx(used, rel=1e-5)
+        assert _tb_scalars(run_dir / "logs" / "train", "epoch_learning_rate") == \
+            pytest.approx(used, rel=1e-5)
     # A finished search reruns as a no-op.
     again = runner.run_search("bnas", dc, cfg, str(out), verbose=0)
     assert again["epochs"] == resumed["epochs"]
@@ -670,3 +696,82 @@ def test_a_search_directory_of_the_previous_version_is_recognised(tmp_path, cifa
         cells=3, channels=4, epochs=2, batch_size=16, ops=FEW_OPS, gamma=2.0), EngineConfig())
     with pytest.raises(runner.SearchDirError, match="differs in search.bnas.gamma"):
         search_dir.check_output_dir(str(tmp_path), other)
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def test_diverged_search_exits_nonzero_with_one_line_and_no_genotype(tmp_path, cifar_dir):
+    """--w_lr=1e38 used to log NaN losses in every epoch, exit 0 and write genotype.json."""
+    out = tmp_path / "diverged"
+    result = _run_cli("--method=bnas", "--dataset=folder", f"--data_dir={cifar_dir}",
+                      "--max_examples=64", "--image_size=16", "--batch_size=16", "--epochs=2",
+                      "--cells=3", "--channels=4", f"--ops={','.join(FEW_OPS)}",
+                      "--w_lr=1e38", "--progress=none", f"--output_dir={out}")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"search\.py: search diverged in epoch 1/2: \S+ is NaN/Inf; .*", last), \
+        result.stderr[-2000:]
+    assert not (out / "genotype.json").exists()
+    assert not list((out / "genotypes").glob("*.json"))
+    assert tf.train.latest_checkpoint(str(out / "ckpt")) is None
+
+
+def test_divergence_keeps_the_last_good_epoch_and_dead_cells_are_flagged(tmp_path, cifar_dir,
+                                                                        capfd):
+    """Epoch 1 derives with gamma 1e-9 (Zeroise wins every edge: the cells ignore their
+    inputs, flagged in the log, summary and genotype files); epoch 1's alphas turn NaN:
+    the run stops naming the epoch, keeping epoch 0's checkpoint, summary and genotype."""
+    def poison(net, epoch):
+        if epoch == 1:
+            net.alpha_normal.assign(tf.fill(net.alpha_normal.shape, float("nan")))
+        return bnas_method.on_epoch_begin(net, epoch)
+    method = types.SimpleNamespace(**{k: getattr(bnas_method, k) for k in (
+        "build_supernet", "build_model", "derive", "epoch_logs")}, on_epoch_begin=poison)
+    dc, cfg = _small(cifar_dir, epochs=3, gamma=1e-9)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"diverged in epoch 2/3: .*NaN/Inf.*epochs 1\.\.1"):
+        runner.run_search(method, dc, cfg, str(out), verbose=0)
+    assert "WARNING: epoch 1: the derived normal and reduce cell does not depend on its " \
+           "inputs" in capfd.readouterr().err
+    assert tf.train.latest_checkpoint(str(out / "ckpt")).endswith("ckpt-1")
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [1]
+    assert summary["warning"].startswith("genotype.json: the derived normal and reduce cell")
+    saved = json.loads((out / "genotype.json").read_text())
+    assert saved["epoch"] == 1 and "does not depend on its inputs" in saved["warning"]
+    assert genotypes.disconnected_cells(genotypes.load(str(out / "genotype.json")))
+    assert sorted(p.name for p in (out / "genotypes").iterdir()) == ["epoch_001.json"]
+
+
+def test_mirrored_search_with_a_validation_remainder_finishes(tmp_path, cifar_dir):
+    """2 logical CPUs; the search_val split leaves 1 image in its last batch (less than
+    one per replica): used to crash in oneDNN's conv, now padded with weight-0 rows."""
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        import bnas_tf, json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from bnas_tf import data
+        from bnas_tf.search import SearchConfig, runner
+        for cap in range(20, 60):
+            dc = data.DataConfig(dataset="folder", data_dir={str(cifar_dir)!r},
+                                 max_examples=cap, image_size=16)
+            n_val = data.num_examples(dc, "search_val")
+            if n_val % 4 == 1:
+                break
+        cfg = SearchConfig.create(cells=3, channels=4, epochs=1, batch_size=4,
+                                  ops={FEW_OPS!r}, strategy="mirrored")
+        summary = runner.run_search("bnas", dc, cfg, {str(tmp_path / 'm')!r}, verbose=0)
+        print("RESULT " + json.dumps({{"n_val": n_val,
+                                      "val_accuracy": summary["epochs"][0]["val_accuracy"]}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=900, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert result["n_val"] % 4 == 1
+    correct = result["val_accuracy"] * result["n_val"]  # each image counted exactly once
+    assert correct == pytest.approx(round(correct), abs=1e-4)
+    assert genotypes.load(str(tmp_path / "m" / "genotype.json"))

@@ -131,9 +131,10 @@ class Probe(tf.keras.callbacks.Callback):
             logits = logits[0]
         return float(training.CrossEntropy()(self.labels, logits))
 
-    def on_train_begin(self, logs=None):
-        self.start_iteration = int(self.model.optimizer.iterations)
-        self.losses.append(self._loss())
+    def on_train_begin(self, logs=None):  # train() calls fit once per epoch
+        if self.start_iteration is None:
+            self.start_iteration = int(self.model.optimizer.iterations)
+            self.losses.append(self._loss())
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
@@ -142,7 +143,7 @@ class Probe(tf.keras.callbacks.Callback):
             kernel.assign(tf.fill(kernel.shape, float("nan")))
 
     def on_train_end(self, logs=None):
-        self.losses.append(self._loss())
+        self.losses[1:] = [self._loss()]
 
 
 @pytest.fixture(scope="module")
@@ -208,15 +209,18 @@ def test_saved_model_serves_the_trained_network(trained, fixed_batch):
 
 
 def test_tensorboard_logs_hold_the_learning_rate(trained):
-    out, _, _ = trained
+    out, metrics, _ = trained
     events = glob.glob(os.path.join(out, model_dir.LOGS, "train", "events.out.tfevents.*"))
     assert events
-    lrs = [tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value
-           for path in events for event in tf.compat.v1.train.summary_iterator(path)
-           for v in event.summary.value if v.tag == "epoch_learning_rate"]
+    lrs = [value for _, value in sorted(  # one events file per epoch: order by step
+        (event.step, tf.make_ndarray(v.tensor) if v.HasField("tensor") else v.simple_value)
+        for path in events for event in tf.compat.v1.train.summary_iterator(path)
+        for v in event.summary.value if v.tag == "epoch_learning_rate")]
     assert len(lrs) == EPOCHS
-    assert float(lrs[0]) == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi / EPOCHS)),
-                                          rel=1e-4)
+    # the rate each epoch USED (its first step's), not the next epoch's (issue 14, item 4)
+    used = [2e-3 * 0.5 * (1 + math.cos(math.pi * e / EPOCHS)) for e in range(EPOCHS)]
+    assert [float(v) for v in lrs] == pytest.approx(used, rel=1e-4)
+    assert metrics["history"]["learning_rate"] == pytest.approx(used, rel=1e-4)
 
 
 def test_evaluate_tool_prints_and_writes(trained, capsys):
@@ -231,6 +235,20 @@ def test_evaluate_tool_prints_and_writes(trained, capsys):
         tool.FLAGS.unparse_flags()
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["top1"] == pytest.approx(metrics["top1"], abs=1e-6)
+
+
+def test_evaluate_tool_refuses_a_strategy_it_cannot_honour(trained):
+    from absl import app
+    out, _, _ = trained
+    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.FLAGS(["evaluate.py", f"--model_dir={out}", "--strategy=mirrored"])
+    try:
+        with pytest.raises(app.UsageError, match="one device"):
+            tool.main(["evaluate.py"])
+    finally:
+        tool.FLAGS.unparse_flags()
 
 
 def test_different_spec_is_refused_and_nothing_is_touched(trained, data_config):

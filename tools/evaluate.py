@@ -26,6 +26,9 @@ HELP = (("evaluate", ("model_dir", "split")),
 
 def main(argv):
     flags.check_args(argv, model_dir="DIR")
+    if FLAGS.strategy != "default":  # a flag it cannot honour is refused, not ignored
+        raise app.UsageError(f"--strategy={FLAGS.strategy}: evaluate.py scores the saved "
+                             "model on one device (as training reports it); drop --strategy")
     given = FLAGS["dataset"].present or FLAGS["data_dir"].present
     with flags.usage_errors():
         config = data_flags.data_config_from_flags() if given else None

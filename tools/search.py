@@ -32,18 +32,22 @@ HELP = (("search", flags.names(search_flags, exclude=search_flags.BNAS_FLAGS
 
 def main(argv):
     flags.check_args(argv, output_dir="DIR")
-    with flags.usage_errors():
-        config = search_flags.search_config_from_flags()
-        engine = search_flags.engine_from_flags()
-        summary = runner.run_search(config.method, data_flags.data_config_from_flags(), config,
-                                    FLAGS.output_dir, stop_after=FLAGS.stop_after,
-                                    verbose=search_flags.PROGRESS[FLAGS.progress],
-                                    engine=engine)
+    try:
+        with flags.usage_errors():
+            config = search_flags.search_config_from_flags()
+            engine = search_flags.engine_from_flags()
+            summary = runner.run_search(config.method, data_flags.data_config_from_flags(),
+                                        config, FLAGS.output_dir, stop_after=FLAGS.stop_after,
+                                        verbose=search_flags.PROGRESS[FLAGS.progress],
+                                        engine=engine)
+    except FloatingPointError as e:  # a diverged search: one line, exit status 1
+        sys.exit(f"search.py: {e}")
     path = os.path.join(FLAGS.output_dir, runner.GENOTYPE_FILE)
     print(json.dumps({"genotype": path if os.path.isfile(path) else None,
                       "best_epoch": summary.get("best_epoch"),
                       "best_val_accuracy": summary.get("best_val_accuracy"),
-                      "epochs_done": len(summary.get("epochs", []))}))
+                      "epochs_done": len(summary.get("epochs", [])),
+                      **({"warning": summary["warning"]} if summary.get("warning") else {})}))
 
 
 def run():

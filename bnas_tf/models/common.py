@@ -1,6 +1,8 @@
 """Pieces every network family shares: float stems, classifier, auxiliary head, drop-path."""
 from __future__ import annotations
 
+import zlib
+
 import bnas_tf  # noqa: F401
 import tensorflow as tf
 
@@ -79,7 +81,9 @@ class DropPath(tf.keras.layers.Layer):
     """Drops a whole sample's branch with probability `rate` during training.
 
     The rate lives in a non-trainable weight so a callback can raise it over the
-    epochs (DARTS: drop_path_prob * epoch / epochs) without retracing.
+    epochs (DARTS: drop_path_prob * epoch / epochs) without retracing. The mask is
+    stateless random, seeded by the layer's name and the batch's content: it carries
+    no random state, so a resumed run draws the masks an uninterrupted run draws.
     """
 
     def build(self, input_shape):
@@ -92,7 +96,9 @@ class DropPath(tf.keras.layers.Layer):
             return inputs
         keep = 1.0 - self.rate
         shape = tf.stack([tf.shape(inputs)[0], 1, 1, 1])
-        mask = tf.floor(keep + tf.random.uniform(shape, dtype=inputs.dtype))
+        content = tf.bitcast(tf.reduce_sum(tf.cast(inputs, tf.float32)), tf.int32)
+        seed = tf.stack([tf.constant(zlib.crc32(self.name.encode()) & 0x7FFFFFFF), content])
+        mask = tf.floor(keep + tf.random.stateless_uniform(shape, seed, dtype=inputs.dtype))
         return tf.where(self.rate > 0.0, inputs / keep * mask, inputs)
 
 

@@ -19,6 +19,19 @@ def mean_row_entropy(alphas):
     return tf.reduce_mean(rows)
 
 
+def check_finite(alpha, what="alpha"):
+    """`alpha` as float64 numpy; ValueError (one line) if it holds NaN or +-Inf: a
+    diverged search, whose softmax would silently derive all-``none`` cells."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    bad = ~np.isfinite(alpha)
+    if bad.any():
+        rows = sorted({int(r) for r in np.argwhere(bad)[:, 0]}) if alpha.ndim == 2 else []
+        where = f" (edge rows {', '.join(map(str, rows[:8]))})" if rows else ""
+        raise ValueError(f"{what} holds {int(bad.sum())} non-finite value(s) (NaN/Inf)"
+                         f"{where}: the search diverged; cannot derive a genotype")
+    return alpha
+
+
 def softmax_np(alpha):
     """softmax over the last axis, float64 numpy."""
     alpha = np.asarray(alpha, dtype=np.float64)

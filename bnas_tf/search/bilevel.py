@@ -342,10 +342,13 @@ class BilevelModel(tf.keras.Model):
         return train_function
 
     def test_step(self, data):
+        """Validation loss/accuracy; an optional third element weights the examples
+        (0 for the padding of `scoring.pad_batches` under a distribution strategy)."""
         x, y = data[:2] if isinstance(data, (tuple, list)) else data
+        weight = data[2] if isinstance(data, (tuple, list)) and len(data) > 2 else None
         logits = self.net(x, training=False)
-        self.loss_tracker.update_state(cross_entropy(y, logits))
-        self.accuracy.update_state(y, logits)
+        self.loss_tracker.update_state(cross_entropy(y, logits), sample_weight=weight)
+        self.accuracy.update_state(y, logits, sample_weight=weight)
         return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy.result()}
 
 

@@ -30,7 +30,8 @@ import bnas_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import data, distribute, files, genotypes, ops
+from bnas_tf import callbacks as lr_callbacks
+from bnas_tf import data, distribute, files, genotypes, ops, scoring
 from bnas_tf.search import METHODS, SearchConfig, search_dir  # noqa: F401  (re-export)
 from bnas_tf.search.engine import EngineConfig
 from bnas_tf.search.search_dir import (CONFIG_FILE, GENOTYPE_FILE, SUMMARY_FILE,  # noqa: F401
@@ -180,27 +181,37 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     for epoch in range(start, end):
         model.set_epoch(epoch)
         model.set_alpha_update(method.on_epoch_begin(net, epoch))
+        w_lr = float(model._w_lr().numpy())  # this epoch's, read before its steps run
+        guard = lr_callbacks.StopOnNonFinite()
         logs_dir = os.path.join(output_dir, search_dir.LOGS_DIR)
-        callbacks = [tf.keras.callbacks.TensorBoard(dirs.path(logs_dir),
-                                                    write_graph=False, profile_batch=0)]
+        callbacks = [guard, lr_callbacks.EpochLearningRate(model.w_optimizer),
+                     lr_callbacks.TensorBoard(dirs.path(logs_dir), write_graph=False,
+                                              profile_batch=0)]
         if verbose != 0:  # "Epoch 1/4" .. "Epoch 4/4", not Keras' "Epoch 2/2" of one fit
             callbacks.append(EpochOfTotal(config.epochs, count_mode="steps"))
         history = model.fit(_search_datasets(data_config, epoch, steps), epochs=epoch + 1,
                             initial_epoch=epoch, steps_per_epoch=steps,
-                            validation_data=eval_ds, callbacks=callbacks, verbose=verbose)
+                            validation_data=_replica_safe(eval_ds, strategy),
+                            callbacks=callbacks, verbose=verbose)
         fit_logs = {k: float(v[-1]) for k, v in history.history.items()}
+        _stop_if_diverged(guard, fit_logs, model, epoch, config.epochs, output_dir, dirs)
         genotype = method.derive(net, config, eval_ds)
         logs = dict(method.epoch_logs(net, epoch) or {})
         logs["genotype"] = str(genotype)
         logs["learnable_ops"] = learnable_ops(genotype)
-        logs["w_lr"] = float(model._w_lr().numpy())
+        logs["w_lr"] = w_lr
         entry = {"epoch": epoch + 1, **fit_logs, **_scalars(logs),  # counted from 1
                  "genotype": genotype.to_dict()}
+        warning = genotype_warning(genotype)
+        if warning:
+            entry["warning"] = warning
+            _log(f"WARNING: epoch {epoch + 1}: {warning}")
         summary["epochs"].append(entry)
         if chief:
             _write_summaries(writer, epoch, logs)
             genotypes.save(genotype, search_dir.epoch_genotype_path(output_dir, epoch + 1),
-                           extra={"epoch": epoch + 1, "val_accuracy": entry.get("val_accuracy")})
+                           extra={"epoch": epoch + 1, "val_accuracy": entry.get("val_accuracy"),
+                                  **({"warning": warning} if warning else {})})
             _finish_summary(summary, output_dir)
         ckpt.done.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
@@ -243,14 +254,52 @@ def _extend_epochs(output_dir, epochs):
          f"(epochs 1..{done} followed the {before}-epoch schedule)")
 
 
+def _replica_safe(eval_ds, strategy):
+    """`eval_ds` with no empty per-replica batch under a multi-replica strategy (a
+    remainder batch smaller than the replica count crashes oneDNN's conv):
+    `scoring.pad_batches`, padding weighted 0."""
+    replicas = strategy.num_replicas_in_sync
+    return scoring.pad_batches(eval_ds, replicas) if replicas > 1 else eval_ds
+
+
+def genotype_warning(genotype):
+    """A one-line warning for a genotype whose cells ignore their inputs, else None."""
+    dead = genotypes.disconnected_cells(genotype)
+    if not dead:
+        return None
+    return (f"the derived {' and '.join(dead)} cell does not depend on its inputs (every "
+            "path to its output nodes passes through none: Zeroise dominates); a network "
+            "built from it cannot learn - raise --gamma or use --derive=darts")
+
+
+def _stop_if_diverged(guard, fit_logs, model, epoch, epochs, output_dir, dirs):
+    """FloatingPointError (one line) at the first NaN/Inf loss or alpha of `epoch`
+    (0-based), before anything of that epoch is saved: the previous epoch's
+    checkpoint, genotype and summary stay as they were."""
+    name = guard.failure[1] if guard.failure else lr_callbacks.first_nonfinite(fit_logs)
+    if name is None:
+        name = lr_callbacks.first_nonfinite({v.name.split(":")[0]: v.numpy()
+                                             for v in model.arch_variables})
+    if name is None:
+        return
+    dirs.cleanup()
+    kept = (f"checkpoint, summary and genotypes of epochs 1..{epoch} kept in {output_dir}"
+            if epoch else "no epoch completed, no genotype written")
+    raise FloatingPointError(f"search diverged in epoch {epoch + 1}/{epochs}: "
+                             f"{name} is NaN/Inf; stopped ({kept})")
+
+
 def _finish_summary(summary, output_dir):
     best = _best(summary["epochs"])
     if best is not None:
         summary["best_epoch"] = best["epoch"]
         summary["best_val_accuracy"] = best["val_accuracy"]
+        extra = {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]}
+        summary.pop("warning", None)
+        if best.get("warning"):
+            summary["warning"] = extra["warning"] = f"{GENOTYPE_FILE}: {best['warning']}"
         genotypes.save(genotypes.from_dict(best["genotype"]),
-                       os.path.join(output_dir, GENOTYPE_FILE),
-                       extra={"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]})
+                       os.path.join(output_dir, GENOTYPE_FILE), extra=extra)
     files.write_json(os.path.join(output_dir, SUMMARY_FILE), summary, sort_keys=True)
 
 

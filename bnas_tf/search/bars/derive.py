@@ -11,12 +11,15 @@ import bnas_tf  # noqa: F401
 import tensorflow as tf
 
 from bnas_tf import genotypes
-from bnas_tf.search import bilevel
+from bnas_tf.search import alphas, bilevel
 from bnas_tf.search.bars.supernet import Architecture
 
 
 def sample_architectures(net, count, rng):
-    """`count` architectures drawn from softmax(alpha) (``none`` allowed)."""
+    """`count` architectures drawn from softmax(alpha) (``none`` allowed); ValueError
+    (one line) if an alpha is NaN/Inf (a diverged search)."""
+    for v in net.arch_variables:
+        alphas.check_finite(v.numpy(), f"BARS {v.name.split(':')[0]}")
     probs = net.probabilities()
 
     def draw(p):

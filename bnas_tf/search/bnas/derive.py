@@ -41,7 +41,7 @@ def scored_weights(alpha, op_names, gamma=1.0, mode="bnas"):
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     op_names = list(op_names)
-    w = alphas.softmax_np(alpha)
+    w = alphas.softmax_np(alphas.check_finite(alpha))
     if w.ndim != 2 or w.shape[1] != len(op_names):
         raise ValueError(f"alpha has shape {np.shape(alpha)}, expected (edges, "
                          f"{len(op_names)}) for ops {', '.join(op_names)}")
