@@ -1,0 +1,94 @@
+"""Final networks matched on equivalent OPs (EqOPs = FLOPs + BiOPs / 64, bnas_tf.costs).
+
+A deterministic channels search over the exact cost model: `costs.count_spec`
+builds the network and counts it; EqOPs grow monotonically with the width knob,
+so `sizing.last_fitting` (binary search) finds the widest size within the target
+and the next size up is tried too; the one closer to the target wins. Counts are
+cached in a JSON file (DIR/costs.json) shared by every trial of a study.
+
+Width knobs: ``channels`` (BNAS cells: channels of the first cell; baselines:
+the first stage's channels), or for BARS genotypes the first stage's base
+channels with the others scaled in proportion (so the searched macro ratios stay).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+from bnas_tf import costs, files, sizing
+from bnas_tf import model_dir as mdir
+
+CHANNELS = tuple(range(2, 513))
+
+
+class CostCache:
+    """{'equivalent_ops', 'flops', 'biops', 'params'} of specs, cached in `path`."""
+
+    def __init__(self, path, num_classes, image_size):
+        self.path, self.num_classes, self.image_size = path, int(num_classes), int(image_size)
+        self.rows = mdir.read_json(path, "cost cache") if path and os.path.isfile(path) else {}
+
+    def get(self, spec):
+        key = json.dumps({"spec": spec, "classes": self.num_classes, "px": self.image_size},
+                         sort_keys=True)
+        if key not in self.rows:
+            import tensorflow as tf
+            c = costs.count_spec(spec, self.num_classes, self.image_size)
+            tf.keras.backend.clear_session()
+            self.rows[key] = {"equivalent_ops": float(c.equivalent_ops), "flops": int(c.flops),
+                              "biops": int(c.biops), "params": int(c.params)}
+            if self.path:  # merge rows other processes (scale-out workers) counted
+                if os.path.isfile(self.path):
+                    self.rows = {**mdir.read_json(self.path, "cost cache"), **self.rows}
+                files.write_json(self.path, self.rows)
+        return self.rows[key]
+
+    def equivalent_ops(self, spec):
+        return self.get(spec)["equivalent_ops"]
+
+
+def knob(spec):
+    """The width knob of a spec: 'channels', 'base_channels' (BARS) or None."""
+    if spec.get("family") == "bars":
+        return "base_channels"
+    return "channels" if "channels" in spec or spec.get("family") == "bnas" else None
+
+
+def with_width(spec, value):
+    """A copy of `spec` with its width knob set to `value` (see module doc)."""
+    out = copy.deepcopy(spec)
+    if knob(spec) == "base_channels":
+        base = list(out["genotype"]["base_channels"])
+        out["genotype"]["base_channels"] = [max(2, int(round(value * b / base[0])))
+                                            for b in base]
+        out["genotype"]["base_channels"][0] = int(value)
+    else:
+        out["channels"] = int(value)
+    return out
+
+
+def width_of(spec):
+    k = knob(spec)
+    return spec["genotype"]["base_channels"][0] if k == "base_channels" else spec.get(k)
+
+
+def match(spec, target, table, values=CHANNELS):
+    """(spec, cost row) of the width of `spec` whose EqOPs are closest to `target`
+    (EqOPs, not millions); ValueError when the spec has no width knob."""
+    if knob(spec) is None:
+        raise ValueError(f"the {spec.get('family')} network has no width knob to match "
+                         "equivalent OPs")
+
+    def eqops(v):
+        return table.equivalent_ops(with_width(spec, v))
+
+    best = sizing.last_fitting(list(values), lambda v: eqops(v) <= target)
+    if best is None:
+        best = values[0]
+    else:
+        i = values.index(best)
+        if i + 1 < len(values) and abs(eqops(values[i + 1]) - target) < abs(eqops(best) - target):
+            best = values[i + 1]
+    sized = with_width(spec, best)
+    return sized, table.get(sized)
