@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+
+import numpy as np
 
 from bnas_tf import costs, files, sizing
 from bnas_tf import model_dir as mdir
@@ -75,7 +78,14 @@ def width_of(spec):
 
 def match(spec, target, table, values=CHANNELS):
     """(spec, cost row) of the width of `spec` whose EqOPs are closest to `target`
-    (EqOPs, not millions); ValueError when the spec has no width knob."""
+    (EqOPs, not millions); ValueError when the spec has no width knob.
+
+    EqOPs are a quadratic polynomial of the width (conv MACs ~ C_in * C_out, stem and
+    classifier ~ C): three counts fit it, its root gives the width, and the widths
+    around the root are counted exactly (5 counts instead of a binary search's ~10).
+    When the fit misleads (rounding of BARS stage widths), `sizing.last_fitting`'s
+    binary search over `values` decides.
+    """
     if knob(spec) is None:
         raise ValueError(f"the {spec.get('family')} network has no width knob to match "
                          "equivalent OPs")
@@ -83,12 +93,29 @@ def match(spec, target, table, values=CHANNELS):
     def eqops(v):
         return table.equivalent_ops(with_width(spec, v))
 
-    best = sizing.last_fitting(list(values), lambda v: eqops(v) <= target)
-    if best is None:
-        best = values[0]
+    w0 = int(width_of(spec))
+    lo, hi = values[0], values[-1]
+    probes = sorted({max(lo, w0 // 2), w0, min(hi, 2 * w0)})
+    guess = _quadratic_root(probes, [eqops(v) for v in probes], target)
+    if guess is None:
+        candidates = [sizing.last_fitting(list(values), lambda v: eqops(v) <= target) or lo]
     else:
-        i = values.index(best)
-        if i + 1 < len(values) and abs(eqops(values[i + 1]) - target) < abs(eqops(best) - target):
-            best = values[i + 1]
+        candidates = [int(math.floor(guess)), int(math.ceil(guess))]
+    candidates = sorted({min(hi, max(lo, c)) for c in candidates})
+    # widen until the target is bracketed (or a bound is reached)
+    while candidates[0] > lo and eqops(candidates[0]) > target:
+        candidates.insert(0, candidates[0] - 1)
+    while candidates[-1] < hi and eqops(candidates[-1]) < target:
+        candidates.append(candidates[-1] + 1)
+    best = min(candidates, key=lambda v: abs(eqops(v) - target))
     sized = with_width(spec, best)
     return sized, table.get(sized)
+
+
+def _quadratic_root(widths, eqops, target):
+    """The positive width where the quadratic through (widths, eqops) reaches target."""
+    if len(widths) < 3:
+        return None
+    a, b, c = np.polyfit(np.asarray(widths, float), np.asarray(eqops, float), 2)
+    roots = [r.real for r in np.roots([a, b, c - target]) if abs(r.imag) < 1e-9 and r.real > 0]
+    return max(roots) if roots else None

@@ -183,6 +183,7 @@ def plot(trials, rows, config, path, target):
     ax.set_ylabel("held-out top-1 accuracy (%)")
     ax.set_title(f"{config.train_epochs} epoch(s), recipe {config.recipe}; dots: trials, "
                  "diamonds: mean +- std over seeds", fontsize=9)
+    ax.margins(x=0.15, y=0.2)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -145,7 +145,8 @@ def run_trial(study, arm_name, seed, log=print):
     tflite = os.path.join(directory, "model.tflite")
     exported = stages.run("export", lambda: _export(study, train_dir, tflite))
     log(f"{tag} held-out top-1 {heldout['top1']:.4f}; {exported['bytes']:,} bytes, "
-        f"{exported['bconv_ops']} LceBconv2d, {exported['latency_ms']} ms")
+        f"{exported['bconv_ops']} LceBconv2d, latency "
+        f"{'-' if exported['latency_ms'] is None else format(exported['latency_ms'], '.2f')} ms")
 
     timing = {name: {k: v for k, v in s.items() if k != "result"}
               for name, s in stages.data.items()}
