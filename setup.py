@@ -2,7 +2,7 @@
 from setuptools import find_packages, setup
 
 TOOLS = ["search", "train", "evaluate", "export", "report", "benchmark", "size", "compare",
-         "plot_genotype", "pipeline"]
+         "plot_genotype", "pipeline", "study"]
 
 setup(
     name="bnas-tf",
