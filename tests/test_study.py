@@ -259,3 +259,41 @@ def test_smoke_profile_end_to_end_with_kill_and_resume(cifar_dir, tmp_path):
                              capture_output=True, text=True)
     assert changed.returncode != 0 and "another configuration" in changed.stderr
     assert first.read_text() == kept
+
+
+@pytest.mark.slow
+def test_two_scale_out_workers_share_one_study(cifar_dir, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "study"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "study.py"), "--profile=smoke",
+           f"--data_dir={cifar_dir}", f"--output_dir={out}", "--arms=bnas-a,bnas-random"]
+
+    def start(tuner_id):
+        env = {**_env(), "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+               "KERASTUNER_ORACLE_PORT": str(port)}
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    chief = start("chief")
+    procs = [chief]
+    try:
+        deadline = time.time() + 300
+        while not (out / "data" / "split.json").exists() and time.time() < deadline:
+            assert chief.poll() is None, chief.stdout.read()[-2000:]
+            time.sleep(0.5)
+        time.sleep(5)  # the chief's oracle server is up
+        procs += [start("tuner0"), start("tuner1")]
+        logs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [log[-1500:] for log in logs]
+    ran = [{arm for arm in ("bnas-a", "bnas-random") if f"= {arm} seed 0" in log}
+           for log in logs[1:]]
+    assert ran[0] | ran[1] == {"bnas-a", "bnas-random"} and not ran[0] & ran[1]
+    results = json.loads((out / "results.json").read_text())
+    assert results["finished"] == 2 and (out / "results.md").exists()
