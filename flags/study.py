@@ -75,6 +75,11 @@ def study_config_from_flags(log=print):
             overrides[name] = value
     profile = dict(study.PROFILES[FLAGS.profile])
     for name, value in overrides.items():
-        if name in profile and profile[name] != value:
-            log(f"--{name}={value} overrides profile {FLAGS.profile}'s {profile[name]}")
+        if name in profile and _shown(profile[name]) != _shown(value):
+            log(f"--{name}={_shown(value)} overrides profile {FLAGS.profile}'s "
+                f"{_shown(profile[name])}")
     return study.config_for(FLAGS.profile, **overrides)
+
+
+def _shown(value):
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
