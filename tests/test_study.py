@@ -297,3 +297,19 @@ def test_two_scale_out_workers_share_one_study(cifar_dir, tmp_path):
     assert ran[0] | ran[1] == {"bnas-a", "bnas-random"} and not ran[0] & ran[1]
     results = json.loads((out / "results.json").read_text())
     assert results["finished"] == 2 and (out / "results.md").exists()
+
+
+def test_flags_override_the_profile_and_say_so():
+    from flags import study as study_flags
+    FLAGS = study_flags.FLAGS
+    lines = []
+    try:
+        FLAGS(["study", "--profile=smoke", "--data_dir=x", "--seeds=2",
+               "--arms=bnas,bars-random"])
+        config = study_flags.study_config_from_flags(log=lines.append)
+    finally:
+        FLAGS.unparse_flags()
+    assert config.seeds == 2 and config.arms == ("bnas", "bars-random")
+    assert config.search_epochs == study.PROFILES["smoke"]["search_epochs"]
+    assert any(line.startswith("--seeds=2 overrides profile smoke's 1") for line in lines)
+    assert any(line.startswith("--arms=bnas,bars-random overrides") for line in lines)
