@@ -127,21 +127,16 @@ def _hms(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def run(config, output_dir, log=None, only=None):
-    """Run (or resume) the study and write its report; returns the results dict.
-
-    `only`: run just these (arm, seed) keys (scale-out workers); the report is
-    written from whatever trials are finished.
-    """
+def run(config, output_dir, log=None):
+    """Run (or resume) the study and write its report; returns the results dict."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     study = prepare(config, output_dir, log)
     keys = trial_keys(study.config)
     pending = [k for k in keys if trial.load(output_dir, *k) is None]
     log(f"study: {len(keys) - len(pending)}/{len(keys)} trial(s) already finished")
     progress = Progress(len(keys), log)
-    todo = [k for k in pending if only is None or k in only]
-    for i, (arm, seed) in enumerate(todo):
-        started = progress.begin(keys.index((arm, seed)) + 1, arm, seed, todo[i:])
+    for i, (arm, seed) in enumerate(pending):
+        started = progress.begin(keys.index((arm, seed)) + 1, arm, seed, pending[i:])
         record = trial.run_trial(study, arm, seed, log)
         progress.end(arm, started, record)
         _clear()
