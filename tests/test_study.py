@@ -164,6 +164,14 @@ def test_alpha_report_flags_alphas_that_never_moved():
     b = trial.alpha_report(moved, cfg)
     assert a["indistinguishable"] and not b["indistinguishable"]
     assert b["per_epoch"] == pytest.approx([1e-4, 0.05])
+    # BARS: op rows (10 dense edges x (3 stages + reduce)), width rows, depth rows
+    bars = arms.search_config(arms.get("bars"), study.config_for(
+        "smoke", data_dir="x", bars_base_channels=(8, 16, 16), bars_max_depth=1), 0)
+    uniform = (40 * np.log(3) + 3 * np.log(4) + 3 * np.log(2)) / 46  # 1.0909 nats
+    flat = {"best_epoch": 0, "epochs": [{"epoch": 0, "bars/alpha_entropy": uniform - 1e-6}]}
+    assert trial.alpha_report(flat, bars)["indistinguishable"]
+    moved = {"best_epoch": 0, "epochs": [{"epoch": 0, "bars/alpha_entropy": uniform - 0.02}]}
+    assert trial.alpha_report(moved, bars)["per_epoch"] == pytest.approx([0.02])
 
 
 def _fake(arm, seed, top1):

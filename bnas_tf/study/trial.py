@@ -61,24 +61,29 @@ def alpha_report(summary, search_config):
     """Per search epoch, how far the alphas are from uniform, and whether the derived
     genotype's epoch is indistinguishable from the initial (uniform) alphas.
 
-    BNAS: mean KL(softmax(alpha) || uniform) over edges = ln K - mean row entropy
-    (the search logs the entropy per epoch). BARS: its rows have different K, so the
-    drop of the mean row entropy from epoch 0's value (alphas are not updated in
-    warm-up epochs) is reported instead.
+    The measure is the mean KL(softmax(alpha) || uniform) over alpha rows, which is
+    ln K - H for a row of K choices, so it comes from the mean row entropy H the
+    search logs per epoch: BNAS ``alpha_entropy`` (every row has K = len(ops)); BARS
+    ``bars/alpha_entropy`` over its op rows (one per dense edge of every stage cell and
+    of the reduction cell), width rows and depth rows (one each per stage), whose
+    uniform mean entropy is the mean of their ln K. Both initialise alphas (near)
+    uniform, so the initial value is ~0.
     """
     epochs = summary.get("epochs", [])
     best = summary.get("best_epoch", epochs[-1]["epoch"] if epochs else None)
     if search_config.method == "bnas":
-        k = len(search_config.ops)
-        per_epoch = [math.log(k) - e["alpha_entropy"] for e in epochs if "alpha_entropy" in e]
-        measure = "mean KL from uniform (nats)"
+        key, uniform = "alpha_entropy", math.log(len(search_config.ops))
     else:
-        h = [e["bars/alpha_entropy"] for e in epochs if "bars/alpha_entropy" in e]
-        per_epoch = [h[0] - v for v in h] if h else []
-        measure = "entropy drop since epoch 0 (nats)"
+        extra = search_config.extra
+        stages = len(extra.get("base_channels", ()))
+        rows = ([math.log(len(search_config.ops))] * (stages + 1) * len(genotypes.dense_edges())
+                + [math.log(len(extra.get("width_choices", ())))] * stages
+                + [math.log(extra.get("max_depth", 0) + 1)] * stages)
+        key, uniform = "bars/alpha_entropy", sum(rows) / len(rows)
+    per_epoch = [uniform - e[key] for e in epochs if key in e]
     at_best = per_epoch[best] if best is not None and best < len(per_epoch) else None
-    return {"measure": measure, "per_epoch": per_epoch, "derived_epoch": best,
-            "at_derived_epoch": at_best,
+    return {"measure": "mean KL from uniform (nats)", "per_epoch": per_epoch,
+            "derived_epoch": best, "at_derived_epoch": at_best,
             "indistinguishable": at_best is not None and abs(at_best) < ALPHA_KL_MIN,
             "learnable_ops": [e.get("learnable_ops") for e in epochs]}
 
