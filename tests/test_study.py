@@ -321,3 +321,27 @@ def test_flags_override_the_profile_and_say_so():
     assert config.search_epochs == study.PROFILES["smoke"]["search_epochs"]
     assert any(line.startswith("--seeds=2 overrides profile smoke's 1") for line in lines)
     assert any(line.startswith("--arms=bnas,bars-random overrides") for line in lines)
+
+
+def test_matching_refuses_a_width_that_changes_nothing():
+    class Flat:
+        def equivalent_ops(self, spec):
+            return 1e6
+
+    with pytest.raises(ValueError, match="does not change"):
+        matching.match({"family": "baseline", "arch": "resnet"}, 2e6, Flat())
+
+
+def test_matching_finds_the_closest_width_of_a_quadratic_cost():
+    class Quadratic:  # EqOPs = 1000 c^2 + 5000 c, monotone like a real network
+        def equivalent_ops(self, spec):
+            c = spec["channels"]
+            return 1000.0 * c * c + 5000.0 * c
+
+        def get(self, spec):
+            return {"equivalent_ops": self.equivalent_ops(spec)}
+
+    for target in (2.0e5, 1.0e6, 4.1e6):
+        spec, row = matching.match({"family": "bnas", "channels": 16}, target, Quadratic())
+        best = min(range(2, 513), key=lambda c: abs(1000 * c * c + 5000 * c - target))
+        assert spec["channels"] == best and row["equivalent_ops"] == Quadratic().equivalent_ops(spec)

@@ -55,7 +55,8 @@ def knob(spec):
     """The width knob of a spec: 'channels', 'base_channels' (BARS) or None."""
     if spec.get("family") == "bars":
         return "base_channels"
-    return "channels" if "channels" in spec or spec.get("family") == "bnas" else None
+    return "channels" if "channels" in spec or spec.get("family") in ("bnas", "baseline") \
+        else None
 
 
 def with_width(spec, value):
@@ -73,7 +74,12 @@ def with_width(spec, value):
 
 def width_of(spec):
     k = knob(spec)
-    return spec["genotype"]["base_channels"][0] if k == "base_channels" else spec.get(k)
+    if k == "base_channels":
+        return spec["genotype"]["base_channels"][0]
+    if k is None:
+        return None
+    from bnas_tf.models import baselines
+    return spec.get(k, baselines.DEFAULT_CHANNELS.get(spec.get("arch"), 64))
 
 
 def match(spec, target, table, values=CHANNELS):
@@ -96,7 +102,11 @@ def match(spec, target, table, values=CHANNELS):
     w0 = int(width_of(spec))
     lo, hi = values[0], values[-1]
     probes = sorted({max(lo, w0 // 2), w0, min(hi, 2 * w0)})
-    guess = _quadratic_root(probes, [eqops(v) for v in probes], target)
+    counted = [eqops(v) for v in probes]
+    if len(set(counted)) == 1:
+        raise ValueError(f"the {spec.get('family')} network's {knob(spec)} does not change "
+                         "its equivalent OPs; cannot match the target")
+    guess = _quadratic_root(probes, counted, target)
     if guess is None:
         candidates = [sizing.last_fitting(list(values), lambda v: eqops(v) <= target) or lo]
     else:
