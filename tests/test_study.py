@@ -345,3 +345,24 @@ def test_matching_finds_the_closest_width_of_a_quadratic_cost():
         spec, row = matching.match({"family": "bnas", "channels": 16}, target, Quadratic())
         best = min(range(2, 513), key=lambda c: abs(1000 * c * c + 5000 * c - target))
         assert spec["channels"] == best and row["equivalent_ops"] == Quadratic().equivalent_ops(spec)
+
+
+@pytest.mark.slow
+def test_bars_backbone_and_ablation_arms_produce_trials(cifar_dir, tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "study.py"), "--profile=smoke",
+           f"--data_dir={cifar_dir}", f"--output_dir={out}",
+           "--arms=bars,bars-random,xnor-resnet18,bnas-no-skip"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    by_arm = {t["arm"]: t for t in results["trials"]}
+    assert set(by_arm) == {"bars", "bars-random", "xnor-resnet18", "bnas-no-skip"}
+    for t in by_arm.values():
+        assert t["bconv_ops"] > 0 and t["bytes"] > 0 and 0 <= t["top1"] <= 1
+    assert by_arm["bnas-no-skip"]["genotype"]["template"] == "darts"
+    assert by_arm["bars"]["genotype"]["method"] == "bars" and "alphas" in by_arm["bars"]
+    assert not by_arm["xnor-resnet18"]["matched"]
+    assert by_arm["xnor-resnet18"]["width"] == 64  # the original width, not matched
+    for arm in ("bars", "bars-random", "bnas-no-skip"):
+        assert abs(by_arm[arm]["equivalent_ops"] / results["target_equivalent_ops"] - 1) <= 0.1
