@@ -110,7 +110,11 @@ def markdown(study, trials, rows, comparisons):
         "`data/pool/`, which holds none of them.",
         f"- Searches: {c.search_epochs} epoch(s) at batch {c.search_batch}; BNAS supernet "
         f"{c.search_cells} cells x {c.search_channels} channels"
-        + (f", {c.search_examples} images" if c.search_examples else "") + ".", "",
+        + (f", {c.search_examples} images" if c.search_examples else "")
+        + (f"; BARS base channels {list(c.bars_base_channels)}, max depth "
+           f"{c.bars_max_depth}, budget {c.bars_flops_budget}M EqOPs (random BARS draws "
+           "within it too), then width-matched like every arm"
+           if {"bars", "bars-random"} & set(c.arms) else "") + ".", "",
         "## Per arm (mean +- std over seeds)", "",
         "| arm | n | top-1 % | top-5 % | EqOPs (M) | vs target | params (M) | .tflite KiB "
         "| LceBconv2d | latency ms | CPU-h total |",
