@@ -366,3 +366,33 @@ def test_bars_backbone_and_ablation_arms_produce_trials(cifar_dir, tmp_path):
     assert by_arm["xnor-resnet18"]["width"] == 64  # the original width, not matched
     for arm in ("bars", "bars-random", "bnas-no-skip"):
         assert abs(by_arm[arm]["equivalent_ops"] / results["target_equivalent_ops"] - 1) <= 0.1
+
+
+def test_report_files_hold_every_trial(tmp_path):
+    import types
+    from bnas_tf import training
+    c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=2)
+    trials = []
+    for s, (a, b) in enumerate(((0.50, 0.45), (0.52, 0.47))):
+        for arm, top1 in (("bnas", a), ("bnas-random", b)):
+            t = _fake(arm, s, top1)
+            t.update(width=16, resumed=False, search_wall_s=1.0, train_wall_s=2.0,
+                     agreement=1.0, export_error=None)
+            if arm == "bnas":
+                t["alphas"] = {"measure": "mean KL from uniform (nats)",
+                               "per_epoch": [1e-5, 2e-5], "derived_epoch": 1,
+                               "at_derived_epoch": 2e-5, "indistinguishable": True}
+            trials.append(t)
+    fake = types.SimpleNamespace(
+        config=c, output_dir=str(tmp_path), target=5e6, train_config=training.TrainConfig(),
+        split={"pool_files": 60, "test_files": 30, "source": "x", "classes": list("abc"),
+               "external_test": False})
+    results = report.write(fake, trials + [None], log=lambda m: None)
+    saved = json.loads((tmp_path / report.RESULTS_JSON).read_text())
+    assert saved["finished"] == 4 and saved["total"] == 5 and len(saved["trials"]) == 4
+    assert results["pairs"][0]["differences"] == pytest.approx([5.0, 5.0])
+    md = (tmp_path / report.RESULTS_MD).read_text()
+    assert "| bnas | 2 | 51.00 +- 1.41 |" in md and "| bnas-random | 2 | 46.00 +- 1.41 |" in md
+    assert "indistinguishable from their initial values" in md
+    assert "4/5 trials finished" in md and "30 images" in md
+    assert (tmp_path / report.PLOT).stat().st_size > 10_000
