@@ -1,10 +1,10 @@
 """Final networks matched on equivalent OPs (EqOPs = FLOPs + BiOPs / 64, bnas_tf.costs).
 
-A deterministic channels search over the exact cost model: `costs.count_spec`
-builds the network and counts it; EqOPs grow monotonically with the width knob,
-so `sizing.last_fitting` (binary search) finds the widest size within the target
-and the next size up is tried too; the one closer to the target wins. Counts are
-cached in a JSON file (DIR/costs.json) shared by every trial of a study.
+A deterministic channels search over the exact cost model (`costs.count_spec`
+builds the network and counts it, through `sizing.CostTable`'s cache, DIR/costs.json,
+shared by every trial and scale-out worker of a study): EqOPs are a quadratic
+polynomial of the width, so three counts fit it, its root gives the width, and the
+widths around the root are counted exactly; the one closest to the target wins.
 
 Width knobs: ``channels`` (BNAS cells: channels of the first cell; baselines:
 the first stage's channels), or for BARS genotypes the first stage's base
@@ -13,42 +13,38 @@ channels with the others scaled in proportion (so the searched macro ratios stay
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 
 import numpy as np
 
-from bnas_tf import costs, files, sizing
-from bnas_tf import model_dir as mdir
+from bnas_tf import sizing
 
 CHANNELS = tuple(range(2, 513))
 
 
 class CostCache:
-    """{'equivalent_ops', 'flops', 'biops', 'params'} of specs, cached in `path`."""
+    """{'equivalent_ops', 'flops', 'biops', 'params'} of network specs: `sizing.CostTable`
+    (exact counts, cached in the JSON file at `path`, merged with other processes')
+    keyed by the whole spec."""
 
     def __init__(self, path, num_classes, image_size):
-        self.path, self.num_classes, self.image_size = path, int(num_classes), int(image_size)
-        self.rows = mdir.read_json(path, "cost cache") if path and os.path.isfile(path) else {}
+        self.table = sizing.CostTable(path, num_classes, image_size, verbose=False)
 
     def get(self, spec):
-        key = json.dumps({"spec": spec, "classes": self.num_classes, "px": self.image_size},
-                         sort_keys=True)
-        if key not in self.rows:
-            import tensorflow as tf
-            c = costs.count_spec(spec, self.num_classes, self.image_size)
-            tf.keras.backend.clear_session()
-            self.rows[key] = {"equivalent_ops": float(c.equivalent_ops), "flops": int(c.flops),
-                              "biops": int(c.biops), "params": int(c.params)}
-            if self.path:  # merge rows other processes (scale-out workers) counted
-                if os.path.isfile(self.path):
-                    self.rows = {**mdir.read_json(self.path, "cost cache"), **self.rows}
-                files.write_json(self.path, self.rows)
-        return self.rows[key]
+        return self.table.get(_Spec(spec))
 
     def equivalent_ops(self, spec):
         return self.get(spec)["equivalent_ops"]
+
+
+class _Spec:
+    """A whole network spec in the shape of a `sizing.Size` (what CostTable counts)."""
+
+    def __init__(self, spec):
+        self.spec, self.key = spec, sizing.spec_key(spec)
+
+    def network_spec(self):
+        return self.spec
 
 
 def knob(spec):
