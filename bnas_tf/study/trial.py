@@ -142,8 +142,10 @@ def run_trial(study, arm_name, seed, log=print):
     train_dir = os.path.join(directory, "train")
     train_config = dataclasses.replace(study.train_config, seed=seed)
     log(f"{tag} training {train_config.epochs} epoch(s) -> {train_dir}")
-    metrics = stages.run("train", lambda: training.train(
-        spec, dataclasses.replace(study.train_data, seed=seed), train_config, train_dir), os.path.join(train_dir, "ckpt"))
+    train_data = dataclasses.replace(study.train_data, seed=seed)
+    metrics = stages.run("train", lambda: training.train(spec, train_data, train_config,
+                                                         train_dir),
+                         os.path.join(train_dir, "ckpt"))
     log(f"{tag} evaluating on the held-out test split ({study.split['test_files']} images)")
     heldout = stages.run("evaluate", lambda: training.evaluate(
         train_dir, study.test_data, split="train", write=False))
