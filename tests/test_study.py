@@ -344,7 +344,8 @@ def test_matching_finds_the_closest_width_of_a_quadratic_cost():
     for target in (2.0e5, 1.0e6, 4.1e6):
         spec, row = matching.match({"family": "bnas", "channels": 16}, target, Quadratic())
         best = min(range(2, 513), key=lambda c: abs(1000 * c * c + 5000 * c - target))
-        assert spec["channels"] == best and row["equivalent_ops"] == Quadratic().equivalent_ops(spec)
+        assert spec["channels"] == best
+        assert row["equivalent_ops"] == Quadratic().equivalent_ops(spec)
 
 
 @pytest.mark.slow

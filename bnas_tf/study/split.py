@@ -115,7 +115,8 @@ def listed_files(root):
     """Real paths of every image under an image-folder root (symlinks resolved)."""
     out = set()
     for c in _classes(root):
-        out.update(os.path.realpath(os.path.join(root, c, n)) for n in _images(os.path.join(root, c)))
+        folder = os.path.join(root, c)
+        out.update(os.path.realpath(os.path.join(folder, n)) for n in _images(folder))
     return out
 
 
