@@ -111,7 +111,7 @@ PROFILES = {
                 train_per_class=800, test_per_class=300, search_examples=4000,
                 search_epochs=12, search_cells=5, search_channels=8, search_batch=64,
                 bars_base_channels=(16, 32, 64), bars_max_depth=2, bars_flops_budget=10.0,
-                bars_warmup_epochs=3, final_cells=8, final_channels=16, train_epochs=8,
+                bars_warmup_epochs=3, final_cells=8, final_channels=16, train_epochs=6,
                 train_batch=64, export_samples=32, latency_runs=20),
     # The papers' settings, for GPU runs (not run on CPU): BNAS search 50 epochs of an
     # 8-cell 16-channel supernet at batch 64; BNAS-A's size (20 cells x 36 channels)
