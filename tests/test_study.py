@@ -122,6 +122,7 @@ def test_changed_configuration_is_refused_with_one_line(cifar_dir, tmp_path):
 
 
 def test_profiles_and_overrides():
+    assert study.config_for("cpu", data_dir="x") == study.StudyConfig(data_dir="x")
     c = study.config_for("cpu", data_dir="x", seeds=5)
     assert c.seeds == 5 and c.search_epochs == study.PROFILES["cpu"]["search_epochs"]
     with pytest.raises(ValueError, match="unknown arm"):

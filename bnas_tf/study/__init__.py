@@ -26,30 +26,31 @@ ARMS = ("bnas", "bnas-random", "bnas-a", "bars", "bars-random", "xnor-resnet18",
 
 @dataclasses.dataclass
 class StudyConfig:
-    """Everything a study depends on. Sizes in channels; budgets in millions of EqOPs."""
+    """Everything a study depends on (defaults: the cpu profile). Sizes in channels;
+    budgets in millions of EqOPs."""
 
     data_dir: str | None = None        # image folder root/<class>/*.jpg (train + hold-out)
     test_dir: str | None = None        # external labelled test folder (<class>/*.jpg)
     arms: tuple = ("bnas", "bnas-random", "bnas-a", "xnor-resnet18-matched")
     seeds: int = 3
     split_seed: int = 0                # which files form the subset and the hold-out
-    train_per_class: int | None = None  # images per class searches/trainings may read
-    test_per_class: int = 500          # held-out images per class (without test_dir)
+    train_per_class: int | None = 800  # images per class searches/trainings may read
+    test_per_class: int = 300          # held-out images per class (without test_dir)
     # search (BNAS supernet; the BARS settings below)
-    search_examples: int | None = None  # class-balanced cap of the search data
-    search_epochs: int = 20
+    search_examples: int | None = 4000  # class-balanced cap of the search data
+    search_epochs: int = 12
     search_cells: int = 5
     search_channels: int = 8
     search_batch: int = 64
     bars_base_channels: tuple = (16, 32, 64)
     bars_max_depth: int = 2
     bars_flops_budget: float = 10.0    # millions of equivalent OPs (search + random draws)
-    bars_warmup_epochs: int = 5
+    bars_warmup_epochs: int = 3
     # final networks: BNAS-A's cell at final_cells x final_channels sets the EqOPs target
     final_cells: int = 8
     final_channels: int = 16
     recipe: str = "cifar"
-    train_epochs: int = 10
+    train_epochs: int = 6
     train_batch: int = 64
     export_samples: int = 32
     latency_runs: int = 20
