@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 # tools/benchmark.py runs from a checkout: its harness (benchmarks/) is not installed
 TOOLS = ["search", "train", "evaluate", "export", "report", "size", "compare",
-         "plot_genotype", "pipeline"]
+         "plot_genotype", "pipeline", "study"]
 
 setup(
     name="bnas-tf",

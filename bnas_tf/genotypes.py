@@ -272,3 +272,46 @@ def save(genotype, path, extra=None):
     if extra:
         data.update(extra)
     return files.write_json(path, data)
+
+
+# ----------------------------------------------------------------------------- random draws
+
+def random_bnas(rng, op_names=ops.BNAS_OPS, template="bnas"):
+    """A BNAS genotype drawn uniformly from the search space (random-sampling baseline,
+    Li & Talwalkar 2019): for each cell type and each node 2..5, two distinct inputs
+    (as DARTS/BNAS derivation keeps) uniform over the earlier nodes, and for each edge
+    an op uniform over `op_names` (Zeroise, ``none``, included). `rng`: a
+    numpy Generator (`np.random.default_rng(seed)`)."""
+    op_names = ops.check_ops(op_names)
+    cells = {}
+    for kind in ("normal", "reduce"):
+        edges = []
+        for node in range(2, 2 + NODES):
+            for src in sorted(rng.choice(node, size=2, replace=False)):
+                edges.append((op_names[int(rng.integers(len(op_names)))], int(src)))
+        cells[kind] = edges
+    return BnasGenotype(normal=cells["normal"], reduce=cells["reduce"], template=template)
+
+
+def random_bars(rng, op_names=ops.BARS_OPS, base_channels=(48, 96, 192),
+                width_choices=(0.25, 0.5, 0.75, 1.0), max_depth=3, fits=None, max_tries=200):
+    """A BARS genotype drawn uniformly from the search space: per stage a width ratio
+    from `width_choices` and a depth in 0..max_depth, one op per dense-cell edge (every
+    stage cell and the reduction cell) uniform over `op_names`. `fits(genotype) -> bool`
+    (e.g. equivalent OPs within the FLOPs budget) rejects draws; ValueError after
+    `max_tries` rejected draws."""
+    op_names = ops.check_ops(op_names)
+    n_edges = len(dense_edges())
+
+    def cell():
+        return tuple(op_names[int(i)] for i in rng.integers(len(op_names), size=n_edges))
+
+    for _ in range(max_tries):
+        stages = [BarsStage(float(width_choices[int(rng.integers(len(width_choices)))]),
+                            int(rng.integers(max_depth + 1)), cell()) for _ in base_channels]
+        genotype = BarsGenotype(stages=stages, reduce_cell=cell(),
+                                base_channels=tuple(base_channels), max_depth=max_depth)
+        if fits is None or fits(genotype):
+            return genotype
+    raise ValueError(f"no random BARS genotype fits the budget in {max_tries} draws; "
+                     "raise the FLOPs budget")

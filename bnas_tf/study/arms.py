@@ -1,0 +1,128 @@
+"""The study's arms: how each gets a genotype and its final network spec.
+
+* ``bnas``: BNAS search (`runner.run_search`, method ``bnas``) -> derived genotype;
+* ``bnas-no-zeroise`` / ``bnas-no-skip`` / ``bnas-no-div``: the BNAS ablations
+  (Table 5/6): the same search with ``derive="darts"`` (Zeroise never picked),
+  ``cell_template="darts"`` (no inter-cell skips, in search and final network) or
+  ``diversity_lambda=0`` (no diversity regulariser);
+* ``bnas-random``: `genotypes.random_bnas`, uniform over the same space (ops incl.
+  Zeroise, inputs), seeded by the trial's seed;
+* ``bnas-a``: the released BNAS-A cell;
+* ``bars``: BARS search -> sampled genotype; ``bars-random``: `genotypes.random_bars`
+  redrawn until its equivalent OPs (at the search's base channels) fit the
+  study's FLOPs budget;
+* ``xnor-resnet18``: the XNOR ResNet-18 preset at its own width (not matched);
+  ``xnor-resnet18-matched``: the same, width-scaled to the EqOPs target;
+  ``birealnet18-cifar``: the preset of that name (Bi-Real Net-18, CIFAR form),
+  width-scaled; refused with one line when bnas_tf.models.presets lacks it.
+
+Every BNAS-cell arm is built at ``final_cells`` cells; every arm but
+``xnor-resnet18`` is then width-matched to the EqOPs of BNAS-A's cell at
+``final_cells`` x ``final_channels`` (`matching`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from bnas_tf import genotypes, ops
+from bnas_tf.models import presets
+from bnas_tf.search import SearchConfig, runner
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    kind: str                   # 'search' | 'random' | 'released' | 'preset'
+    method: str | None = None   # 'bnas' | 'bars' (search space)
+    search: tuple = ()          # SearchConfig overrides of the ablations
+    preset: str | None = None
+    matched: bool = True
+
+
+ARMS = {a.name: a for a in (
+    Arm("bnas", "search", "bnas"),
+    Arm("bnas-no-zeroise", "search", "bnas", (("derive", "darts"),)),
+    Arm("bnas-no-skip", "search", "bnas", (("cell_template", "darts"),)),
+    Arm("bnas-no-div", "search", "bnas", (("diversity_lambda", 0.0),)),
+    Arm("bnas-random", "random", "bnas"),
+    Arm("bnas-a", "released", "bnas"),
+    Arm("bars", "search", "bars"),
+    Arm("bars-random", "random", "bars"),
+    Arm("xnor-resnet18", "preset", preset="xnor-resnet18", matched=False),
+    Arm("xnor-resnet18-matched", "preset", preset="xnor-resnet18"),
+    Arm("birealnet18-cifar", "preset", preset="birealnet18-cifar"),
+)}
+# (arm, against): the report's paired comparisons, difference = arm - against per seed.
+PAIRS = (("bnas", "bnas-random"), ("bars", "bars-random"), ("bnas", "bnas-a"),
+         ("bnas", "xnor-resnet18-matched"), ("bnas", "birealnet18-cifar"),
+         ("bars", "xnor-resnet18-matched"), ("bnas", "bnas-no-zeroise"),
+         ("bnas", "bnas-no-skip"), ("bnas", "bnas-no-div"))
+RANDOM_SALT = 7919  # random draws use seed * RANDOM_SALT + 1, not the search's seed
+
+
+def get(name):
+    return ARMS[name]
+
+
+def check_available(names):
+    """ValueError (one line) for an arm whose preset this bnas_tf lacks."""
+    for name in names:
+        arm = ARMS[name]
+        if arm.preset and arm.preset not in presets.PRESETS:
+            raise ValueError(f"arm {name} needs the preset {arm.preset!r}, which "
+                             "bnas_tf.models.presets does not define in this version")
+
+
+def search_config(arm, config, seed):
+    """The SearchConfig of a search arm (also of bars-random: its budget and space)."""
+    if arm.method == "bnas":
+        return SearchConfig(method="bnas", epochs=config.search_epochs,
+                            batch_size=config.search_batch, cells=config.search_cells,
+                            channels=config.search_channels, seed=seed,
+                            **dict(arm.search)).validate()
+    bars = runner.get_method("bars")
+    extra = {"base_channels": list(config.bars_base_channels),
+             "max_depth": config.bars_max_depth, "flops_budget": config.bars_flops_budget,
+             "warmup_epochs": config.bars_warmup_epochs}
+    return bars.default_config(epochs=config.search_epochs, batch_size=config.search_batch,
+                               seed=seed, extra=extra).validate()
+
+
+def random_genotype(arm, config, seed, table):
+    """A seeded uniform draw from the arm's search space (BARS: within the budget)."""
+    rng = np.random.default_rng(seed * RANDOM_SALT + 1)
+    if arm.method == "bnas":
+        return genotypes.random_bnas(rng, SearchConfig().ops)
+    search = search_config(arm, config, seed)
+    budget = config.bars_flops_budget * 1e6
+
+    def fits(genotype):
+        return table.equivalent_ops(final_spec(arm, config, search, genotype)) <= budget
+
+    return genotypes.random_bars(rng, ops.BARS_OPS, config.bars_base_channels,
+                                 search.extra.get("width_choices", (0.25, 0.5, 0.75, 1.0)),
+                                 config.bars_max_depth, fits=fits)
+
+
+def final_spec(arm, config, search, genotype):
+    """The network spec of a trial before width matching."""
+    if arm.kind == "preset":
+        spec = presets.get(arm.preset)
+        spec.setdefault("name", arm.preset)
+        return spec
+    from bnas_tf import pipeline
+    if arm.method == "bnas":
+        search = search or SearchConfig()
+        spec = pipeline.derived_spec(search, genotype, cells=config.final_cells,
+                                     channels=config.final_channels)
+    else:
+        spec = pipeline.derived_spec(search, genotype)
+    spec["name"] = arm.name
+    return spec
+
+
+def target_spec(config):
+    """BNAS-A's cell at final_cells x final_channels: its EqOPs are the study's target."""
+    return final_spec(ARMS["bnas-a"], config, None, genotypes.BNAS_A)

@@ -1,0 +1,148 @@
+"""The study loop: config check, split, EqOPs target, trials with progress/ETA, report.
+
+``run(config, output_dir)`` fills DIR:
+
+* ``study.json``   the StudyConfig (a rerun with another configuration is refused);
+* ``data/``        the split (`split`): pool symlinks, held-out test list;
+* ``costs.json``   cached cost counts (`matching`); ``target.json`` the EqOPs target;
+* ``trials/<arm>/seed<k>/``  one directory per trial (`trial`);
+* the report (`report`): results.json, results.md, accuracy_vs_eqops.png.
+
+Trials are independent: rerunning the same command skips finished trials and
+resumes the interrupted one (search and training resume from their checkpoints).
+Several machines can share one study directory through keras-tuner's chief/worker
+mode (`scale_out`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from bnas_tf import data, files, training
+from bnas_tf import model_dir as mdir
+from bnas_tf.study import StudyConfig, arms, matching, report, split, trial
+
+STUDY_FILE = "study.json"
+RECIPE_SETTINGS = dict(validation_freq=1, keep_checkpoints=2)
+
+
+class StudyDirError(ValueError):
+    """The output directory holds a study with another configuration."""
+
+
+def _differences(saved, current):
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
+def check_dir(output_dir, config):
+    """Refuse (one line) a directory holding a study with another configuration."""
+    path = os.path.join(output_dir, STUDY_FILE)
+    current = files.plain(config.to_dict())
+    if os.path.isfile(path):
+        saved = mdir.read_json(path, "study configuration")
+        diffs = _differences(saved, current)
+        if diffs:
+            raise StudyDirError(f"{output_dir} holds a study with another configuration "
+                                f"(differs in {', '.join(diffs)}); use another --output_dir")
+    else:
+        os.makedirs(output_dir, exist_ok=True)
+        files.write_json(path, current, sort_keys=True)
+
+
+@dataclasses.dataclass
+class Study:
+    """What every trial shares: config, data configs, EqOPs target, cost cache."""
+
+    config: StudyConfig
+    output_dir: str
+    split: dict
+    search_data: data.DataConfig
+    train_data: data.DataConfig
+    test_data: data.DataConfig
+    train_config: training.TrainConfig
+    table: matching.CostCache
+    target: float
+
+
+def prepare(config, output_dir, log=print):
+    """Check the directory, make the split, count the target; returns a Study."""
+    config = config.validate()
+    arms.check_available(config.arms)
+    check_dir(output_dir, config)
+    record = split.make_split(config, os.path.join(output_dir, "data"))
+    pool = record["pool_dir"]
+    train_data = data.DataConfig(dataset="folder", data_dir=pool, seed=0)
+    search_data = dataclasses.replace(train_data, max_examples=config.search_examples)
+    test_data = data.DataConfig(dataset="folder", data_dir=record["test_dir"], augment=False,
+                                validation_fraction=0.0, batch_size=100)
+    info = data.dataset_info(train_data)
+    table = matching.CostCache(os.path.join(output_dir, "costs.json"), info.num_classes,
+                               info.image_size)
+    target = table.equivalent_ops(arms.target_spec(config))
+    files.write_json(os.path.join(output_dir, "target.json"),
+                     {"equivalent_ops": target, "spec": arms.target_spec(config)})
+    train_config = training.recipe(config.recipe, epochs=config.train_epochs,
+                                   batch_size=config.train_batch, verbose=2, **RECIPE_SETTINGS)
+    log(f"study: {len(config.arms)} arm(s) x {config.seeds} seed(s); pool "
+        f"{record['pool_files']} images, held-out test {record['test_files']} images; "
+        f"EqOPs target {target / 1e6:.3f}M (BNAS-A cell, {config.final_cells} cells x "
+        f"{config.final_channels} channels)")
+    return Study(config, output_dir, record, search_data, train_data, test_data,
+                 train_config, table, target)
+
+
+def trial_keys(config):
+    """(arm, seed) of every trial, seed-major so every arm gets seed 0 first."""
+    return [(arm, seed) for seed in range(config.seeds) for arm in config.arms]
+
+
+class Progress:
+    """Overall progress with an ETA from the wall time of trials run in this process."""
+
+    def __init__(self, total, log):
+        self.total, self.log, self.start, self.times = total, log, time.time(), {}
+
+    def eta(self, pending):
+        if not self.times:
+            return "unknown until one trial finishes"
+        overall = sum(self.times.values()) / len(self.times)
+        seconds = sum(self.times.get(arm, overall) for arm, _ in pending)
+        return _hms(seconds)
+
+    def begin(self, index, arm, seed, pending):
+        self.log(f"\n=== trial {index}/{self.total}: {arm} seed {seed} (elapsed "
+                 f"{_hms(time.time() - self.start)}, ETA {self.eta(pending)})")
+        return time.time()
+
+    def end(self, arm, started, record):
+        self.times.setdefault(arm, time.time() - started)
+        self.log(f"=== {arm} seed {record['seed']}: top-1 {record['top1']:.4f} in "
+                 f"{_hms(time.time() - started)}")
+
+
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def run(config, output_dir, log=None):
+    """Run (or resume) the study and write its report; returns the results dict."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    study = prepare(config, output_dir, log)
+    keys = trial_keys(study.config)
+    pending = [k for k in keys if trial.load(output_dir, *k) is None]
+    log(f"study: {len(keys) - len(pending)}/{len(keys)} trial(s) already finished")
+    progress = Progress(len(keys), log)
+    for i, (arm, seed) in enumerate(pending):
+        started = progress.begin(keys.index((arm, seed)) + 1, arm, seed, pending[i:])
+        record = trial.run_trial(study, arm, seed, log)
+        progress.end(arm, started, record)
+        _clear()
+    return report.write(study, [trial.load(output_dir, *k) for k in keys], log)
+
+
+def _clear():
+    import tensorflow as tf
+    tf.keras.backend.clear_session()

@@ -1,0 +1,85 @@
+"""Flags of the evidence study (tools/study.py): a profile, then per-setting overrides.
+
+Every `bnas_tf.study.StudyConfig` setting has a flag of the same name; a flag given
+on the command line overrides the profile's value (the tool prints each override).
+"""
+from absl import flags as absl_flags
+
+from flags import define
+
+from bnas_tf import study
+
+FLAGS = absl_flags.FLAGS
+_INT = ("seeds", "split_seed", "train_per_class", "test_per_class", "search_examples",
+        "search_epochs", "search_cells", "search_channels", "search_batch", "bars_max_depth",
+        "bars_warmup_epochs", "final_cells", "final_channels", "train_epochs", "train_batch",
+        "export_samples", "latency_runs")
+_HELP = {
+    "seeds": "Repetitions of every arm (seeds 0..N-1).",
+    "split_seed": "Seed of the per-class draw of the pool and the held-out test images.",
+    "train_per_class": "Images per class searches and trainings may read (the pool).",
+    "test_per_class": "Held-out test images per class (ignored with --test_dir).",
+    "search_examples": "Class-balanced cap on the search data (search halves of the pool).",
+    "search_epochs": "Search epochs (BNAS and BARS).",
+    "search_cells": "Cells of the BNAS supernet.",
+    "search_channels": "Channels of the BNAS supernet's first cell.",
+    "search_batch": "Search batch size.",
+    "bars_max_depth": "BARS: maximum cells per stage (search and random draws).",
+    "bars_warmup_epochs": "BARS: weight-only epochs before the alphas are updated.",
+    "final_cells": "Cells of every final BNAS-cell network; BNAS-A's cell at "
+                   "final_cells x final_channels sets the EqOPs target.",
+    "final_channels": "Channels of the BNAS-A reference network (EqOPs target).",
+    "train_epochs": "Training epochs of every final network.",
+    "train_batch": "Training batch size of every final network.",
+    "export_samples": "Held-out images on which the .tflite must agree with Keras.",
+    "latency_runs": "Single-image LCE latency runs (median reported).",
+}
+_DEFINITIONS = (
+    (absl_flags.DEFINE_enum, "profile", "cpu", dict(enum_values=list(study.PROFILES)),
+     "Study settings: smoke (minutes), cpu (~2.5 h on 2 cores), paper (GPU; "
+     "see docs/results.md)."),
+    (absl_flags.DEFINE_string, "output_dir", None, {},
+     "Study directory (rerun the same command to resume; shared by scale-out workers)."),
+    (absl_flags.DEFINE_string, "data_dir", None, {},
+     "Image folder root/<class>/*.jpg the study splits into pool and held-out test."),
+    (absl_flags.DEFINE_string, "test_dir", None, {},
+     "External labelled test folder (<class>/*.jpg) instead of the held-out split."),
+    (absl_flags.DEFINE_list, "arms", None, {},
+     f"Arms (comma-separated; default: the profile's): {', '.join(study.ARMS)}."),
+    (absl_flags.DEFINE_float, "bars_flops_budget", None, {},
+     "BARS: equivalent-OPs budget in millions (search and random draws)."),
+    (absl_flags.DEFINE_list, "bars_base_channels", None, {},
+     "BARS: channels of each stage at width 1.0 (comma-separated)."),
+    (absl_flags.DEFINE_string, "recipe", None, {}, "Training recipe of every final network."),
+    *((absl_flags.DEFINE_integer, name, None, {}, _HELP[name]) for name in _INT),
+)
+define(_DEFINITIONS)
+
+OVERRIDES = ("data_dir", "test_dir", "arms", "bars_flops_budget", "bars_base_channels",
+             "recipe") + _INT
+
+
+def study_config_from_flags(log=print):
+    """StudyConfig of --profile with every flag given on the command line applied
+    (each override printed)."""
+    overrides = {}
+    for name in OVERRIDES:
+        if FLAGS[name].present or (name == "data_dir" and FLAGS[name].value):
+            value = FLAGS[name].value
+            if name == "bars_base_channels":
+                try:
+                    value = [int(v) for v in value]
+                except ValueError:
+                    raise ValueError(f"--bars_base_channels must be integers, "
+                                     f"got {','.join(value)}") from None
+            overrides[name] = value
+    profile = dict(study.PROFILES[FLAGS.profile])
+    for name, value in overrides.items():
+        if name in profile and _shown(profile[name]) != _shown(value):
+            log(f"--{name}={_shown(value)} overrides profile {FLAGS.profile}'s "
+                f"{_shown(profile[name])}")
+    return study.config_for(FLAGS.profile, **overrides)
+
+
+def _shown(value):
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)

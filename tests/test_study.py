@@ -1,0 +1,400 @@
+"""The evidence study (issue 18): random draws, split, matching, report, end to end."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bnas_tf import genotypes, ops
+from bnas_tf.models import presets
+from bnas_tf.study import arms, matching, report, run, split, trial
+from bnas_tf import study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- random draws
+
+def test_random_bnas_is_valid_and_covers_every_op_and_input():
+    rng = np.random.default_rng(0)
+    seen = {kind: {"ops": set(), "inputs": {n: set() for n in range(2, 6)}}
+            for kind in ("normal", "reduce")}
+    for _ in range(400):
+        g = genotypes.random_bnas(rng)
+        g.validate()
+        for kind in ("normal", "reduce"):
+            edges = getattr(g, kind)
+            for k, (op, src) in enumerate(edges):
+                seen[kind]["ops"].add(op)
+                seen[kind]["inputs"][2 + k // 2].add(src)
+            for node in range(4):  # a node's two inputs are distinct, as derivation keeps
+                assert edges[2 * node][1] != edges[2 * node + 1][1]
+    for kind in ("normal", "reduce"):
+        assert seen[kind]["ops"] == set(ops.BNAS_OPS)  # Zeroise ('none') included
+        for node, inputs in seen[kind]["inputs"].items():
+            assert inputs == set(range(node)), (kind, node)
+
+
+def test_random_bnas_is_seeded():
+    a = genotypes.random_bnas(np.random.default_rng(3))
+    b = genotypes.random_bnas(np.random.default_rng(3))
+    c = genotypes.random_bnas(np.random.default_rng(4))
+    assert a == b and a != c
+
+
+def test_random_bars_covers_the_space_and_respects_the_budget():
+    rng = np.random.default_rng(0)
+    widths, depths, op_seen = set(), set(), set()
+
+    def fits(g):  # a stand-in budget: total depth at most 3
+        return sum(s.depth for s in g.stages) <= 3
+
+    for _ in range(300):
+        g = genotypes.random_bars(rng, base_channels=(8, 16, 32), max_depth=2, fits=fits)
+        assert fits(g)
+        widths.update(s.width for s in g.stages)
+        depths.update(s.depth for s in g.stages)
+        op_seen.update(g.ops_used())
+    assert widths == {0.25, 0.5, 0.75, 1.0}
+    assert depths == {0, 1, 2}
+    assert op_seen == set(ops.BARS_OPS)
+    with pytest.raises(ValueError, match="budget"):
+        genotypes.random_bars(rng, fits=lambda g: False, max_tries=5)
+
+
+# ----------------------------------------------------------------------------- split
+
+def _config(cifar_dir, **kw):
+    values = dict(data_dir=str(cifar_dir), train_per_class=6, test_per_class=3)
+    values.update(kw)
+    return study.config_for("smoke", **values)
+
+
+def test_split_is_class_balanced_and_disjoint_from_what_search_and_training_read(
+        cifar_dir, tmp_path):
+    from bnas_tf import data
+    config = _config(cifar_dir)
+    record = split.make_split(config, str(tmp_path / "data"))
+    test = split.read_list(str(tmp_path / "data"), "test")
+    pool = split.read_list(str(tmp_path / "data"), "pool")
+    assert len(test) == 30 and len(pool) == 60
+    assert {t.split("/")[0] for t in test} == set(record["classes"])
+    assert not set(test) & set(pool)  # by file name
+    assert split.disjoint(record)
+    # every split searches and trainings read comes from the pool directory alone
+    cfg = data.DataConfig(dataset="folder", data_dir=record["pool_dir"])
+    sizes = data.dataset_info(cfg).split_sizes
+    assert sizes["train"] + sizes["validation"] == 60
+    assert sizes["search_train"] + sizes["search_val"] == sizes["train"]
+    assert split.listed_files(record["pool_dir"]) == {
+        os.path.realpath(os.path.join(cifar_dir, p)) for p in pool}
+    # the same seed gives the same split; the record is reused
+    again = split.make_split(config, str(tmp_path / "data"))
+    assert again == record
+
+
+def test_split_with_an_external_test_dir(cifar_dir, tmp_path):
+    ext = tmp_path / "ext"
+    for c in sorted(os.listdir(cifar_dir)):
+        (ext / c).mkdir(parents=True)
+        name = sorted(os.listdir(cifar_dir / c))[0]
+        os.symlink(cifar_dir / c / name, ext / c / name)
+    record = split.make_split(_config(cifar_dir, test_dir=str(ext)), str(tmp_path / "data"))
+    assert record["external_test"] and record["test_dir"] == str(ext)
+    assert record["test_files"] == 10 and record["pool_files"] == 60
+    (ext / "cat").rename(ext / "kitten")
+    with pytest.raises(ValueError, match="classes"):
+        split.make_split(_config(cifar_dir, test_dir=str(ext)), str(tmp_path / "other"))
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_changed_configuration_is_refused_with_one_line(cifar_dir, tmp_path):
+    run.check_dir(str(tmp_path), _config(cifar_dir))
+    run.check_dir(str(tmp_path), _config(cifar_dir))  # the same: accepted
+    with pytest.raises(run.StudyDirError) as e:
+        run.check_dir(str(tmp_path), _config(cifar_dir, seeds=2))
+    assert "seeds" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_profiles_and_overrides():
+    assert study.config_for("cpu", data_dir="x") == study.StudyConfig(data_dir="x")
+    c = study.config_for("cpu", data_dir="x", seeds=5)
+    assert c.seeds == 5 and c.search_epochs == study.PROFILES["cpu"]["search_epochs"]
+    with pytest.raises(ValueError, match="unknown arm"):
+        study.config_for("smoke", data_dir="x", arms=("bnas", "nas-bench"))
+    with pytest.raises(ValueError, match="profile"):
+        study.config_for("gpu", data_dir="x")
+    with pytest.raises(ValueError, match="data_dir"):
+        study.config_for("smoke")
+
+
+def test_missing_preset_arm_is_refused(monkeypatch):
+    arms.check_available(["bnas", "xnor-resnet18-matched"])
+    monkeypatch.delitem(presets.PRESETS, "birealnet18-cifar", raising=False)
+    with pytest.raises(ValueError, match="birealnet18-cifar") as e:
+        arms.check_available(["bnas", "birealnet18-cifar"])
+    assert "\n" not in str(e.value)
+
+
+def test_ablation_arms_set_the_search_settings():
+    c = study.config_for("smoke", data_dir="x")
+    assert arms.search_config(arms.get("bnas-no-zeroise"), c, 0).derive == "darts"
+    assert arms.search_config(arms.get("bnas-no-skip"), c, 0).cell_template == "darts"
+    assert arms.search_config(arms.get("bnas-no-div"), c, 0).diversity_lambda == 0.0
+    base = arms.search_config(arms.get("bnas"), c, 1)
+    assert (base.derive, base.cell_template, base.seed) == ("bnas", "bnas", 1)
+    assert base.diversity_lambda > 0
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_alpha_report_flags_alphas_that_never_moved():
+    from bnas_tf.search import SearchConfig
+    cfg = SearchConfig()
+    k = len(cfg.ops)
+    still = {"best_epoch": 1, "epochs": [{"epoch": 0, "alpha_entropy": np.log(k)},
+                                         {"epoch": 1, "alpha_entropy": np.log(k) - 1e-5}]}
+    moved = {"best_epoch": 1, "epochs": [{"epoch": 0, "alpha_entropy": np.log(k) - 1e-4},
+                                         {"epoch": 1, "alpha_entropy": np.log(k) - 0.05}]}
+    a = trial.alpha_report(still, cfg)
+    b = trial.alpha_report(moved, cfg)
+    assert a["indistinguishable"] and not b["indistinguishable"]
+    assert b["per_epoch"] == pytest.approx([1e-4, 0.05])
+    # BARS: op rows (10 dense edges x (3 stages + reduce)), width rows, depth rows
+    bars = arms.search_config(arms.get("bars"), study.config_for(
+        "smoke", data_dir="x", bars_base_channels=(8, 16, 16), bars_max_depth=1), 0)
+    uniform = (40 * np.log(3) + 3 * np.log(4) + 3 * np.log(2)) / 46  # 1.0909 nats
+    flat = {"best_epoch": 0, "epochs": [{"epoch": 0, "bars/alpha_entropy": uniform - 1e-6}]}
+    assert trial.alpha_report(flat, bars)["indistinguishable"]
+    moved = {"best_epoch": 0, "epochs": [{"epoch": 0, "bars/alpha_entropy": uniform - 0.02}]}
+    assert trial.alpha_report(moved, bars)["per_epoch"] == pytest.approx([0.02])
+
+
+def _fake(arm, seed, top1):
+    return {"arm": arm, "seed": seed, "top1": top1, "top5": 0.9, "equivalent_ops": 5e6,
+            "target_equivalent_ops": 5e6, "params": 1e5, "bytes": 2048, "bconv_ops": 4,
+            "latency_ms": 1.0, "search_cpu_s": 3600.0, "train_cpu_s": 0.0, "matched": True}
+
+
+def test_paired_comparison_and_arm_statistics():
+    c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=3)
+    trials = [_fake("bnas", s, t) for s, t in enumerate((0.50, 0.52, 0.51))]
+    trials += [_fake("bnas-random", s, t) for s, t in enumerate((0.45, 0.46, 0.47))]
+    rows = report.arm_rows(trials, c)
+    assert rows[0]["top1_mean"] == pytest.approx(51.0)
+    assert rows[0]["top1_std"] == pytest.approx(1.0)
+    assert rows[0]["cpu_hours"] == pytest.approx(3.0)
+    (pair,) = report.pairs(trials, c)
+    assert pair["differences"] == pytest.approx([5.0, 6.0, 4.0])
+    assert pair["mean"] == pytest.approx(5.0) and "bnas better" in pair["verdict"]
+    close = trials[:3] + [_fake("bnas-random", s, t) for s, t in enumerate((0.52, 0.49, 0.51))]
+    assert "no difference" in report.pairs(close, c)[0]["verdict"]
+
+
+# ----------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+def test_matched_equivalent_ops_within_10_percent(cifar_dir, tmp_path):
+    from bnas_tf.study import run as study_run
+    config = _config(cifar_dir)
+    s = study_run.prepare(config, str(tmp_path), log=lambda m: None)
+    for name in ("bnas-random", "bnas-a", "xnor-resnet18-matched", "bars-random"):
+        arm = arms.get(name)
+        search = arms.search_config(arm, config, 0) if arm.kind == "random" else None
+        g = arms.random_genotype(arm, config, 0, s.table) if arm.kind == "random" \
+            else genotypes.BNAS_A
+        if name == "bars-random":  # the draw respects the BARS budget at search width
+            spec = arms.final_spec(arm, config, search, g)
+            assert s.table.equivalent_ops(spec) <= config.bars_flops_budget * 1e6
+        spec, row = matching.match(arms.final_spec(arm, config, search, g), s.target, s.table)
+        assert abs(row["equivalent_ops"] / s.target - 1) <= 0.10, (name, row)
+
+
+def _tool(out, cifar_dir, *extra):
+    return [sys.executable, os.path.join(REPO, "tools", "study.py"), "--profile=smoke",
+            f"--data_dir={cifar_dir}", f"--output_dir={out}", "--arms=bnas,bnas-random",
+            *extra]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end_with_kill_and_resume(cifar_dir, tmp_path):
+    out = tmp_path / "study"
+    first = out / "trials" / "bnas" / "seed0" / "trial.json"
+    second = out / "trials" / "bnas-random" / "seed0" / "stages.json"
+    proc = subprocess.Popen(_tool(out, cifar_dir), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:  # kill -9 once the first trial is done and the second is past its sizing
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if first.exists() and second.exists() and "match" in json.loads(second.read_text()):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the study finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = first.read_text()
+    assert not (out / "results.md").exists()
+    done = subprocess.run(_tool(out, cifar_dir), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert first.read_text() == kept  # the finished trial was not redone
+    assert "1/2 trial(s) already finished" in done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["finished"] == 2
+    for t in results["trials"]:
+        assert 0.0 <= t["top1"] <= 1.0 and t["test_examples"] == 30
+        assert t["bconv_ops"] > 0 and os.path.getsize(t["tflite"]) == t["bytes"]
+        assert t["latency_ms"] > 0 and t["train_cpu_s"] > 0
+        assert abs(t["equivalent_ops"] / t["target_equivalent_ops"] - 1) <= 0.10
+    bnas = next(t for t in results["trials"] if t["arm"] == "bnas")
+    assert bnas["search_cpu_s"] > 0 and len(bnas["alphas"]["per_epoch"]) == 1
+    md = (out / "results.md").read_text()
+    assert "bnas vs bnas-random" in md and "Fairness" in md and "Did the alphas move" in md
+    assert (out / "accuracy_vs_eqops.png").stat().st_size > 10_000
+    assert split.disjoint(results["split"])
+    # a changed configuration in the same directory: one line, nothing lost
+    changed = subprocess.run(_tool(out, cifar_dir, "--seeds=2"), env=_env(),
+                             capture_output=True, text=True)
+    assert changed.returncode != 0 and "another configuration" in changed.stderr
+    assert first.read_text() == kept
+
+
+@pytest.mark.slow
+def test_two_scale_out_workers_share_one_study(cifar_dir, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "study"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "study.py"), "--profile=smoke",
+           f"--data_dir={cifar_dir}", f"--output_dir={out}", "--arms=bnas-a,bnas-random"]
+
+    def start(tuner_id):
+        env = {**_env(), "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+               "KERASTUNER_ORACLE_PORT": str(port)}
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    chief = start("chief")
+    procs = [chief]
+    try:
+        deadline = time.time() + 300
+        while not (out / "data" / "split.json").exists() and time.time() < deadline:
+            assert chief.poll() is None, chief.stdout.read()[-2000:]
+            time.sleep(0.5)
+        time.sleep(5)  # the chief's oracle server is up
+        procs += [start("tuner0"), start("tuner1")]
+        logs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [log[-1500:] for log in logs]
+    ran = [{arm for arm in ("bnas-a", "bnas-random") if f"= {arm} seed 0" in log}
+           for log in logs[1:]]
+    assert ran[0] | ran[1] == {"bnas-a", "bnas-random"} and not ran[0] & ran[1]
+    results = json.loads((out / "results.json").read_text())
+    assert results["finished"] == 2 and (out / "results.md").exists()
+
+
+def test_flags_override_the_profile_and_say_so():
+    from flags import study as study_flags
+    FLAGS = study_flags.FLAGS
+    lines = []
+    try:
+        FLAGS(["study", "--profile=smoke", "--data_dir=x", "--seeds=2",
+               "--arms=bnas,bars-random"])
+        config = study_flags.study_config_from_flags(log=lines.append)
+    finally:
+        FLAGS.unparse_flags()
+    assert config.seeds == 2 and config.arms == ("bnas", "bars-random")
+    assert config.search_epochs == study.PROFILES["smoke"]["search_epochs"]
+    assert any(line.startswith("--seeds=2 overrides profile smoke's 1") for line in lines)
+    assert any(line.startswith("--arms=bnas,bars-random overrides") for line in lines)
+
+
+def test_matching_refuses_a_width_that_changes_nothing():
+    class Flat:
+        def equivalent_ops(self, spec):
+            return 1e6
+
+    with pytest.raises(ValueError, match="does not change"):
+        matching.match({"family": "baseline", "arch": "resnet"}, 2e6, Flat())
+
+
+def test_matching_finds_the_closest_width_of_a_quadratic_cost():
+    class Quadratic:  # EqOPs = 1000 c^2 + 5000 c, monotone like a real network
+        def equivalent_ops(self, spec):
+            c = spec["channels"]
+            return 1000.0 * c * c + 5000.0 * c
+
+        def get(self, spec):
+            return {"equivalent_ops": self.equivalent_ops(spec)}
+
+    for target in (2.0e5, 1.0e6, 4.1e6):
+        spec, row = matching.match({"family": "bnas", "channels": 16}, target, Quadratic())
+        best = min(range(2, 513), key=lambda c: abs(1000 * c * c + 5000 * c - target))
+        assert spec["channels"] == best
+        assert row["equivalent_ops"] == Quadratic().equivalent_ops(spec)
+
+
+@pytest.mark.slow
+def test_bars_backbone_and_ablation_arms_produce_trials(cifar_dir, tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "study.py"), "--profile=smoke",
+           f"--data_dir={cifar_dir}", f"--output_dir={out}",
+           "--arms=bars,bars-random,xnor-resnet18,bnas-no-skip"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    by_arm = {t["arm"]: t for t in results["trials"]}
+    assert set(by_arm) == {"bars", "bars-random", "xnor-resnet18", "bnas-no-skip"}
+    for t in by_arm.values():
+        assert t["bconv_ops"] > 0 and t["bytes"] > 0 and 0 <= t["top1"] <= 1
+    assert by_arm["bnas-no-skip"]["genotype"]["template"] == "darts"
+    assert by_arm["bars"]["genotype"]["method"] == "bars" and "alphas" in by_arm["bars"]
+    assert not by_arm["xnor-resnet18"]["matched"]
+    assert by_arm["xnor-resnet18"]["width"] == 64  # the original width, not matched
+    for arm in ("bars", "bars-random", "bnas-no-skip"):
+        assert abs(by_arm[arm]["equivalent_ops"] / results["target_equivalent_ops"] - 1) <= 0.1
+
+
+def test_report_files_hold_every_trial(tmp_path):
+    import types
+    from bnas_tf import training
+    c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=2)
+    trials = []
+    for s, (a, b) in enumerate(((0.50, 0.45), (0.52, 0.47))):
+        for arm, top1 in (("bnas", a), ("bnas-random", b)):
+            t = _fake(arm, s, top1)
+            t.update(width=16, resumed=False, search_wall_s=1.0, train_wall_s=2.0,
+                     agreement=1.0, export_error=None)
+            if arm == "bnas":
+                t["alphas"] = {"measure": "mean KL from uniform (nats)",
+                               "per_epoch": [1e-5, 2e-5], "derived_epoch": 1,
+                               "at_derived_epoch": 2e-5, "indistinguishable": True}
+            trials.append(t)
+    fake = types.SimpleNamespace(
+        config=c, output_dir=str(tmp_path), target=5e6, train_config=training.TrainConfig(),
+        split={"pool_files": 60, "test_files": 30, "source": "x", "classes": list("abc"),
+               "external_test": False})
+    results = report.write(fake, trials + [None], log=lambda m: None)
+    saved = json.loads((tmp_path / report.RESULTS_JSON).read_text())
+    assert saved["finished"] == 4 and saved["total"] == 5 and len(saved["trials"]) == 4
+    assert results["pairs"][0]["differences"] == pytest.approx([5.0, 5.0])
+    md = (tmp_path / report.RESULTS_MD).read_text()
+    assert "| bnas | 2 | 51.00 +- 1.41 |" in md and "| bnas-random | 2 | 46.00 +- 1.41 |" in md
+    assert "indistinguishable from their initial values" in md
+    assert "4/5 trials finished" in md and "30 images" in md
+    assert (tmp_path / report.PLOT).stat().st_size > 10_000
