@@ -1,6 +1,6 @@
 """The evidence study: searched vs random vs hand-designed binary networks at equal EqOPs.
 
-  python tools/study.py --profile=cpu --data_dir=../shared/datasets/cifar10/train \
+  python tools/study.py --profile=cpu --data_dir=../shared/datasets/cifar10/train \\
       --output_dir=runs/study
 
 Runs every arm (--arms) over --seeds, each trial's network matched on equivalent
