@@ -8,6 +8,7 @@ its native libraries write the oneDNN notice and, on machines without an NVIDIA
 driver, the CUDA probe lines ("Could not find cuda drivers", "failed call to cuInit")
 straight to file descriptor 2, before ``TF_CPP_MIN_LOG_LEVEL`` is read, once per
 library. Every other line is passed through. ``BNAS_TF_STARTUP_LOG=1`` shows them all.
+INFO log lines from TensorFlow's and Keras' Python code (SavedModel internals) are dropped.
 """
 import contextlib
 import os
@@ -81,6 +82,20 @@ def _import_tensorflow():
         # the filter (listing physical devices does not initialise the runtime, so
         # strategies and device configuration can still be set afterwards).
         tf.config.list_physical_devices()
+    # TensorFlow's own INFO lines (SavedModel "Assets written to", "Sharding callback
+    # duration", "Found untraced functions", ...) report nothing a run did wrong; its
+    # warnings and errors stay, and so do bnas-tf's own INFO lines (absl's logger).
+    from absl import logging as absl_logging
+    absl_logging.get_absl_handler().addFilter(_library_info_filter)
+    tf.get_logger().addFilter(_library_info_filter)
+
+
+_LIBRARIES = (f"{os.sep}tensorflow{os.sep}", f"{os.sep}tf_keras{os.sep}", f"{os.sep}keras{os.sep}")
+
+
+def _library_info_filter(record):
+    """False (drop) for INFO/DEBUG records logged from TensorFlow or Keras sources."""
+    return record.levelno >= 30 or not any(lib in str(record.pathname) for lib in _LIBRARIES)
 
 
 _import_tensorflow()

@@ -84,7 +84,7 @@ def _folder_line(root, classes, pools, skipped):
         per_class = np.bincount(labels, minlength=len(classes))
         counts.append(f"{pool} {len(labels)} ({per_class.min()}..{per_class.max()} per class)"
                       if pool == "train" else f"{pool} {len(labels)}")
-    line = f"data: {root}: {len(classes)} classes, images: {', '.join(counts)}"
+    line = f"data: {root}: {len(classes)} classes, images found: {', '.join(counts)}"
     if skipped:
         shown = ", ".join(os.path.relpath(p, root) for p in skipped[:3])
         more = f", +{len(skipped) - 3} more" if len(skipped) > 3 else ""
