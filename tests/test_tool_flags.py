@@ -210,3 +210,16 @@ def test_pipeline_and_size_print_the_size_first(cifar_dir, tmp_path, monkeypatch
              "--max_cells=6", *folder)
     assert "sizing a bnas network (cell from --genotype=bnas_a): cells 4..6" in \
         capsys.readouterr().out
+
+
+def test_evaluate_applies_data_flags_on_top_of_the_training_data(cifar_dir, tmp_path, capsys):
+    data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=40)
+    config = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0,
+                             validation_freq=0)
+    out = tmp_path / "m"
+    training.train(presets.resolve(genotype="bnas_a", cells=2, channels=4), data_config,
+                   config, str(out))
+    capsys.readouterr()
+    assert _run("evaluate", f"--model_dir={out}", "--max_examples=8", "--progress=none") is None
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["examples"] == 8 and printed["data_dir"] == str(cifar_dir)  # not 40
