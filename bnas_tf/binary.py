@@ -340,6 +340,10 @@ class Pool(_Block):
 
 
 @tf.keras.utils.register_keras_serializable(SERIAL)
-class Identity(_Block):
+class SkipConnect(_Block):
+    """The identity op (DARTS' ``skip_connect``). Not named ``Identity``: that is a
+    built-in TF-Keras layer, and saving a model holding a same-named class logs a
+    warning per layer (tf_keras saved_model/save.py)."""
+
     def call(self, inputs):
         return inputs

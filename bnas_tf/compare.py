@@ -22,7 +22,7 @@ import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 
 from bnas_tf import data, report, training
 from bnas_tf import model_dir as mdir
-from bnas_tf.models import presets
+from bnas_tf.models import checks, presets
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_PNG = "comparison.png"
@@ -36,8 +36,17 @@ def model_dirname(model):
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name) or "model"
 
 
-def model_spec(model):
-    spec = presets.resolve(preset=model)
+def model_spec(model, overrides=None, sources=None):
+    """The spec of preset (or preset file) `model` with `overrides` (cells, channels,
+    binarization, residual; None = keep) applied; ValueError naming an override the
+    model's family does not take (drop_path is only checked: it is a training value)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    drop_path = overrides.pop("drop_path", None)  # a training value: checked, not stored
+    try:
+        spec = presets.resolve(preset=model, sources=sources, **overrides)
+        checks.check_options(spec.get("family"), {"drop_path": drop_path})
+    except ValueError as e:
+        raise ValueError(f"{model}: {e}") from None
     spec.setdefault("name", model_dirname(model))
     if os.path.isfile(model):  # a preset file names the network after the file
         spec["name"] = model_dirname(model)
@@ -58,9 +67,14 @@ def _rows(directories, kind):
     return rows
 
 
-def compare(models, data_config, train_config, output_dir, strategy=None, plot=True):
+def compare(models, data_config, train_config, output_dir, strategy=None, plot=True,
+            overrides=None, adapt_to_data=False, labels=None):
     """Train `models` under the same recipe/epochs/data and compare them (see module doc).
 
+    overrides: {cells, channels, binarization, residual: value or None} applied to every
+    model; a model whose family lacks one is refused (ValueError) before any training.
+    adapt_to_data: adapt presets meant for other data (`checks.adapt_to_data`) instead
+    of refusing them. labels: {override: its flag name} for the printed size lines.
     Returns the comparison dict written to output_dir/comparison.json.
     """
     names = report.expand_models(models)
@@ -68,9 +82,19 @@ def compare(models, data_config, train_config, output_dir, strategy=None, plot=T
     duplicates = sorted({d for d in dirnames if dirnames.count(d) > 1})
     if duplicates:
         raise ValueError(f"models given twice (or with the same name): {', '.join(duplicates)}")
-    specs = [model_spec(m) for m in names]  # every name checked before any training
+    sources = [{} for _ in names]
+    # every name, override and data fit checked before any training
+    specs = [model_spec(m, overrides, s) for m, s in zip(names, sources)]
     train_config = train_config.validate()
     info = data.dataset_info(data_config)
+    for i, spec in enumerate(specs):
+        if adapt_to_data:
+            specs[i] = checks.adapt_to_data(spec, info.num_classes, info.image_size)
+        else:
+            checks.check_data(spec, info.num_classes, info.image_size)
+    for spec, origin in zip(specs, sources):
+        origin = {k: (labels or {}).get(k, v) if v == "given" else v for k, v in origin.items()}
+        print(f"network {checks.describe(spec, origin)}", flush=True)
     kind = report.dataset_kind({}, info.image_size, data_config.dataset)
     directories, failures = [], {}
     for i, (name, dirname, spec) in enumerate(zip(names, dirnames, specs)):

@@ -74,8 +74,10 @@ class _Source:
 # ----------------------------------------------------------------------------- sources
 
 def _image_files(directory):
-    return sorted(e.name for e in os.scandir(directory)
-                  if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    """(sorted image file names, sorted names of the other files) of one class folder."""
+    files = [e.name for e in os.scandir(directory) if e.is_file()]
+    images = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    return images, sorted(set(files) - set(images))
 
 
 def _class_dirs(directory):
@@ -83,8 +85,30 @@ def _class_dirs(directory):
                   if e.is_dir() and not e.name.startswith("."))
 
 
+def _folder_line(root, classes, pools, skipped):
+    """One line: classes, images per pool (fewest..most per class), skipped files."""
+    counts = []
+    for pool, labels in pools.items():
+        per_class = np.bincount(labels, minlength=len(classes))
+        counts.append(f"{pool} {len(labels)} ({per_class.min()}..{per_class.max()} per class)"
+                      if pool == "train" else f"{pool} {len(labels)}")
+    line = f"data: {root}: {len(classes)} classes, images found: {', '.join(counts)}"
+    if skipped:
+        shown = ", ".join(os.path.relpath(p, root) for p in skipped[:3])
+        more = f", +{len(skipped) - 3} more" if len(skipped) > 3 else ""
+        line += (f"; skipped {len(skipped)} non-image file(s) (not "
+                 f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}): {shown}{more}")
+    return line
+
+
 @functools.lru_cache(maxsize=8)
 def _folder_source(root, name="folder"):
+    """Scan `root` ({class}/ or {train,val|validation,test}/{class}/ image folders).
+
+    Prints one line to stderr: classes, image counts and skipped non-image files.
+    Raises FileNotFoundError when there are no images, ValueError naming the folder of
+    an empty class (it would silently count as a class) or of a class only a val/test
+    folder has."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data directory {root} does not exist; pass --data_dir=PATH")
     layout = {"train": os.path.join(root, "train")}
@@ -97,20 +121,25 @@ def _folder_source(root, name="folder"):
         layout = {"train": root}
     classes = _class_dirs(layout["train"])
     index = {c: i for i, c in enumerate(classes)}
-    paths, pools = {}, {}
+    paths, pools, skipped = {}, {}, []
     for pool, directory in layout.items():
         files, labels = [], []
         for c in _class_dirs(directory):
             if c not in index:
                 raise ValueError(f"class dir {os.path.join(directory, c)} has no counterpart in "
                                  f"{layout['train']}")
-            names = _image_files(os.path.join(directory, c))
+            names, others = _image_files(os.path.join(directory, c))
+            skipped += [os.path.join(directory, c, f) for f in others]
+            if not names:
+                raise ValueError(f"class folder {os.path.join(directory, c)} holds no images "
+                                 f"(*.jpg|jpeg|png); remove it or add its images")
             files += [os.path.join(directory, c, f) for f in names]
             labels += [index[c]] * len(names)
         paths[pool], pools[pool] = np.array(files, dtype=object), np.array(labels, np.int32)
     if not classes or not len(pools["train"]):
         raise FileNotFoundError(f"no images under {root}: expected {root}/<class>/*.jpg|jpeg|png "
                                 f"or {root}/train/<class>/...")
+    print(_folder_line(root, classes, pools, skipped), file=sys.stderr, flush=True)
     first = tf.io.decode_image(tf.io.read_file(paths["train"][0]), channels=3,
                                expand_animations=False).shape
     small = tuple(first[:2]) == (32, 32)

@@ -56,7 +56,7 @@ def _pool(kind):
 
 def _shortcut(channels, stride, config, name=None):
     if stride == 1:
-        return binary.Identity(name=name)
+        return binary.SkipConnect(name=name)
     return binary.BinaryDownsample(channels, "improved", config.binarization, name=name)
 
 

@@ -17,7 +17,7 @@ import textwrap
 import bnas_tf  # noqa: F401
 
 from bnas_tf import data, export, genotypes, model_dir, training
-from bnas_tf.models import presets
+from bnas_tf.models import checks, presets
 from bnas_tf.search import runner
 
 SUMMARY = "pipeline.json"
@@ -32,7 +32,9 @@ BARS_SPEC_KEYS = ("downsample", "op_shortcut")
 
 
 def derived_spec(search_config, genotype_path, cells=None, channels=None):
-    """The network spec of a searched genotype (BNAS: sized by cells/channels)."""
+    """The network spec of a searched genotype (BNAS: sized by cells/channels, default
+    the search's). ValueError for cells/channels with a BARS genotype (its size is the
+    genotype's)."""
     genotype = genotypes.load(genotype_path)
     settings = search_config.settings
     if isinstance(genotype, genotypes.BnasGenotype):
@@ -40,23 +42,43 @@ def derived_spec(search_config, genotype_path, cells=None, channels=None):
                                cells=cells or settings.cells,
                                channels=channels or settings.channels,
                                binarization=search_config.binarization)
-    return presets.resolve(genotype=genotype, name="searched",
+    return presets.resolve(genotype=genotype, name="searched", cells=cells, channels=channels,
                            **{k: getattr(settings, k) for k in BARS_SPEC_KEYS})
 
 
 def run(data_config, search_config, train_config, output_dir, cells=None, channels=None,
-        export_samples=32, min_agreement=export.DEFAULT_MIN_AGREEMENT, log=print):
-    """Search, train the derived network and export it; returns the summary dict."""
+        export_samples=32, min_agreement=export.DEFAULT_MIN_AGREEMENT, log=print,
+        sources=None, verbose="auto"):
+    """Search, train the derived network and export it; returns the summary dict.
+
+    The search and the training run on `search_config.strategy`; `verbose` is the
+    search's Keras progress (the training's is `train_config.verbose`). `sources`
+    ({cells, channels: where the value came from}) labels the size line printed
+    first."""
     search_dir = os.path.join(output_dir, "search")
     train_dir = os.path.join(output_dir, "train")
     tflite = os.path.join(output_dir, "model.tflite")
+    if search_config.strategy == "multi_worker":  # one strategy cannot span both stages
+        raise ValueError("the pipeline runs on one machine (--strategy=default or mirrored); "
+                         "run tools/search.py and tools/train.py with --strategy=multi_worker")
+    sources = sources or {"cells": "given" if cells else "the search's",
+                          "channels": "given" if channels else "the search's"}
+    if search_config.method == "bnas":
+        log(f"network to train: the searched cell, {cells or search_config.settings.cells} cells "
+            f"({sources['cells']}) x {channels or search_config.settings.channels} channels "
+            f"({sources['channels']})")
+    elif cells or channels:
+        raise ValueError(f"the size of a {search_config.method} network comes from its "
+                         f"searched genotype; drop the cells/channels of the trained network")
     log(f"[1/3] {search_config.method} search -> {search_dir}")
     search = runner.run_search(search_config.method, data_config, search_config, search_dir,
-                               verbose=train_config.verbose)  # one --progress for both
+                               verbose=verbose)
     genotype_path = os.path.join(search_dir, runner.GENOTYPE_FILE)
     spec = derived_spec(search_config, genotype_path, cells, channels)
-    log(f"[2/3] training the derived network -> {train_dir}")
-    metrics = training.train(spec, data_config, train_config, train_dir)
+    log(f"[2/3] training the derived network -> {train_dir}: "
+        f"{checks.describe(spec, {'genotype': genotype_path, **sources})}")
+    metrics = training.train(spec, data_config, train_config, train_dir,
+                             strategy=search_config.strategy)
     log(f"[3/3] exporting -> {tflite}")
     report = export.export(train_dir, tflite, samples=export_samples,
                            min_agreement=min_agreement)

@@ -27,7 +27,7 @@ from absl import logging
 from bnas_tf import callbacks as lr_callbacks
 from bnas_tf import data, distribute, files, models, scoring
 from bnas_tf import model_dir as mdir
-from bnas_tf.models import common, presets
+from bnas_tf.models import checks, common, presets
 
 make_strategy = distribute.make_strategy
 
@@ -414,6 +414,7 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
     data_config = dataclasses.replace(data_config, batch_size=config.batch_size,
                                       cutout=config.cutout)
     info = data.dataset_info(data_config)
+    checks.check_data(spec, info.num_classes, info.image_size)  # a preset for other data
     record = {"spec": spec, "num_classes": info.num_classes, "image_size": info.image_size,
               "dataset": data_config.dataset, "auxiliary": bool(config.auxiliary)}
     _check_output_dir(output_dir, record)

@@ -231,3 +231,29 @@ def test_data_dir_is_stored_absolute_and_found_from_another_folder(tmp_path, mon
     # A directory that is not there is named as the path tried.
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'elsewhere' / 'gone'} does not"):
         data.dataset_info(data.DataConfig(dataset="folder", data_dir="gone"))
+
+
+def test_empty_class_folder_is_refused_naming_it(tmp_path):
+    root = _write_folder(tmp_path / "ds")
+    (root / "ghost").mkdir()  # would silently become a third class
+    with pytest.raises(ValueError, match=r"class folder .*ghost holds no images"):
+        data.dataset_info(_config(root))
+    only_text = _write_folder(tmp_path / "ds2")
+    (only_text / "notes").mkdir()
+    (only_text / "notes" / "readme.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"notes holds no images"):
+        data.dataset_info(_config(only_text))
+
+
+def test_folder_scan_reports_classes_counts_and_skipped_files_in_one_line(tmp_path, capsys):
+    root = _write_folder(tmp_path / "ds", classes=("a", "b", "c"), per_class=4)
+    (root / "b" / "labels.csv").write_text("x")
+    (root / "c" / "Thumbs.db").write_bytes(b"\0")
+    info = data.dataset_info(_config(root, validation_fraction=0.0))
+    assert info.num_classes == 3
+    lines = [l for l in capsys.readouterr().err.splitlines() if str(root) in l]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert "3 classes" in line and "train 12 (4..4 per class)" in line
+    assert "skipped 2 non-image file(s)" in line
+    assert "b/labels.csv" in line and "c/Thumbs.db" in line

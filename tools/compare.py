@@ -16,12 +16,21 @@ from absl import app  # noqa: E402
 
 from bnas_tf import compare, training  # noqa: E402
 import flags  # noqa: E402
+from flags import applies  # noqa: E402
 from flags import data as data_flags  # noqa: E402
-from flags import model as model_flags  # noqa: E402,F401  (--drop_path, --auxiliary)
+from flags import model as model_flags  # noqa: E402  (--cells, --channels, --drop_path, ...)
 from flags import size as size_flags  # noqa: E402  (--models)
 from flags import train as train_flags  # noqa: E402
 
 FLAGS = size_flags.FLAGS
+GROUPS = (data_flags, model_flags, size_flags, train_flags)
+OVERRIDES = ("cells", "channels", "binarization", "residual")  # applied to every model
+USED = (applies.names(data_flags, model_flags, train_flags) - {"preset", "genotype", "model_dir",
+                                                                "split"}) | {"models"}
+HINTS = {"preset": "name the networks in --models", "genotype": "name the networks in --models "
+         "(a genotype needs a preset JSON file: tools/size.py --output)",
+         "model_dir": "each model's directory is OUTPUT_DIR/<model>",
+         "split": "each model is scored on the test split"}
 
 HELP = (("compare", ("models", "output_dir", "strategy", "progress")),
         ("data", flags.names(data_flags)),
@@ -32,11 +41,17 @@ HELP = (("compare", ("models", "output_dir", "strategy", "progress")),
 def main(argv):
     flags.check_args(argv, models="NAME,NAME,... (presets or preset JSON files)",
                      output_dir="DIR")
+    applies.refuse_unused("tools/compare.py", GROUPS, USED, HINTS)
     with flags.usage_errors():
         strategy = training.make_strategy(FLAGS.strategy)  # first: before any TF op
-        compare.compare(FLAGS.models, data_flags.data_config_from_flags(),
-                        train_flags.train_config_from_flags(), FLAGS.output_dir,
-                        strategy=strategy)
+        train_config = train_flags.train_config_from_flags()
+        overrides = {name: FLAGS[name].value for name in OVERRIDES}
+        if FLAGS.drop_path is not None:  # refused for a family without drop-path
+            overrides["drop_path"] = FLAGS.drop_path
+        compare.compare(FLAGS.models, data_flags.data_config_from_flags(), train_config,
+                        FLAGS.output_dir, strategy=strategy, overrides=overrides,
+                        adapt_to_data=FLAGS.adapt_to_data,
+                        labels={name: f"--{name}" for name in OVERRIDES})
 
 
 def run():

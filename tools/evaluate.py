@@ -1,9 +1,10 @@
 """Evaluate a trained model directory (top-1 / top-5 / loss) on a labelled split.
 
   python tools/evaluate.py --model_dir=runs/bnas_a --dataset=folder --data_dir=PATH --split=test
-Without --dataset/--data_dir it uses the data the model was trained with. Writes
-MODEL_DIR/eval_<split>.json.
+Without --dataset/--data_dir it uses the data the model was trained with (other data
+flags given, e.g. --max_examples, apply on top of it). Writes MODEL_DIR/eval_<split>.json.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -15,24 +16,38 @@ from absl import app  # noqa: E402
 
 from bnas_tf import training  # noqa: E402
 import flags  # noqa: E402
+from flags import applies  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import train as train_flags  # noqa: E402
 
 FLAGS = train_flags.FLAGS
+GROUPS = (data_flags, train_flags)
+# Data flags that apply on top of the training data when --dataset/--data_dir are not given
+DATA_OVERRIDES = ("batch_size", "max_examples", "seed", "validation_fraction", "download")
+USED = {"dataset", "data_dir", "model_dir", "split", "progress", *DATA_OVERRIDES}
+HINTS = {"image_size": "images are resized to the model's own size",
+         "cutout": "evaluation does not augment",
+         "strategy": "evaluation runs on the default strategy",
+         "output_dir": "results go to MODEL_DIR/eval_<split>.json"}
 
-HELP = (("evaluate", ("model_dir", "split")),
-        ("data (default: the data the model was trained with)", flags.names(data_flags)))
+HELP = (("evaluate", ("model_dir", "split", "progress")),
+        ("data (default: the data the model was trained with)",
+         tuple(n for n in flags.names(data_flags) if n in USED)))
 
 
 def main(argv):
     flags.check_args(argv, model_dir="DIR")
-    if FLAGS.strategy != "default":  # a flag it cannot honour is refused, not ignored
-        raise app.UsageError(f"--strategy={FLAGS.strategy}: evaluate.py scores the saved "
-                             "model on one device (as training reports it); drop --strategy")
+    applies.refuse_unused("tools/evaluate.py", GROUPS, USED, HINTS)
     given = FLAGS["dataset"].present or FLAGS["data_dir"].present
     with flags.usage_errors():
-        config = data_flags.data_config_from_flags() if given else None
-        results = training.evaluate(FLAGS.model_dir, config, split=FLAGS.split, verbose=1)
+        if given:
+            config = data_flags.data_config_from_flags()
+        else:  # the training data, with the data flags given applied
+            overrides = {n: FLAGS[n].value for n in DATA_OVERRIDES if applies.given(n)}
+            config = (dataclasses.replace(training.training_data_config(FLAGS.model_dir),
+                                          **overrides) if overrides else None)
+        results = training.evaluate(FLAGS.model_dir, config, split=FLAGS.split,
+                                    verbose=train_flags.PROGRESS[FLAGS.progress])
     print(json.dumps(results))
 
 

@@ -17,10 +17,28 @@ from absl import app  # noqa: E402
 
 from bnas_tf import export, model_dir  # noqa: E402
 import flags  # noqa: E402
+from flags import applies  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import export as export_flags  # noqa: E402
 
 FLAGS = export_flags.FLAGS
+GROUPS = (data_flags, export_flags)
+HINTS = {"batch_size": "the sample images are taken in one batch of --samples",
+         "image_size": "sample images are resized to the model's own size",
+         "cutout": "sample images are not augmented"}
+# Flags that choose or check the sample images: they need --samples > 0, and the data
+# ones real images (--dataset or --data_dir)
+SAMPLE_DATA = ("dataset", "data_dir", "split", "max_examples", "seed", "validation_fraction",
+               "download")
+
+
+def _refuse_unused():
+    applies.refuse_unused("tools/export.py", GROUPS, applies.names(*GROUPS) - set(HINTS), HINTS)
+    applies.refuse_without(FLAGS.samples > 0, SAMPLE_DATA + ("min_agreement",),
+                           "--samples=0 checks no sample images")
+    applies.refuse_without(applies.given("dataset") or applies.given("data_dir"),
+                           SAMPLE_DATA[2:], "the sample images are noise unless --dataset or "
+                           "--data_dir gives real ones")
 
 
 def _sample_images():
@@ -43,6 +61,7 @@ HELP = (("export", flags.names(export_flags)),
 
 def main(argv):
     flags.check_args(argv, model_dir="DIR", output="FILE.tflite")
+    _refuse_unused()
     try:
         images = _sample_images()
         report = _export(FLAGS.model_dir, FLAGS.output, images, "lce")

@@ -17,12 +17,18 @@ from absl import app  # noqa: E402
 
 from bnas_tf import pipeline  # noqa: E402
 import flags  # noqa: E402
+from flags import applies  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import pipeline as pipeline_flags  # noqa: E402
 from flags import search as search_flags  # noqa: E402
 from flags import train as train_flags  # noqa: E402
 
 FLAGS = pipeline_flags.FLAGS
+GROUPS = (data_flags, search_flags, train_flags, pipeline_flags)
+HINTS = {"epochs": "set --search_epochs and --train_epochs",
+         "stop_after": "rerun the same command to continue an interrupted pipeline",
+         "model_dir": "the trained model is OUTPUT_DIR/train",
+         "split": "the trained model is scored on the test split"}
 
 HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir", "progress")),
         ("data", flags.names(data_flags)),
@@ -37,13 +43,23 @@ HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir", "progress")),
 
 def main(argv):
     flags.check_args(argv, output_dir="DIR")
+    applies.refuse_unused("tools/pipeline.py", GROUPS, applies.names(*GROUPS) - set(HINTS),
+                          HINTS)
+    applies.refuse_without(FLAGS.method == "bnas", ["train_cells", "train_channels"],
+                           f"a {FLAGS.method} network's size comes from its searched genotype")
     with flags.usage_errors():
         search_config = search_flags.search_config_from_flags(epochs=FLAGS.search_epochs)
         train_config = train_flags.train_config_from_flags(epochs=FLAGS.train_epochs)
+        sources = {"cells": "--train_cells" if FLAGS.train_cells else
+                   "the search's --cells" if applies.given("cells") else "the search's default",
+                   "channels": "--train_channels" if FLAGS.train_channels else
+                   "the search's --channels" if applies.given("channels")
+                   else "the search's default"}
         summary = pipeline.run(data_flags.data_config_from_flags(), search_config, train_config,
                                FLAGS.output_dir, cells=FLAGS.train_cells,
                                channels=FLAGS.train_channels,
-                               export_samples=FLAGS.export_samples)
+                               export_samples=FLAGS.export_samples, sources=sources,
+                               verbose=search_flags.PROGRESS[FLAGS.progress])
     print(pipeline.format_summary(summary))
 
 

@@ -14,6 +14,7 @@ from absl import app  # noqa: E402
 
 from bnas_tf import report  # noqa: E402
 import flags  # noqa: E402
+from flags import applies  # noqa: E402
 from flags import report as report_flags  # noqa: E402
 
 FLAGS = report_flags.FLAGS
@@ -31,6 +32,9 @@ HELP = (("report", flags.names(report_flags)),)
 
 def main(argv):
     flags.check_args(argv)
+    applies.refuse_unused("tools/report.py", (report_flags,), applies.names(report_flags))
+    applies.refuse_without(not FLAGS.table, ["num_classes", "image_size"],
+                           "the paper-style table counts each network on its paper's data")
     with flags.usage_errors():
         if FLAGS.table:
             rows = report.paper_table(FLAGS.table, results=FLAGS.results or (),

@@ -18,14 +18,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
-from bnas_tf import sizing  # noqa: E402
+from bnas_tf import data, sizing  # noqa: E402
+from bnas_tf.models import checks  # noqa: E402
 import flags  # noqa: E402
+from flags import applies  # noqa: E402
 from flags import data as data_flags  # noqa: E402
-from flags import model as model_flags  # noqa: E402,F401  (--preset, --genotype)
+from flags import model as model_flags  # noqa: E402  (--preset, --genotype, --binarization)
 from flags import size as size_flags  # noqa: E402
 from flags import train as train_flags  # noqa: E402
 
 FLAGS = size_flags.FLAGS
+GROUPS = (data_flags, model_flags, size_flags, train_flags)
+HINTS = {"cells": "sizing searches the cells: set --min_cells/--max_cells",
+         "channels": "sizing searches the channels: set --min_channels/--max_channels",
+         "epochs": "each trial trains --epochs_per_trial epochs",
+         "models": "--models is tools/compare.py's",
+         "strategy": "trials run on the default strategy",
+         "output_dir": "trials are written under --directory/--project_name; the best size "
+                       "to --output",
+         "model_dir": "--model_dir is tools/evaluate.py's",
+         "split": "trials are scored on the validation split"}
 
 HELP = (("size", flags.names(size_flags, exclude=("models",))),
         ("model", ("preset", "genotype", "binarization", "auxiliary", "drop_path")),
@@ -49,10 +61,26 @@ def sizing_trials_saved():
 
 def main(argv):
     flags.check_args(argv)
+    applies.refuse_unused("tools/size.py", GROUPS, applies.names(*GROUPS) - set(HINTS), HINTS)
+    applies.refuse_without(FLAGS.tune_gamma, ["gammas"], "gammas are tried with --tune_gamma only")
+    applies.refuse_without(FLAGS.tune_gamma or not (FLAGS.preset or FLAGS.genotype),
+                           ["search_dir"], "the search's alphas are read with --tune_gamma only "
+                           "(without --preset/--genotype it names the genotype)")
     try:
         config = size_flags.sizing_config_from_flags()
         spec, search_dir = sizing.resolve_spec(FLAGS.preset, FLAGS.genotype, FLAGS.search_dir,
                                                FLAGS.binarization)
+        if FLAGS.residual is not None:
+            spec = dict(spec, residual=FLAGS.residual)
+        checks.check_options(spec.get("family"), {"residual": FLAGS.residual,
+                                                  "drop_path": FLAGS.drop_path})
+        spec = model_flags.fit_to_data(spec, data.dataset_info(data_flags.data_config_from_flags()))
+        where = (f"--preset={FLAGS.preset}" if FLAGS.preset else
+                 f"--genotype={FLAGS.genotype}" if FLAGS.genotype else f"--search_dir={search_dir}")
+        print(f"sizing a {spec.get('family')} network (cell from {where}): cells "
+              f"{config.min_cells}..{config.max_cells} (--min_cells, --max_cells) x channels "
+              f"{config.min_channels}..{config.max_channels} step {config.channels_step} "
+              f"(--min_channels, --max_channels, --channels_step)", flush=True)
         train_config = train_flags.train_config_from_flags(epochs=FLAGS.epochs_per_trial)
         sizing.size(spec, data_flags.data_config_from_flags(), train_config, config,
                     FLAGS.directory, FLAGS.project_name, search_dir=search_dir,

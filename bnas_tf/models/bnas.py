@@ -17,6 +17,8 @@ from __future__ import annotations
 import bnas_tf  # noqa: F401
 import tensorflow as tf
 
+from absl import logging
+
 from bnas_tf import binary, genotypes, ops
 from bnas_tf.models import common
 
@@ -26,6 +28,46 @@ RESIDUALS = ("float", "binary")
 
 def reduction_cells(cells):
     return (cells // 3, 2 * cells // 3)
+
+
+def unread_inputs(edges):
+    """Indices (0 = s0, 1 = s1) of the cell inputs no non-Zeroise edge reads."""
+    read = {src for op, src in edges if op != ops.ZERO}
+    return tuple(i for i in (0, 1) if i not in read)
+
+
+_UNREAD_PATHS = set()  # "cellK/preI/" of preprocess convs whose output no op reads
+
+
+class _UnreadFilter:
+    """Drops Keras' "Gradients do not exist" warning when it names only unread
+    preprocess convs (`_UNREAD_PATHS`); any other variable keeps the warning."""
+
+    def filter(self, record):
+        if not str(record.msg).startswith("Gradients do not exist for variables"):
+            return True
+        names = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if not isinstance(names, (list, tuple)) or not names:
+            return True
+        return not all(any(p in str(n) for p in _UNREAD_PATHS) for n in names)
+
+
+_FILTER = _UnreadFilter()
+
+
+def explain_unread_inputs(cells):
+    """Say once per process which preprocess convs no op reads, and why they exist."""
+    paths = {f"{c.name}/pre{i}/" for c in cells for i in c.unread}
+    if not paths or paths <= _UNREAD_PATHS:
+        return
+    if not _UNREAD_PATHS:
+        tf.get_logger().addFilter(_FILTER)
+    _UNREAD_PATHS.update(paths)
+    kinds = sorted({f"{'reduction' if c.reduction else 'normal'} cells' pre{i} (s{i})"
+                    for c in cells for i in c.unread})
+    logging.info("bnas: no op of the genotype reads the %s; the preprocess conv is kept as "
+                 "in the reference code (its parameters are counted) and gets no gradient",
+                 ", ".join(kinds))
 
 
 @tf.keras.utils.register_keras_serializable(binary.SERIAL)
@@ -53,6 +95,7 @@ class BnasCell(binary._Block):
                      if reduction_prev else
                      binary.BinaryConv(channels, 1, binarization=binarization, name="pre0"))
         self.pre1 = binary.BinaryConv(channels, 1, binarization=binarization, name="pre1")
+        self.unread = unread_inputs(self.edges)
         self.ops = {}
         for k, (op, src) in enumerate(self.edges):
             if op != ops.ZERO:
@@ -61,7 +104,7 @@ class BnasCell(binary._Block):
                                             layer_name=f"e{k}_{op}")
         # String keys: TensorFlow's SavedModel refuses to track dicts with int keys.
         self.drops = ({k: common.DropPath(name=f"drop{k}") for k, layer in self.ops.items()
-                       if not isinstance(layer, binary.Identity)} if drop_path else {})
+                       if not isinstance(layer, binary.SkipConnect)} if drop_path else {})
         self.residual = None
 
     def build(self, input_shapes):
@@ -123,6 +166,7 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XN
         reduction_prev = True
     current = channels
     aux_logits = None
+    built = []
     for i in range(cells):
         reduction = i in reduction_cells(cells)
         if reduction:
@@ -130,10 +174,12 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XN
         cell = BnasCell(genotype, current, reduction, reduction_prev, skip=i > 0,
                         binarization=binarization, drop_path=drop_path,
                         residual=spec.get("residual", "float"), name=f"cell{i}")
+        built.append(cell)
         s0, s1 = s1, cell([s0, s1])
         reduction_prev = reduction
         if auxiliary and i == 2 * cells // 3:
             aux_logits = common.auxiliary_head(s1, num_classes)
+    explain_unread_inputs(built)
     logits = common.classifier(s1, num_classes)
     outputs = [logits, aux_logits] if aux_logits is not None else logits
     return tf.keras.Model(inputs, outputs, name=name or "bnas")

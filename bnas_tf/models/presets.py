@@ -13,6 +13,7 @@ import json
 import os
 
 from bnas_tf import genotypes
+from bnas_tf.models import checks
 
 PRESETS = {
     "bnas-mini": {"family": "bnas", "genotype": "bnas_a", "cells": 10, "channels": 24,
@@ -56,28 +57,37 @@ def get(name):
     return copy.deepcopy(PRESETS[key])
 
 
-def resolve(preset=None, genotype=None, cells=None, channels=None, **overrides):
+def resolve(preset=None, genotype=None, cells=None, channels=None, sources=None, **overrides):
     """A network spec from a preset and/or a genotype, with size overrides.
 
     The genotype is stored inline (as data), so the spec alone rebuilds the network.
+    sources: an optional dict this fills with where each value came from: ``given``
+    (the arguments), ``preset NAME``, ``genotype`` or ``default``.
+    Raises ValueError when cells/channels/residual are given for a family that has no
+    such thing (`checks.check_options`): a value is applied or refused, never ignored.
     """
     if preset is None and genotype is None:
         raise ValueError("give a preset (--preset) or a genotype (--genotype)")
     spec = get(preset) if preset else {}
+    origin = {key: f"preset {preset}" for key in spec}
     if genotype is not None:
         geno = genotypes.load(genotype)
         spec["genotype"] = geno.to_dict()
         spec.setdefault("family", geno.to_dict()["method"])
+        origin["genotype"] = "genotype"
     if "genotype" in spec and not isinstance(spec["genotype"], dict):
         spec["genotype"] = genotypes.load(spec["genotype"]).to_dict()
+    checks.check_options(spec.get("family"), dict(overrides, cells=cells, channels=channels))
     if spec.get("family") == "bnas":
-        spec.setdefault("cells", 8)
-        spec.setdefault("channels", 16)
-    if cells is not None:
-        spec["cells"] = int(cells)
-    if channels is not None:
-        spec["channels"] = int(channels)
-    spec.update({k: v for k, v in overrides.items() if v is not None})
+        for key, default in (("cells", 8), ("channels", 16)):
+            if key not in spec:
+                spec[key], origin[key] = default, "default"
+    for key, value in dict(overrides, cells=cells, channels=channels).items():
+        if value is not None:
+            spec[key] = int(value) if key in ("cells", "channels") else value
+            origin[key] = "given"
     if preset:
         spec.setdefault("name", str(preset))
+    if sources is not None:
+        sources.update(origin)
     return spec
