@@ -34,7 +34,8 @@ HINTS = {"preset": "name the networks in --models", "genotype": "name the networ
 
 HELP = (("compare", ("models", "output_dir", "strategy", "progress")),
         ("data", flags.names(data_flags)),
-        ("model", ("auxiliary", "drop_path")),
+        ("model (applied to every model)",
+         tuple(n for n in flags.names(model_flags) if n in USED)),
         ("train (recipe)", ("recipe",) + train_flags.RECIPE_FLAGS))
 
 
