@@ -7,7 +7,7 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import study
+from bnas_tf import study, training
 
 FLAGS = absl_flags.FLAGS
 _INT = ("seeds", "split_seed", "train_per_class", "test_per_class", "search_examples",
@@ -34,6 +34,11 @@ _HELP = {
     "export_samples": "Held-out images on which the .tflite must agree with Keras.",
     "latency_runs": "Single-image LCE latency runs (median reported).",
 }
+# flags other groups define too, defined identically (applied only when given)
+_SHARED = {"latency_runs": (0, dict(lower_bound=0)),  # flags/export.py
+           "search_epochs": (2, dict(lower_bound=1)),  # flags/pipeline.py
+           "train_epochs": (2, dict(lower_bound=1)),
+           "export_samples": (32, dict(lower_bound=0))}
 _DEFINITIONS = (
     (absl_flags.DEFINE_enum, "profile", "cpu", dict(enum_values=list(study.PROFILES)),
      "Study settings: smoke (minutes), cpu (~2.5 h on 2 cores), paper (GPU; "
@@ -50,8 +55,12 @@ _DEFINITIONS = (
      "BARS: equivalent-OPs budget in millions (search and random draws)."),
     (absl_flags.DEFINE_list, "bars_base_channels", None, {},
      "BARS: channels of each stage at width 1.0 (comma-separated)."),
-    (absl_flags.DEFINE_string, "recipe", None, {}, "Training recipe of every final network."),
-    *((absl_flags.DEFINE_integer, name, None, {}, _HELP[name]) for name in _INT),
+    # defined as flags/train.py defines it (one flag, one definition); applied only when given
+    (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(training.RECIPES)),
+     "Training recipe of every final network (default: the profile's)."),
+    *((absl_flags.DEFINE_integer, name, *_SHARED.get(name, (None, {})),
+       _HELP[name] + (" The profile's value unless given." if name in _SHARED else ""))
+      for name in _INT),
 )
 define(_DEFINITIONS)
 

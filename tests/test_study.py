@@ -143,12 +143,12 @@ def test_missing_preset_arm_is_refused(monkeypatch):
 
 def test_ablation_arms_set_the_search_settings():
     c = study.config_for("smoke", data_dir="x")
-    assert arms.search_config(arms.get("bnas-no-zeroise"), c, 0).derive == "darts"
-    assert arms.search_config(arms.get("bnas-no-skip"), c, 0).cell_template == "darts"
-    assert arms.search_config(arms.get("bnas-no-div"), c, 0).diversity_lambda == 0.0
+    assert arms.search_config(arms.get("bnas-no-zeroise"), c, 0).settings.derive == "darts"
+    assert arms.search_config(arms.get("bnas-no-skip"), c, 0).settings.cell_template == "darts"
+    assert arms.search_config(arms.get("bnas-no-div"), c, 0).settings.diversity_lambda == 0.0
     base = arms.search_config(arms.get("bnas"), c, 1)
-    assert (base.derive, base.cell_template, base.seed) == ("bnas", "bnas", 1)
-    assert base.diversity_lambda > 0
+    assert (base.settings.derive, base.settings.cell_template, base.seed) == ("bnas", "bnas", 1)
+    assert base.settings.diversity_lambda > 0
 
 
 # ----------------------------------------------------------------------------- report

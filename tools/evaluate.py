@@ -27,7 +27,7 @@ DATA_OVERRIDES = ("batch_size", "max_examples", "seed", "validation_fraction", "
 USED = {"dataset", "data_dir", "model_dir", "split", "progress", *DATA_OVERRIDES}
 HINTS = {"image_size": "images are resized to the model's own size",
          "cutout": "evaluation does not augment",
-         "strategy": "evaluation runs on the default strategy",
+         "strategy": "it scores the saved model on one device, as training reports it",
          "output_dir": "results go to MODEL_DIR/eval_<split>.json"}
 
 HELP = (("evaluate", ("model_dir", "split", "progress")),

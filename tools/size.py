@@ -40,7 +40,7 @@ HINTS = {"cells": "sizing searches the cells: set --min_cells/--max_cells",
          "split": "trials are scored on the validation split"}
 
 HELP = (("size", flags.names(size_flags, exclude=("models",))),
-        ("model", ("preset", "genotype", "binarization", "auxiliary", "drop_path")),
+        ("model", ("preset", "genotype", "binarization", "residual", "auxiliary", "drop_path")),
         ("data", flags.names(data_flags)),
         ("train (recipe; --epochs_per_trial sets the epochs)",
          ("recipe", "progress") + tuple(n for n in train_flags.RECIPE_FLAGS if n != "epochs")))

@@ -28,7 +28,7 @@ import numpy as np
 
 from bnas_tf import genotypes, ops
 from bnas_tf.models import presets
-from bnas_tf.search import SearchConfig, runner
+from bnas_tf.search import SearchConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,23 +78,23 @@ def check_available(names):
 def search_config(arm, config, seed):
     """The SearchConfig of a search arm (also of bars-random: its budget and space)."""
     if arm.method == "bnas":
-        return SearchConfig(method="bnas", epochs=config.search_epochs,
-                            batch_size=config.search_batch, cells=config.search_cells,
-                            channels=config.search_channels, seed=seed,
-                            **dict(arm.search)).validate()
-    bars = runner.get_method("bars")
-    extra = {"base_channels": list(config.bars_base_channels),
-             "max_depth": config.bars_max_depth, "flops_budget": config.bars_flops_budget,
-             "warmup_epochs": config.bars_warmup_epochs}
-    return bars.default_config(epochs=config.search_epochs, batch_size=config.search_batch,
-                               seed=seed, extra=extra).validate()
+        return SearchConfig.create("bnas", epochs=config.search_epochs,
+                                   batch_size=config.search_batch, cells=config.search_cells,
+                                   channels=config.search_channels, seed=seed,
+                                   **dict(arm.search)).validate()
+    return SearchConfig.create("bars", epochs=config.search_epochs,
+                               batch_size=config.search_batch, seed=seed,
+                               base_channels=tuple(config.bars_base_channels),
+                               max_depth=config.bars_max_depth,
+                               flops_budget=config.bars_flops_budget,
+                               warmup_epochs=config.bars_warmup_epochs).validate()
 
 
 def random_genotype(arm, config, seed, table):
     """A seeded uniform draw from the arm's search space (BARS: within the budget)."""
     rng = np.random.default_rng(seed * RANDOM_SALT + 1)
     if arm.method == "bnas":
-        return genotypes.random_bnas(rng, SearchConfig().ops)
+        return genotypes.random_bnas(rng, SearchConfig.create("bnas").ops)
     search = search_config(arm, config, seed)
     budget = config.bars_flops_budget * 1e6
 
@@ -102,7 +102,7 @@ def random_genotype(arm, config, seed, table):
         return table.equivalent_ops(final_spec(arm, config, search, genotype)) <= budget
 
     return genotypes.random_bars(rng, ops.BARS_OPS, config.bars_base_channels,
-                                 search.extra.get("width_choices", (0.25, 0.5, 0.75, 1.0)),
+                                 search.settings.width_choices,
                                  config.bars_max_depth, fits=fits)
 
 
@@ -114,7 +114,7 @@ def final_spec(arm, config, search, genotype):
         return spec
     from bnas_tf import pipeline
     if arm.method == "bnas":
-        search = search or SearchConfig()
+        search = search or SearchConfig.create("bnas")
         spec = pipeline.derived_spec(search, genotype, cells=config.final_cells,
                                      channels=config.final_channels)
     else:

@@ -74,11 +74,11 @@ def alpha_report(summary, search_config):
     if search_config.method == "bnas":
         key, uniform = "alpha_entropy", math.log(len(search_config.ops))
     else:
-        extra = search_config.extra
-        stages = len(extra.get("base_channels", ()))
+        settings = search_config.settings
+        stages = len(settings.base_channels)
         rows = ([math.log(len(search_config.ops))] * (stages + 1) * len(genotypes.dense_edges())
-                + [math.log(len(extra.get("width_choices", ())))] * stages
-                + [math.log(extra.get("max_depth", 0) + 1)] * stages)
+                + [math.log(len(settings.width_choices))] * stages
+                + [math.log(settings.max_depth + 1)] * stages)
         key, uniform = "bars/alpha_entropy", sum(rows) / len(rows)
     per_epoch = [uniform - e[key] for e in epochs if key in e]
     at_best = per_epoch[best] if best is not None and best < len(per_epoch) else None
