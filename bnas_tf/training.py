@@ -14,6 +14,7 @@ TrainConfig, not from the DataConfig.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -33,6 +34,7 @@ make_strategy = distribute.make_strategy
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "one_cycle")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TRAIN_CONFIG = "train_config.json"
 SERIAL = "bnas_tf"
 
@@ -59,6 +61,8 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 1                  # Keras fit: 1 progress bar, 2 one line per epoch, 0 quiet
     keep_checkpoints: int = 3
+    precision: str = "float32"        # Keras dtype policy while training (see `precision_policy`)
+    jit_compile: bool = False         # XLA-compile the train/eval steps
 
     def validate(self):
         checks = [
@@ -87,6 +91,8 @@ class TrainConfig:
                                         f"got {self.validation_freq}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, "
                                          f"got {self.keep_checkpoints}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, "
+                                           f"got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -210,6 +216,7 @@ class CrossEntropy(tf.keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        y_pred = tf.cast(y_pred, tf.float32)  # mixed precision: softmax and loss in float32
         if not self.label_smoothing:
             return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, y_pred)
         onehot = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
@@ -243,13 +250,47 @@ def add_weight_decay(model, weight_decay):
 def compile_model(model, config, optimizer):
     """Compile for training: main CE (+ weighted auxiliary CE), top-1/top-5 on the main head."""
     loss = CrossEntropy(config.label_smoothing)
+    jit = bool(config.jit_compile)
     if len(model.outputs) == 2:
         model.compile(optimizer, loss=[loss, CrossEntropy(config.label_smoothing, name="aux")],
                       loss_weights=[1.0, config.auxiliary_weight],
-                      metrics=[accuracy_metrics(), []])
+                      metrics=[accuracy_metrics(), []], jit_compile=jit)
     else:
-        model.compile(optimizer, loss=loss, metrics=accuracy_metrics())
+        model.compile(optimizer, loss=loss, metrics=accuracy_metrics(), jit_compile=jit)
     return model
+
+
+@contextlib.contextmanager
+def precision_policy(precision):
+    """Build layers under the Keras dtype policy `precision` ('float32', 'mixed_float16',
+    'mixed_bfloat16'); the previous global policy is restored afterwards.
+
+    Mixed policies keep every variable (latent binary weights included) in float32 and
+    compute in 16 bits; the loss is computed in float32 (`CrossEntropy`), BatchNorm
+    statistics in float32 (Keras), the XNOR scales in float32 (bnas_tf.binary), and
+    Keras' compile wraps the optimizer in a LossScaleOptimizer for mixed_float16.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    mixed_precision = tf.keras.mixed_precision
+    previous = mixed_precision.global_policy()
+    mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        mixed_precision.set_global_policy(previous)
+
+
+def float32_twin(model, spec, num_classes, image_size, auxiliary):
+    """`model` itself when it computes in float32, else the same network rebuilt under
+    the float32 policy with `model`'s trained weights (what is evaluated and saved:
+    a mixed-precision run exports a float32 model)."""
+    if model.dtype_policy.compute_dtype == "float32":
+        return model
+    with precision_policy("float32"):
+        twin = models.build(spec, num_classes, image_size, auxiliary=auxiliary)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def inference_model(model):
@@ -428,8 +469,9 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
         if val_ds is not None:
             val_ds = val_ds.map(lambda x, y: (x, (y, y)))
 
+    distribute.print_batch_plan(strategy, config.batch_size, learning_rate=config.learning_rate)
     tf.keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
+    with strategy.scope(), precision_policy(config.precision):
         model = models.build(spec, info.num_classes, info.image_size, auxiliary=config.auxiliary)
         if config.auxiliary and len(model.outputs) != 2:
             raise ValueError(f"the {spec.get('family')} network has no auxiliary head")
@@ -487,7 +529,8 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
             f"Checkpoints of the {guard.failed_epoch} completed epoch(s) are kept in {ckpt_dir}")
 
     with strategy.scope():
-        final = inference_model(model)
+        final = inference_model(float32_twin(model, spec, info.num_classes, info.image_size,
+                                             config.auxiliary))
         final.compile(loss=CrossEntropy(), metrics=accuracy_metrics())
     test_ds = _distribute(data.load(data_config, "test", training=False))
     results = final.evaluate(test_ds, return_dict=True, verbose=0)
