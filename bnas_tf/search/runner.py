@@ -214,6 +214,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
                              f"split ({n} examples); lower --batch_size or raise "
                              "--max_examples")
     steps = n_train // config.batch_size
+    distribute.print_batch_plan(strategy, config.batch_size, w_lr=config.w_lr, a_lr=config.a_lr)
 
     identity = run_identity(data_config, config)
     resuming = check_output_dir(output_dir, identity)
