@@ -31,6 +31,12 @@ _DEFINITIONS = (
      "float32 or bfloat16. With auto picking bfloat16 the float32 step is timed too."),
     (absl_flags.DEFINE_integer, "latency_runs", None, dict(lower_bound=1),
      f"Single-image .tflite runs timed (default {_D.latency_runs})."),
+    (absl_flags.DEFINE_boolean, "imagenet_input", None, {},
+     "Also time ImageNet decode + augment at 224 px against bnas-d training "
+     "(bnas_tf/throughput.py; default: on unless --only is given)."),
+    (absl_flags.DEFINE_string, "imagenet_data_dir", None, {},
+     "TFDS data_dir with imagenet2012 prepared, for --imagenet_input (default: synthetic "
+     "500x375 JPEGs)."),
 )
 define(_DEFINITIONS)
 

@@ -142,3 +142,90 @@ def test_two_workers_train_together(tmp_path, cifar_dir):
         assert json.load(f)["replicas"] == 2
     assert (out / "weights.h5").is_file() and (out / "ckpt").is_dir()
     assert not os.listdir(tmp_path / "tmp"), "the non-chief left its temporary files"
+
+
+SEARCH_SCRIPT = """
+import json, os, runpy, sys
+import bnas_tf
+import tensorflow as tf
+if os.environ.get("LOGICAL_CPUS"):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["LOGICAL_CPUS"]))
+sys.argv = ["search.py", *sys.argv[1:]]
+runpy.run_path(os.path.join("tools", "search.py"), run_name="__main__")
+"""
+
+SEARCH_FLAGS = {
+    "bnas": ["--method=bnas", "--cells=2", "--channels=4"],
+    "bars": ["--method=bars", "--base_channels=8,16,16", "--max_depth=1", "--warmup_epochs=0",
+             "--num_samples=2", "--width_choices=0.5,1.0"],
+}
+
+
+def run_search_tool(method, out, strategy, cifar_dir, env):
+    args = [*SEARCH_FLAGS[method], "--dataset=folder", f"--data_dir={cifar_dir}",
+            "--max_examples=64", "--epochs=1", "--batch_size=16", "--progress=none",
+            f"--strategy={strategy}", f"--output_dir={out}"]
+    return subprocess.Popen([sys.executable, "-c", SEARCH_SCRIPT, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc, timeout=TIMEOUT):
+    """(stdout, stderr) of a finished subprocess; fails the test on error or timeout."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"subprocess timed out:\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def _search_result(out):
+    with open(out / "search_summary.json") as f:
+        summary = json.load(f)
+    with open(out / "genotype.json") as f:
+        genotype = json.load(f)
+    return summary, genotype
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["bnas", "bars"])
+def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, tmp_path,
+                                                                       cifar_dir):
+    """Two worker processes (TF_CONFIG, localhost) search together: both finish, the
+    chief alone writes the genotype, and the result equals a single process with the
+    same global batch over the same number of replicas (2 logical CPUs, mirrored):
+    per-replica batch-norm statistics make the replica count part of the experiment."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    multi = tmp_path / "multi"
+    procs = []
+    for index in range(2):
+        env = base_env(tmp_path)
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster,
+                                       "task": {"type": "worker", "index": index}})
+        procs.append(run_search_tool(method, multi, "multi_worker", cifar_dir, env))
+    try:
+        outputs = [finished(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for _, err in outputs:
+        assert "2 replica(s), global batch 16, per-replica batch 8" in err
+    reported = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [r["epochs_done"] for r in reported] == [1, 1]
+    assert not os.listdir(tmp_path / "tmp"), "the non-chief left its temporary files"
+
+    single = tmp_path / "single"
+    env = dict(base_env(tmp_path), LOGICAL_CPUS="2")
+    out, err = finished(run_search_tool(method, single, "mirrored", cifar_dir, env))
+    assert "2 replica(s), global batch 16, per-replica batch 8" in err
+    (summary, genotype), (expected, expected_genotype) = (_search_result(multi),
+                                                          _search_result(single))
+    assert genotype == expected_genotype
+    got, want = summary["epochs"][0], expected["epochs"][0]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
-from bnas_tf import sizing  # noqa: E402
+from bnas_tf import sizing, training  # noqa: E402
 import flags  # noqa: E402
 from flags import data as data_flags  # noqa: E402
 from flags import model as model_flags  # noqa: E402,F401  (--preset, --genotype)
@@ -31,13 +31,14 @@ FLAGS = size_flags.FLAGS
 def main(argv):
     flags.check_args(argv)
     try:
+        strategy = training.make_strategy(FLAGS.strategy)  # first: before any TF op
         config = size_flags.sizing_config_from_flags()
         spec, search_dir = sizing.resolve_spec(FLAGS.preset, FLAGS.genotype, FLAGS.search_dir,
                                                FLAGS.binarization)
         train_config = train_flags.train_config_from_flags(epochs=FLAGS.epochs_per_trial)
         sizing.size(spec, data_flags.data_config_from_flags(), train_config, config,
                     FLAGS.directory, FLAGS.project_name, search_dir=search_dir,
-                    output=FLAGS.output)
+                    output=FLAGS.output, strategy=strategy)
     except (ValueError, FileNotFoundError, ImportError) as e:
         raise app.UsageError(str(e)) from None
     except RuntimeError as e:
