@@ -35,13 +35,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import costs, data, genotypes, training
+from bnas_tf import costs, data, distribute, genotypes, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import presets
 
@@ -540,8 +541,26 @@ def size(base_spec, data_config, train_config, sizing_config, directory, project
 
     Rerunning with the same directory/project continues the search; raising
     `sizing_config.max_trials` adds trials. Every trial trains under `strategy` (a
-    tf.distribute.Strategy or name, see bnas_tf.distribute).
+    tf.distribute.Strategy or name, see bnas_tf.distribute). Under multi_worker every
+    worker runs the same seeded trials together; a non-chief tunes in a private copy
+    of `directory` (deleted at the end), so only the chief writes.
     """
+    strategy = training.make_strategy(strategy)
+    dirs = distribute.WorkerDirs(strategy)
+    try:
+        if not dirs.chief:
+            private = dirs.path(directory)
+            if os.path.isdir(directory):
+                shutil.copytree(directory, private, dirs_exist_ok=True)
+            directory, output = private, None
+        return _size(base_spec, data_config, train_config, sizing_config, directory,
+                     project_name, search_dir, output, strategy)
+    finally:
+        dirs.cleanup()
+
+
+def _size(base_spec, data_config, train_config, sizing_config, directory, project_name,
+          search_dir, output, strategy):
     config = sizing_config.validate()
     train_config = dataclasses.replace(train_config).validate()
     candidates = candidate_specs(base_spec, search_dir, config.gammas)

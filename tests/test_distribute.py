@@ -229,3 +229,34 @@ def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, t
     got, want = summary["epochs"][0], expected["epochs"][0]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+
+
+SIZE_SCRIPT = """
+import glob, json, os, sys
+import bnas_tf
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from bnas_tf import data, sizing, training
+from bnas_tf.models import presets
+config = sizing.SizingConfig(budget=3.0e6, max_trials=1, seed=1, min_cells=2, max_cells=4,
+                             min_channels=4, max_channels=8, channels_step=2)
+data_config = data.DataConfig(dataset="folder", data_dir=sys.argv[2], batch_size=16,
+                              image_size=32, max_examples=32)
+train = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
+preset = sizing.size(presets.resolve(genotype="bnas_a"), data_config, train, config,
+                     sys.argv[1], "proj", strategy="mirrored")
+metrics = glob.glob(os.path.join(sys.argv[1], "proj", "**", "metrics.json"), recursive=True)
+print("RESULT " + json.dumps({"replicas": [json.load(open(m))["replicas"] for m in metrics],
+                              "cells": preset["cells"]}))
+"""
+
+
+def test_sizing_trials_train_under_the_strategy(tmp_path, cifar_dir):
+    proc = subprocess.Popen([sys.executable, "-c", SIZE_SCRIPT, str(tmp_path / "sizing"),
+                             str(cifar_dir)], cwd=REPO, env=base_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = finished(proc)
+    result = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
+    assert result["replicas"] == [2]  # the trial trained on both logical CPUs
+    assert "2 replica(s), global batch 16, per-replica batch 8" in err
