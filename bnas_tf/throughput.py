@@ -203,9 +203,9 @@ def advice(out):
     if cores <= 0.8 * have:
         return (f"input keeps up: {cores:.1f} of {have} cores feed the GPU estimate")
     return (f"input-bound: the GPU estimate needs {cores:.1f} cores of decoding, this host "
-            f"has {have}. Offload decoding to more CPU hosts with the tf.data service "
-            f"(--data_service=grpc://DISPATCHER:PORT), or prepare pre-resized data (shorter "
-            f"side 256 px: about 3x fewer pixels to decode than 500x375), or both")
+            f"has {have}. Store pre-resized data (shorter side 256 px: about 3x fewer "
+            f"pixels to decode than 500x375), or decode on more CPU hosts with the "
+            f"tf.data service (docs/data.md, 'ImageNet at speed')")
 
 
 def format_report(out) -> str:

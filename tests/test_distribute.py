@@ -42,14 +42,20 @@ def run_script(args, env, timeout=TIMEOUT):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def result_of(proc, timeout=TIMEOUT):
+def finished(proc, timeout=TIMEOUT):
+    """(stdout, stderr) of a finished subprocess; fails the test on error or timeout."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"training subprocess timed out:\n{err[-3000:]}")
+        pytest.fail(f"subprocess timed out:\n{err[-3000:]}")
     assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def result_of(proc, timeout=TIMEOUT):
+    out, _ = finished(proc, timeout)
     line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
@@ -120,22 +126,29 @@ def free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_workers_train_together(tmp_path, cifar_dir):
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    out = tmp_path / "multi"
-    procs = []
-    for index in range(2):
-        env = base_env(tmp_path)
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster,
-                                       "task": {"type": "worker", "index": index}})
-        procs.append(run_script([str(out), "multi_worker", str(cifar_dir)], env))
+def worker_envs(tmp_path, count=2):
+    """Environments of `count` workers of one localhost cluster (TF_CONFIG)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(count)]}
+    return [dict(base_env(tmp_path), TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        for index in range(count)]
+
+
+def all_of(procs, collect):
+    """[collect(p) for p in procs], killing the others when one fails."""
     try:
-        results = [result_of(p) for p in procs]
+        return [collect(p) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.slow
+def test_two_workers_train_together(tmp_path, cifar_dir):
+    out = tmp_path / "multi"
+    results = all_of([run_script([str(out), "multi_worker", str(cifar_dir)], env)
+                      for env in worker_envs(tmp_path)], result_of)
     assert [r["replicas"] for r in results] == [2, 2]
     assert results[0]["top1"] == results[1]["top1"]  # one model, evaluated together
     with open(out / "metrics.json") as f:
@@ -171,18 +184,6 @@ def run_search_tool(method, out, strategy, cifar_dir, env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finished(proc, timeout=TIMEOUT):
-    """(stdout, stderr) of a finished subprocess; fails the test on error or timeout."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"subprocess timed out:\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-3000:]
-    return out, err
-
-
 def _search_result(out):
     with open(out / "search_summary.json") as f:
         summary = json.load(f)
@@ -199,20 +200,9 @@ def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, t
     chief alone writes the genotype, and the result equals a single process with the
     same global batch over the same number of replicas (2 logical CPUs, mirrored):
     per-replica batch-norm statistics make the replica count part of the experiment."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     multi = tmp_path / "multi"
-    procs = []
-    for index in range(2):
-        env = base_env(tmp_path)
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster,
-                                       "task": {"type": "worker", "index": index}})
-        procs.append(run_search_tool(method, multi, "multi_worker", cifar_dir, env))
-    try:
-        outputs = [finished(p) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outputs = all_of([run_search_tool(method, multi, "multi_worker", cifar_dir, env)
+                      for env in worker_envs(tmp_path)], finished)
     for _, err in outputs:
         assert "2 replica(s), global batch 16, per-replica batch 8" in err
     reported = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
@@ -256,7 +246,5 @@ def test_sizing_trials_train_under_the_strategy(tmp_path, cifar_dir):
     proc = subprocess.Popen([sys.executable, "-c", SIZE_SCRIPT, str(tmp_path / "sizing"),
                              str(cifar_dir)], cwd=REPO, env=base_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = finished(proc)
-    result = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
+    result = result_of(proc)
     assert result["replicas"] == [2]  # the trial trained on both logical CPUs
-    assert "2 replica(s), global batch 16, per-replica batch 8" in err

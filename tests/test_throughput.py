@@ -40,7 +40,7 @@ def test_gpu_estimate_arithmetic(measured):
     assert out["gpu_epoch_s"] == pytest.approx(1_281_167 / gpu)
     assert out["cores_to_feed_gpu"] == pytest.approx(gpu / out["input_images_per_cpu_s"])
     # a 3-cell x 8-channel net needs far more decoding than 2 cores give
-    assert out["advice"].startswith("input-bound") and "tf.data service" in out["advice"]
+    assert out["advice"].startswith("input-bound") and "pre-resized" in out["advice"]
     report = throughput.format_report(out)
     assert "decode + augment at 224 px" in report and "one GPU (estimate)" in report
 
