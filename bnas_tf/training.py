@@ -272,6 +272,9 @@ def precision_policy(precision):
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
+        raise ValueError("--precision=mixed_float16 needs a GPU (TensorFlow's CPU kernels "
+                         "have no float16 gradient of dilated convs); use mixed_bfloat16")
     mixed_precision = tf.keras.mixed_precision
     previous = mixed_precision.global_policy()
     mixed_precision.set_global_policy(precision)

@@ -77,6 +77,10 @@ def test_bfloat16_training_decreases_loss_and_exports_float32_same_structure(cif
 def test_precision_flag_is_validated():
     with pytest.raises(ValueError, match="precision must be one of float32, mixed_float16"):
         training.recipe("cifar", precision="float16")
+    if not tf.config.list_logical_devices("GPU"):  # refused before anything is written
+        with pytest.raises(ValueError, match="mixed_float16 needs a GPU"):
+            with training.precision_policy("mixed_float16"):
+                pass
 
 
 def _compiled_pair(jit):
