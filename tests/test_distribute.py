@@ -16,6 +16,7 @@ from bnas_tf import distribute
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 300
+SEARCH_TIMEOUT = 900  # a 2-worker BARS search takes minutes on a loaded 2-core machine
 
 TRAIN_SCRIPT = """
 import json, os, sys
@@ -202,7 +203,8 @@ def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, t
     per-replica batch-norm statistics make the replica count part of the experiment."""
     multi = tmp_path / "multi"
     outputs = all_of([run_search_tool(method, multi, "multi_worker", cifar_dir, env)
-                      for env in worker_envs(tmp_path)], finished)
+                      for env in worker_envs(tmp_path)],
+                     lambda p: finished(p, SEARCH_TIMEOUT))
     for _, err in outputs:
         assert "2 replica(s), global batch 16, per-replica batch 8" in err
     reported = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
@@ -211,7 +213,8 @@ def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, t
 
     single = tmp_path / "single"
     env = dict(base_env(tmp_path), LOGICAL_CPUS="2")
-    out, err = finished(run_search_tool(method, single, "mirrored", cifar_dir, env))
+    out, err = finished(run_search_tool(method, single, "mirrored", cifar_dir, env),
+                        SEARCH_TIMEOUT)
     assert "2 replica(s), global batch 16, per-replica batch 8" in err
     (summary, genotype), (expected, expected_genotype) = (_search_result(multi),
                                                           _search_result(single))
