@@ -14,7 +14,6 @@ TrainConfig, not from the DataConfig.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import json
@@ -26,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from bnas_tf import data, distribute, models
+from bnas_tf import data, distribute, models, precision
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import common, presets
 
@@ -34,7 +33,9 @@ make_strategy = distribute.make_strategy
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "one_cycle")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = precision.PRECISIONS
+precision_policy = precision.precision_policy
+float32_twin = precision.float32_twin
 TRAIN_CONFIG = "train_config.json"
 SERIAL = "bnas_tf"
 
@@ -258,42 +259,6 @@ def compile_model(model, config, optimizer):
     else:
         model.compile(optimizer, loss=loss, metrics=accuracy_metrics(), jit_compile=jit)
     return model
-
-
-@contextlib.contextmanager
-def precision_policy(precision):
-    """Build layers under the Keras dtype policy `precision` ('float32', 'mixed_float16',
-    'mixed_bfloat16'); the previous global policy is restored afterwards.
-
-    Mixed policies keep every variable (latent binary weights included) in float32 and
-    compute in 16 bits; the loss is computed in float32 (`CrossEntropy`), BatchNorm
-    statistics in float32 (Keras), the XNOR scales in float32 (bnas_tf.binary), and
-    Keras' compile wraps the optimizer in a LossScaleOptimizer for mixed_float16.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
-        raise ValueError("--precision=mixed_float16 needs a GPU (TensorFlow's CPU kernels "
-                         "have no float16 gradient of dilated convs); use mixed_bfloat16")
-    mixed_precision = tf.keras.mixed_precision
-    previous = mixed_precision.global_policy()
-    mixed_precision.set_global_policy(precision)
-    try:
-        yield
-    finally:
-        mixed_precision.set_global_policy(previous)
-
-
-def float32_twin(model, spec, num_classes, image_size, auxiliary):
-    """`model` itself when it computes in float32, else the same network rebuilt under
-    the float32 policy with `model`'s trained weights (what is evaluated and saved:
-    a mixed-precision run exports a float32 model)."""
-    if model.dtype_policy.compute_dtype == "float32":
-        return model
-    with precision_policy("float32"):
-        twin = models.build(spec, num_classes, image_size, auxiliary=auxiliary)
-    twin.set_weights(model.get_weights())
-    return twin
 
 
 def inference_model(model):
