@@ -193,8 +193,20 @@ def _search_result(out):
     return summary, genotype
 
 
+def test_bars_multi_worker_search_is_refused_before_joining_a_cluster(tmp_path, monkeypatch):
+    """A 2-worker BARS search hung in its derivation (both workers blocked in a
+    collective): refused at once, before the strategy waits for the other workers."""
+    from bnas_tf import data
+    from bnas_tf.search import SearchConfig, runner
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = SearchConfig(method="bars", strategy="multi_worker", epochs=1)
+    with pytest.raises(ValueError, match="BARS search does not run under --strategy=multi"):
+        runner.run_search("bars", data.DataConfig(), config, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["bnas", "bars"])
+@pytest.mark.parametrize("method", ["bnas"])
 def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, tmp_path,
                                                                        cifar_dir):
     """Two worker processes (TF_CONFIG, localhost) search together: both finish, the

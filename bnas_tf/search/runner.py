@@ -197,6 +197,11 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     next call with the same arguments), for time-sliced or preemptible runs.
     """
     config = search_config.validate()
+    if config.method == "bars" and config.strategy == "multi_worker":
+        raise ValueError("BARS search does not run under --strategy=multi_worker yet: its "
+                         "derivation reads and restores the supernet's per-replica BatchNorm "
+                         "statistics outside the replica context and the workers hang; use "
+                         "--strategy=mirrored on one machine")
     method = get_method(method)
     strategy = distribute.make_strategy(config.strategy)  # first: multi-worker needs it
     dirs = distribute.WorkerDirs(strategy)
