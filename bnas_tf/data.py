@@ -39,6 +39,8 @@ class DataConfig:
     validation_fraction: float = 0.1  # per-class hold-out of train when there is no own val
     download: bool = False
     num_subset_classes: int = 100  # for imagenet100
+    data_service: str | None = None  # tf.data service dispatcher (grpc://HOST:PORT) that
+    #                                  decodes and augments the training splits
 
 
 @dataclasses.dataclass
@@ -416,4 +418,8 @@ def load(config, split, training=None):
             lambda element, seed: (fn(element[0], seed), element[1]), num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(lambda image, label: (fn(image), label), num_parallel_calls=AUTOTUNE)
-    return ds.batch(config.batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    ds = ds.batch(config.batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    if training and config.data_service:  # decode + augment on the service's workers
+        ds = ds.apply(tf.data.experimental.service.distribute(
+            "distributed_epoch", config.data_service)).prefetch(AUTOTUNE)
+    return ds

@@ -205,7 +205,7 @@ def advice(out):
     return (f"input-bound: the GPU estimate needs {cores:.1f} cores of decoding, this host "
             f"has {have}. Store pre-resized data (shorter side 256 px: about 3x fewer "
             f"pixels to decode than 500x375), or decode on more CPU hosts with the "
-            f"tf.data service (docs/data.md, 'ImageNet at speed')")
+            f"tf.data service (--data_service=grpc://DISPATCHER:PORT; docs/data.md)")
 
 
 def format_report(out) -> str:

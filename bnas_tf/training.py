@@ -411,6 +411,9 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
     """
     strategy = make_strategy(strategy)  # first: multi-worker must precede any TF op
     config = train_config.validate()
+    if data_config.data_service and distribute.task(strategy)[0] is not None:
+        raise ValueError("--data_service feeds one training process; with "
+                         "--strategy=multi_worker every worker would read its own full epoch")
     if isinstance(spec, str):
         spec = presets.resolve(preset=spec)
     data_config = dataclasses.replace(data_config, batch_size=config.batch_size,

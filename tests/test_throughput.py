@@ -77,3 +77,33 @@ def test_benchmark_tool_reports_imagenet_input(tmp_path, monkeypatch, capsys):
     with open(output) as f:
         written = json.load(f)["imagenet_input"]
     assert written["image_size"] == 224 and written["input_images_per_s"] > 0
+
+
+def test_data_service_serves_each_training_example_once_per_epoch(cifar_dir, tmp_path):
+    """--data_service: a tf.data service (here a dispatcher and one worker in this
+    process) decodes and augments the training batches; an epoch still holds every
+    training example once, and training runs on it."""
+    import dataclasses
+
+    import numpy as np
+    import tensorflow as tf
+
+    from bnas_tf import data, training
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer()
+    worker = service.WorkerServer(service.WorkerConfig(  # noqa: F841  (kept alive)
+        dispatcher_address=dispatcher.target.split("://")[1]))
+    local = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=64,
+                            batch_size=8, augment=False)
+    served = dataclasses.replace(local, data_service=dispatcher.target)
+
+    def labels(config):
+        return sorted(np.concatenate([y for _, y in data.load(config, "train")
+                                      .as_numpy_iterator()]).tolist())
+    assert labels(served) == labels(local)
+    assert len(labels(local)) == data.num_examples(local, "train") // 8 * 8
+    recipe = training.recipe("adam_cosine", epochs=1, batch_size=8, validation_freq=0,
+                             verbose=0)
+    metrics = training.train(presets.resolve(genotype="bnas_a", cells=2, channels=4), served,
+                             recipe, str(tmp_path / "run"))
+    assert np.isfinite(metrics["history"]["loss"]).all()
