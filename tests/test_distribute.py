@@ -193,9 +193,10 @@ def _search_result(out):
     return summary, genotype
 
 
-def test_bars_multi_worker_search_is_refused_before_joining_a_cluster(tmp_path, monkeypatch):
+def test_multi_worker_search_refusals_come_before_joining_a_cluster(tmp_path, monkeypatch):
     """A 2-worker BARS search hung in its derivation (both workers blocked in a
-    collective): refused at once, before the strategy waits for the other workers."""
+    collective), and a data service would give every worker a whole epoch: both are
+    refused at once, before the strategy waits for the other workers."""
     from bnas_tf import data
     from bnas_tf.search import SearchConfig, runner
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -203,6 +204,10 @@ def test_bars_multi_worker_search_is_refused_before_joining_a_cluster(tmp_path, 
     with pytest.raises(ValueError, match="BARS search does not run under --strategy=multi"):
         runner.run_search("bars", data.DataConfig(), config, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    served = data.DataConfig(data_service="grpc://localhost:1")
+    with pytest.raises(ValueError, match="--data_service feeds one search process"):
+        runner.run_search("bnas", served, SearchConfig(strategy="multi_worker"),
+                          str(tmp_path / "out"))
 
 
 @pytest.mark.slow

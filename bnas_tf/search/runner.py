@@ -202,6 +202,9 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
                          "derivation reads and restores the supernet's per-replica BatchNorm "
                          "statistics outside the replica context and the workers hang; use "
                          "--strategy=mirrored on one machine")
+    if getattr(data_config, "data_service", None) and config.strategy == "multi_worker":
+        raise ValueError("--data_service feeds one search process; with "
+                         "--strategy=multi_worker every worker would read its own full epoch")
     method = get_method(method)
     strategy = distribute.make_strategy(config.strategy)  # first: multi-worker needs it
     dirs = distribute.WorkerDirs(strategy)
