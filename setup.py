@@ -18,6 +18,7 @@ setup(
         "larq==0.14.0",
         "larq-compute-engine==0.16.0",
         "tensorflow-datasets==4.9.10",
+        "importlib_resources",  # TFDS 4.9.10 imports it to prepare imagenet2012 (manual_dir)
         "keras-tuner==1.4.8",
         "scikit-learn>=1.3",  # keras-tuner's Bayesian oracle (tools/size.py --oracle=bayesian)
         "absl-py>=2.1",

@@ -42,6 +42,8 @@ class DataConfig:
     download: bool = False
     num_subset_classes: int = 100  # for imagenet100
     bad_images: str = "error"      # image folders: 'error' (refuse) or 'skip' undecodable files
+    data_service: str | None = None  # tf.data service dispatcher (grpc://HOST:PORT) that
+    #                                  decodes and augments the training splits
 
     def __post_init__(self):
         # Absolute, so a config stored in a model or search directory (train_config.json,
@@ -512,4 +514,8 @@ def load(config, split, training=None):
             lambda element, seed: (fn(element[0], seed), element[1]), num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(lambda image, label: (fn(image), label), num_parallel_calls=AUTOTUNE)
-    return ds.batch(config.batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    ds = ds.batch(config.batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    if training and config.data_service:  # decode + augment on the service's workers
+        ds = ds.apply(tf.data.experimental.service.distribute(
+            "distributed_epoch", config.data_service)).prefetch(AUTOTUNE)
+    return ds

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
@@ -45,6 +46,26 @@ def make_strategy(name="default"):
     except json.JSONDecodeError as e:
         raise ValueError(f"TF_CONFIG is not valid JSON ({e.msg})") from None
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def batch_plan(strategy, global_batch, **learning_rates):
+    """The line printed at the start of a run: replicas, global and per-replica batch,
+    and the learning rate(s) used (never rescaled with the replica count: the batch
+    flag is the global batch, so the same flags mean the same optimisation on 1 or N
+    replicas). Raises ValueError when the global batch does not split evenly."""
+    replicas = int(strategy.num_replicas_in_sync)
+    if global_batch % replicas:
+        raise ValueError(f"batch_size {global_batch} (the global batch) does not split evenly "
+                         f"over {replicas} replicas; use a multiple of {replicas}")
+    rates = ", ".join(f"{name} {value:g}" for name, value in learning_rates.items())
+    return (f"{type(strategy).__name__}: {replicas} replica(s), global batch {global_batch}, "
+            f"per-replica batch {global_batch // replicas}; {rates} as given (not scaled "
+            f"with the number of replicas: --batch_size is the global batch)")
+
+
+def print_batch_plan(strategy, global_batch, **learning_rates):
+    """Print `batch_plan` to stderr (every worker; stdout stays for the tools' results)."""
+    print(batch_plan(strategy, global_batch, **learning_rates), file=sys.stderr, flush=True)
 
 
 def task(strategy):

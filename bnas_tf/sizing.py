@@ -35,13 +35,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import costs, data, files, genotypes, training
+from bnas_tf import costs, data, distribute, files, genotypes, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import presets
 
@@ -361,13 +362,15 @@ def _val_accuracy(metrics):
     return float(history[keys[0]][-1]) if keys and history[keys[0]] else None
 
 
-def train_size(size, data_config, train_config, directory, cost_row):
-    """Train `size` (training.train into `directory`) and return its trial metrics; a size
-    already trained there returns its recorded result."""
+def train_size(size, data_config, train_config, directory, cost_row, strategy=None):
+    """Train `size` (training.train into `directory`, under `strategy`: a
+    tf.distribute.Strategy or name) and return its trial metrics; a size already
+    trained there returns its recorded result."""
     result_path = os.path.join(directory, RESULT_FILE)
     if os.path.isfile(result_path):
         return mdir.read_json(result_path, "size result")
-    metrics = training.train(size.network_spec(), data_config, train_config, directory)
+    metrics = training.train(size.network_spec(), data_config, train_config, directory,
+                             strategy=strategy)
     accuracy = _val_accuracy(metrics)
     if accuracy is None:  # trained in an earlier run, or validation switched off
         accuracy = training.evaluate(directory, data_config, "validation")["top1"]
@@ -389,8 +392,9 @@ class SizeTuner(kt.Tuner):
     reloading (overwrite=False) and the KERASTUNER_* distributed environment.
     """
 
-    def __init__(self, oracle, space, data_config, train_config, **kwargs):
+    def __init__(self, oracle, space, data_config, train_config, strategy=None, **kwargs):
         self.space, self.data_config, self.train_config = space, data_config, train_config
+        self.strategy = strategy
         super().__init__(oracle=oracle, hypermodel=None, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
@@ -406,7 +410,7 @@ class SizeTuner(kt.Tuner):
               f"{gamma}, {row['equivalent_ops']:.4g} equivalent OPs "
               f"({row['equivalent_ops'] / budget:.0%} of the budget)", flush=True)
         result = train_size(size, self.data_config, self.train_config,
-                            size_dir(self.project_dir, size), row)
+                            size_dir(self.project_dir, size), row, strategy=self.strategy)
         print(f"== trial {trial.trial_id}: validation accuracy {result[OBJECTIVE]:.4f}",
               flush=True)
         self._log_trial(trial, result)
@@ -510,13 +514,32 @@ def preset_of(space, result, name=None):
 
 
 def size(base_spec, data_config, train_config, sizing_config, directory, project_name="sizing",
-         search_dir=None, output=None):
+         search_dir=None, output=None, strategy=None):
     """Search the size of `base_spec` within the budget; returns the best preset dict
     (None on a distributed worker, whose chief writes it). Writes it to `output` when given.
 
     Rerunning with the same directory/project continues the search; raising
-    `sizing_config.max_trials` adds trials.
+    `sizing_config.max_trials` adds trials. Every trial trains under `strategy` (a
+    tf.distribute.Strategy or name, see bnas_tf.distribute). Under multi_worker every
+    worker runs the same seeded trials together; a non-chief tunes in a private copy
+    of `directory` (deleted at the end), so only the chief writes.
     """
+    strategy = training.make_strategy(strategy)
+    dirs = distribute.WorkerDirs(strategy)
+    try:
+        if not dirs.chief:
+            private = dirs.path(directory)
+            if os.path.isdir(directory):
+                shutil.copytree(directory, private, dirs_exist_ok=True)
+            directory, output = private, None
+        return _size(base_spec, data_config, train_config, sizing_config, directory,
+                     project_name, search_dir, output, strategy)
+    finally:
+        dirs.cleanup()
+
+
+def _size(base_spec, data_config, train_config, sizing_config, directory, project_name,
+          search_dir, output, strategy):
     config = sizing_config.validate()
     train_config = dataclasses.replace(train_config).validate()
     candidates = candidate_specs(base_spec, search_dir, config.gammas)
@@ -534,8 +557,8 @@ def size(base_spec, data_config, train_config, sizing_config, directory, project
     mdir.write_json(os.path.join(project_dir, STATE_FILE), state)
 
     oracle = make_oracle(config, space.hyperparameters())
-    tuner = SizeTuner(oracle, space, data_config, train_config, directory=directory,
-                      project_name=project_name, overwrite=False)
+    tuner = SizeTuner(oracle, space, data_config, train_config, strategy=strategy,
+                      directory=directory, project_name=project_name, overwrite=False)
     tuner.search()
     if _is_worker():
         print(f"worker tuner {tuner.tuner_id} finished; the chief writes the preset")

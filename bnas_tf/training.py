@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from bnas_tf import callbacks as lr_callbacks
-from bnas_tf import data, distribute, files, models, scoring
+from bnas_tf import data, distribute, files, models, precision, scoring
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import checks, common, presets
 
@@ -33,6 +33,9 @@ make_strategy = distribute.make_strategy
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "one_cycle")
+PRECISIONS = precision.PRECISIONS
+precision_policy = precision.precision_policy
+float32_twin = precision.float32_twin
 TRAIN_CONFIG = "train_config.json"
 HISTORY = "history.json"  # per-epoch logs, kept in step with the checkpoints
 SERIAL = "bnas_tf"
@@ -60,6 +63,8 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 1                  # Keras fit: 1 progress bar, 2 one line per epoch, 0 quiet
     keep_checkpoints: int = 3
+    precision: str = "float32"        # Keras dtype policy while training (see `precision_policy`)
+    jit_compile: bool = False         # XLA-compile the train/eval steps
 
     def validate(self):
         checks = [
@@ -88,6 +93,8 @@ class TrainConfig:
                                         f"got {self.validation_freq}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, "
                                          f"got {self.keep_checkpoints}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, "
+                                           f"got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -213,6 +220,7 @@ class CrossEntropy(tf.keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        y_pred = tf.cast(y_pred, tf.float32)  # mixed precision: softmax and loss in float32
         if not self.label_smoothing:
             return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, y_pred)
         onehot = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
@@ -246,12 +254,13 @@ def add_weight_decay(model, weight_decay):
 def compile_model(model, config, optimizer):
     """Compile for training: main CE (+ weighted auxiliary CE), top-1/top-5 on the main head."""
     loss = CrossEntropy(config.label_smoothing)
+    jit = bool(config.jit_compile)
     if len(model.outputs) == 2:
         model.compile(optimizer, loss=[loss, CrossEntropy(config.label_smoothing, name="aux")],
                       loss_weights=[1.0, config.auxiliary_weight],
-                      metrics=[accuracy_metrics(), []])
+                      metrics=[accuracy_metrics(), []], jit_compile=jit)
     else:
-        model.compile(optimizer, loss=loss, metrics=accuracy_metrics())
+        model.compile(optimizer, loss=loss, metrics=accuracy_metrics(), jit_compile=jit)
     return model
 
 
@@ -409,6 +418,9 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
     """
     strategy = make_strategy(strategy)  # first: multi-worker must precede any TF op
     config = train_config.validate()
+    if data_config.data_service and distribute.task(strategy)[0] is not None:
+        raise ValueError("--data_service feeds one training process; with "
+                         "--strategy=multi_worker every worker would read its own full epoch")
     if isinstance(spec, str):
         spec = presets.resolve(preset=spec)
     data_config = dataclasses.replace(data_config, batch_size=config.batch_size,
@@ -445,8 +457,9 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
     val_ds = (data.load(data_config, "validation", training=False)
               if config.validation_freq else None)
 
+    distribute.print_batch_plan(strategy, config.batch_size, learning_rate=config.learning_rate)
     tf.keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
+    with strategy.scope(), precision_policy(config.precision):
         model = models.build(spec, info.num_classes, info.image_size, auxiliary=config.auxiliary)
         if config.auxiliary and len(model.outputs) != 2:
             raise ValueError(f"the {spec.get('family')} network has no auxiliary head")
@@ -512,7 +525,9 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
             f"Checkpoints of the {guard.failed_epoch} completed epoch(s) are kept in {ckpt_dir}")
 
     with strategy.scope():
-        final = inference_model(model)
+        # a mixed-precision run saves (and exports) the float32 network
+        final = inference_model(float32_twin(model, spec, info.num_classes, info.image_size,
+                                             config.auxiliary))
     save_dir = dirs.path(output_dir)
     os.makedirs(save_dir, exist_ok=True)
     _save(save_dir, final)

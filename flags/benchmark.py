@@ -32,6 +32,12 @@ _DEFINITIONS = (
     # defined as flags/export.py defines it (0 there skips the timing)
     (absl_flags.DEFINE_integer, "latency_runs", 0, dict(lower_bound=0),
      f"Single-image .tflite runs timed (0 = the default, {_D.latency_runs})."),
+    (absl_flags.DEFINE_boolean, "imagenet_input", None, {},
+     "Also time ImageNet decode + augment at 224 px against bnas-d training "
+     "(bnas_tf/throughput.py; default: on unless --only is given)."),
+    (absl_flags.DEFINE_string, "imagenet_data_dir", None, {},
+     "TFDS data_dir with imagenet2012 prepared, for --imagenet_input (default: synthetic "
+     "500x375 JPEGs)."),
 )
 define(_DEFINITIONS)
 

@@ -23,6 +23,9 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_boolean, "download", False, {},
      "Let TFDS download and prepare the dataset when it is missing."),
     (absl_flags.DEFINE_integer, "seed", 0, {}, "Random seed (shuffling, augmentation, search halves)."),
+    (absl_flags.DEFINE_string, "data_service", None, {},
+     "tf.data service dispatcher (grpc://HOST:PORT): its workers decode and augment the "
+     "training batches (each example once per epoch; the order is then not reproducible)."),
     (absl_flags.DEFINE_float, "validation_fraction", 0.1, dict(lower_bound=0.0, upper_bound=0.99),
      "Per-class hold-out of train used as validation when the data has no own validation split."),
     (absl_flags.DEFINE_enum, "bad_images", "error", dict(enum_values=list(data.BAD_IMAGES)),

@@ -1,5 +1,5 @@
 """Training flags, defined once: --recipe and every recipe number, --output_dir,
---strategy, --progress; --model_dir and --split for evaluation."""
+--strategy, --precision, --jit_compile, --progress; --model_dir and --split for evaluation."""
 from absl import flags as absl_flags
 
 from flags import define
@@ -43,6 +43,12 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_enum, "strategy", "default", dict(enum_values=list(distribute.STRATEGIES)),
      "Distribution: default (one device), mirrored (all local GPUs / logical CPUs), "
      "multi_worker (cluster from TF_CONFIG)."),
+    (absl_flags.DEFINE_enum, "precision", "float32", dict(enum_values=list(training.PRECISIONS)),
+     "Training precision: float32, mixed_float16 (GPUs; loss scaling) or mixed_bfloat16 "
+     "(TPUs, recent GPUs/CPUs). Variables, loss, BatchNorm and XNOR scales stay float32; "
+     "the saved and exported model is float32."),
+    (absl_flags.DEFINE_boolean, "jit_compile", False, {},
+     "Compile the training and evaluation steps with XLA."),
     (absl_flags.DEFINE_enum, "progress", "bar", dict(enum_values=list(PROGRESS)),
      "Keras progress output: bar, one line per epoch, or none."),
     (absl_flags.DEFINE_string, "model_dir", None, {},
@@ -55,7 +61,8 @@ define(_DEFINITIONS)
 
 RECIPE_FLAGS = ("optimizer", "schedule", "learning_rate", "min_learning_rate", "warmup_fraction",
                  "restart_epochs", "momentum", "weight_decay", "label_smoothing", "epochs",
-                 "auxiliary_weight", "validation_freq", "keep_checkpoints")
+                 "auxiliary_weight", "validation_freq", "keep_checkpoints", "precision",
+                 "jit_compile")
 # flags defined elsewhere (flags/data.py, flags/model.py) that override the recipe when given
 _SHARED_FLAGS = ("batch_size", "cutout", "seed", "drop_path", "auxiliary")
 

@@ -16,6 +16,7 @@ from bnas_tf import distribute
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 300
+SEARCH_TIMEOUT = 900  # a 2-worker BARS search takes minutes on a loaded 2-core machine
 
 TRAIN_SCRIPT = """
 import json, os, sys
@@ -42,14 +43,20 @@ def run_script(args, env, timeout=TIMEOUT):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def result_of(proc, timeout=TIMEOUT):
+def finished(proc, timeout=TIMEOUT):
+    """(stdout, stderr) of a finished subprocess; fails the test on error or timeout."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"training subprocess timed out:\n{err[-3000:]}")
+        pytest.fail(f"subprocess timed out:\n{err[-3000:]}")
     assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def result_of(proc, timeout=TIMEOUT):
+    out, _ = finished(proc, timeout)
     line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
@@ -120,22 +127,29 @@ def free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_workers_train_together(tmp_path, cifar_dir):
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    out = tmp_path / "multi"
-    procs = []
-    for index in range(2):
-        env = base_env(tmp_path)
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster,
-                                       "task": {"type": "worker", "index": index}})
-        procs.append(run_script([str(out), "multi_worker", str(cifar_dir)], env))
+def worker_envs(tmp_path, count=2):
+    """Environments of `count` workers of one localhost cluster (TF_CONFIG)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(count)]}
+    return [dict(base_env(tmp_path), TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        for index in range(count)]
+
+
+def all_of(procs, collect):
+    """[collect(p) for p in procs], killing the others when one fails."""
     try:
-        results = [result_of(p) for p in procs]
+        return [collect(p) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.slow
+def test_two_workers_train_together(tmp_path, cifar_dir):
+    out = tmp_path / "multi"
+    results = all_of([run_script([str(out), "multi_worker", str(cifar_dir)], env)
+                      for env in worker_envs(tmp_path)], result_of)
     assert [r["replicas"] for r in results] == [2, 2]
     assert results[0]["top1"] == results[1]["top1"]  # one model, evaluated together
     with open(out / "metrics.json") as f:
@@ -228,3 +242,117 @@ def test_mirrored_run_with_a_remainder_reports_the_saved_models_scores(tmp_path,
     assert result["top1"] == pytest.approx(result["saved_top1"], abs=1e-6)
     # validation (the same 5 images here: no separate test split) scores the saved model too
     assert result["val_loss"][-1] == pytest.approx(result["saved_loss"], rel=1e-5, abs=1e-6)
+
+
+SEARCH_SCRIPT = """
+import json, os, runpy, sys
+import bnas_tf
+import tensorflow as tf
+if os.environ.get("LOGICAL_CPUS"):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["LOGICAL_CPUS"]))
+sys.argv = ["search.py", *sys.argv[1:]]
+runpy.run_path(os.path.join("tools", "search.py"), run_name="__main__")
+"""
+
+SEARCH_FLAGS = {
+    "bnas": ["--method=bnas", "--cells=2", "--channels=4"],
+    "bars": ["--method=bars", "--base_channels=8,16,16", "--max_depth=1", "--warmup_epochs=0",
+             "--num_samples=2", "--width_choices=0.5,1.0"],
+}
+
+
+def run_search_tool(method, out, strategy, cifar_dir, env):
+    args = [*SEARCH_FLAGS[method], "--dataset=folder", f"--data_dir={cifar_dir}",
+            "--max_examples=64", "--epochs=1", "--batch_size=16", "--progress=none",
+            f"--strategy={strategy}", f"--output_dir={out}"]
+    return subprocess.Popen([sys.executable, "-c", SEARCH_SCRIPT, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _search_result(out):
+    with open(out / "search_summary.json") as f:
+        summary = json.load(f)
+    with open(out / "genotype.json") as f:
+        genotype = json.load(f)
+    return summary, genotype
+
+
+def test_multi_worker_search_refusals_come_before_joining_a_cluster(tmp_path, monkeypatch):
+    """A 2-worker BARS search hung in its derivation (both workers blocked in a
+    collective), and a data service would give every worker a whole epoch: both are
+    refused at once, before the strategy waits for the other workers."""
+    from bnas_tf import data
+    from bnas_tf.search import SearchConfig, runner
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = SearchConfig.create("bars", strategy="multi_worker", epochs=1, warmup_epochs=0)
+    with pytest.raises(ValueError, match="BARS search does not run under --strategy=multi"):
+        runner.run_search("bars", data.DataConfig(), config, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    served = data.DataConfig(data_service="grpc://localhost:1")
+    with pytest.raises(ValueError, match="--data_service feeds one search process"):
+        runner.run_search("bnas", served, SearchConfig(strategy="multi_worker"),
+                          str(tmp_path / "out"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["bnas"])
+def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, tmp_path,
+                                                                       cifar_dir):
+    """Two worker processes (TF_CONFIG, localhost) search together: both finish, the
+    chief alone writes the genotype, and the result equals a single process with the
+    same global batch over the same number of replicas (2 logical CPUs, mirrored):
+    per-replica batch-norm statistics make the replica count part of the experiment."""
+    multi = tmp_path / "multi"
+    outputs = all_of([run_search_tool(method, multi, "multi_worker", cifar_dir, env)
+                      for env in worker_envs(tmp_path)],
+                     lambda p: finished(p, SEARCH_TIMEOUT))
+    for _, err in outputs:
+        assert "2 replica(s), global batch 16, per-replica batch 8" in err
+    reported = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [r["epochs_done"] for r in reported] == [1, 1]
+    assert not os.listdir(tmp_path / "tmp"), "the non-chief left its temporary files"
+
+    single = tmp_path / "single"
+    env = dict(base_env(tmp_path), LOGICAL_CPUS="2")
+    out, err = finished(run_search_tool(method, single, "mirrored", cifar_dir, env),
+                        SEARCH_TIMEOUT)
+    assert "2 replica(s), global batch 16, per-replica batch 8" in err
+    (summary, genotype), (expected, expected_genotype) = (_search_result(multi),
+                                                          _search_result(single))
+    got, want = summary["epochs"][0], expected["epochs"][0]
+    print("multi", {k: v for k, v in got.items() if k != "genotype"})
+    print("single", {k: v for k, v in want.items() if k != "genotype"})
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+    assert genotype == expected_genotype
+
+
+SIZE_SCRIPT = """
+import glob, json, os, sys
+import bnas_tf
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from bnas_tf import data, sizing, training
+from bnas_tf.models import presets
+config = sizing.SizingConfig(budget=3.0e6, max_trials=1, seed=1, min_cells=2, max_cells=4,
+                             min_channels=4, max_channels=8, channels_step=2)
+data_config = data.DataConfig(dataset="folder", data_dir=sys.argv[2], batch_size=16,
+                              image_size=32, max_examples=32)
+train = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
+preset = sizing.size(presets.resolve(genotype="bnas_a"), data_config, train, config,
+                     sys.argv[1], "proj", strategy="mirrored")
+metrics = glob.glob(os.path.join(sys.argv[1], "proj", "**", "metrics.json"), recursive=True)
+print("RESULT " + json.dumps({"replicas": [json.load(open(m))["replicas"] for m in metrics],
+                              "cells": preset["cells"]}))
+"""
+
+
+def test_sizing_trials_train_under_the_strategy(tmp_path, cifar_dir):
+    proc = subprocess.Popen([sys.executable, "-c", SIZE_SCRIPT, str(tmp_path / "sizing"),
+                             str(cifar_dir)], cwd=REPO, env=base_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = result_of(proc)
+    assert result["replicas"] == [2]  # the trial trained on both logical CPUs

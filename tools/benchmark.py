@@ -15,6 +15,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from benchmarks import harness as benchmark  # noqa: E402
+from bnas_tf import throughput  # noqa: E402
 import flags  # noqa: E402
 from flags import benchmark as benchmark_flags  # noqa: E402
 
@@ -30,6 +31,11 @@ def main(argv):
         if os.path.isdir(FLAGS.output):
             raise ValueError(f"--output {FLAGS.output} is a directory; give a .json file path")
     result = benchmark.run(config, progress=lambda line: print(line, flush=True))
+    if FLAGS.imagenet_input or (FLAGS.imagenet_input is None and not FLAGS.only):
+        make = throughput.quick_config if FLAGS.quick else throughput.ThroughputConfig
+        result["imagenet_input"] = throughput.measure(make(data_dir=FLAGS.imagenet_data_dir),
+                                                      progress=lambda line: print(line))
+        print(throughput.format_report(result["imagenet_input"]))
     benchmark.write_json(FLAGS.output, result)
     print(benchmark.format_table(result))
     print(f"wrote {FLAGS.output}")

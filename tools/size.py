@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
-from bnas_tf import data, sizing  # noqa: E402
+from bnas_tf import data, sizing, training  # noqa: E402
 from bnas_tf.models import checks  # noqa: E402
 import flags  # noqa: E402
 from flags import applies  # noqa: E402
@@ -33,13 +33,12 @@ HINTS = {"cells": "sizing searches the cells: set --min_cells/--max_cells",
          "channels": "sizing searches the channels: set --min_channels/--max_channels",
          "epochs": "each trial trains --epochs_per_trial epochs",
          "models": "--models is tools/compare.py's",
-         "strategy": "trials run on the default strategy",
          "output_dir": "trials are written under --directory/--project_name; the best size "
                        "to --output",
          "model_dir": "--model_dir is tools/evaluate.py's",
          "split": "trials are scored on the validation split"}
 
-HELP = (("size", flags.names(size_flags, exclude=("models",))),
+HELP = (("size", flags.names(size_flags, exclude=("models",)) + ("strategy",)),
         ("model", ("preset", "genotype", "binarization", "residual", "auxiliary", "drop_path")),
         ("data", flags.names(data_flags)),
         ("train (recipe; --epochs_per_trial sets the epochs)",
@@ -67,6 +66,7 @@ def main(argv):
                            ["search_dir"], "the search's alphas are read with --tune_gamma only "
                            "(without --preset/--genotype it names the genotype)")
     try:
+        strategy = training.make_strategy(FLAGS.strategy)  # first: before any TF op
         config = size_flags.sizing_config_from_flags()
         spec, search_dir = sizing.resolve_spec(FLAGS.preset, FLAGS.genotype, FLAGS.search_dir,
                                                FLAGS.binarization)
@@ -84,7 +84,7 @@ def main(argv):
         train_config = train_flags.train_config_from_flags(epochs=FLAGS.epochs_per_trial)
         sizing.size(spec, data_flags.data_config_from_flags(), train_config, config,
                     FLAGS.directory, FLAGS.project_name, search_dir=search_dir,
-                    output=FLAGS.output)
+                    output=FLAGS.output, strategy=strategy)
     except (ValueError, FileNotFoundError, ImportError) as e:
         raise app.UsageError(str(e)) from None
     except RuntimeError as e:

@@ -341,6 +341,26 @@ class BilevelModel(tf.keras.Model):
         self.train_function = train_function
         return train_function
 
+    def evaluate(self, *args, **kwargs):
+        """Keras' evaluate, reporting the aggregated `loss` and `accuracy` metrics (see
+        `get_metrics_result`)."""
+        self._evaluating = True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._evaluating = False
+
+    def get_metrics_result(self):
+        """The metrics' results; while evaluating only those `test_step` reports. With
+        the same keys as the step's logs Keras returns these metric results, which
+        aggregate every replica and worker; otherwise it would reduce the step's
+        per-replica logs, and multi-worker strategies SUM them (a 2-worker search
+        reported twice its validation loss and accuracy)."""
+        results = super().get_metrics_result()
+        if getattr(self, "_evaluating", False):
+            results = {k: results[k] for k in ("loss", "accuracy")}
+        return results
+
     def test_step(self, data):
         """Validation loss/accuracy; an optional third element weights the examples
         (0 for the padding of `scoring.pad_batches` under a distribution strategy)."""

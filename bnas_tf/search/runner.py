@@ -119,6 +119,14 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     if isinstance(method, str) and method != config.method:
         raise ValueError(f"run_search: method {method!r} differs from the config's "
                          f"{config.method!r}")
+    if config.method == "bars" and config.strategy == "multi_worker":
+        raise ValueError("BARS search does not run under --strategy=multi_worker yet: its "
+                         "derivation reads and restores the supernet's per-replica BatchNorm "
+                         "statistics outside the replica context and the workers hang; use "
+                         "--strategy=mirrored on one machine")
+    if getattr(data_config, "data_service", None) and config.strategy == "multi_worker":
+        raise ValueError("--data_service feeds one search process; with "
+                         "--strategy=multi_worker every worker would read its own full epoch")
     method = get_method(method)
     engine = (engine or EngineConfig()).resolve()
     strategy = distribute.make_strategy(config.strategy)  # first: multi-worker needs it
@@ -135,6 +143,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
                              f"split ({n} examples); lower --batch_size or raise "
                              "--max_examples")
     steps = n_train // config.batch_size
+    distribute.print_batch_plan(strategy, config.batch_size, w_lr=config.w_lr, a_lr=config.a_lr)
 
     identity = run_identity(data_config, config, engine)
     resuming = check_output_dir(output_dir, identity)
