@@ -151,7 +151,7 @@ def bnas_d(imagenet, tmp_path_factory):
     data_dir, _, _ = imagenet
     out = tmp_path_factory.mktemp("bnas_d") / "run"
     spy = _train_with_spies(data_dir, out, "--preset=bnas-d", "--cells=3", "--channels=8",
-                            "--recipe=imagenet", "--image_size=64")
+                            "--recipe=imagenet", "--image_size=128")  # the ImageNet stem's side
     return out, spy
 
 
@@ -171,16 +171,17 @@ def test_imagenet_train_bnas_d_with_the_imagenet_recipe(imagenet, bnas_d):
     assert optimizer.momentum == 0.9
     assert spy.calls["_imagenet_augment"]  # random-resized crop, flip, colour jitter
     assert spy.calls["_imagenet_eval"]     # validation / test: centre crop
-    (_, _, (s0, s1)), = spy.calls["imagenet_stem"]
-    assert tuple(s1.shape[1:3]) == (8, 8)  # 64 px -> cells at 1/8
-    _assert_colour_jitter(64)
+    # built twice: the trained network and its one-device twin that scores it
+    for _, _, (s0, s1) in spy.calls["imagenet_stem"]:
+        assert tuple(s1.shape[1:3]) == (16, 16)  # 128 px -> cells at 1/8
+    _assert_colour_jitter(128)
     with open(out / "metrics.json") as f:
         metrics = json.load(f)
     assert (metrics["num_classes"], metrics["image_size"], metrics["recipe"]) == \
-        (1000, 64, "imagenet")
+        (1000, 128, "imagenet")
     assert metrics["train_examples"] == 48 and metrics["test_examples"] == 24
     lr = metrics["history"]["learning_rate"][-1]
-    assert 0.099 < lr < 0.1  # one epoch into the first 50-epoch cosine cycle
+    assert lr == pytest.approx(0.1)  # the rate epoch 1 used: the first cosine cycle's start
 
 
 def test_imagenet_evaluate_uses_the_centre_crop(imagenet, bnas_d, capsys):

@@ -24,12 +24,18 @@ FAMILY_OPTIONS = {
     "bnas": ("cells", "channels", "residual", "drop_path"),
     "baseline": ("channels",),
     "bars": (),
+    # hand-designed binary networks: --channels scales their widths (models/common.own_quantizers)
+    "birealnet": ("channels",),
+    "reactnet": ("channels",),
+    "quicknet": ("channels",),
 }
 CHECKED_OPTIONS = ("cells", "channels", "residual", "drop_path")
 WHY_NOT = {
     "bars": "its stages' widths and depths come from the genotype",
     "baseline": "a baseline network has a depth and channels, no cells, no BNAS residual "
                 "and no drop-path",
+    **{f: "a hand-designed network has channels, no cells, no BNAS residual and no "
+          "drop-path" for f in ("birealnet", "reactnet", "quicknet")},
 }
 # (classes, pixels) a stem is meant for
 STEM_DATA = {"cifar": (10, 32), "imagenet": (1000, 224)}
