@@ -644,6 +644,24 @@ def test_finished_search_extends_to_more_epochs(interrupted_search, cifar_dir, c
         runner.run_search("bnas", dc, cfg, str(out), verbose=0)
 
 
+def test_a_summary_counted_from_0_by_the_previous_version_resumes_counted_from_1(tmp_path,
+                                                                                 cifar_dir):
+    """The previous version wrote search_summary.json epochs (and best_epoch) from 0: a
+    resumed directory of it continues counting from 1, without a gap or a repeat."""
+    dc, cfg = _small(cifar_dir)
+    out = tmp_path / "old"
+    runner.run_search("bnas", dc, cfg, str(out), stop_after=1, verbose=0)
+    path = out / "search_summary.json"
+    old = json.loads(path.read_text())
+    for entry in old["epochs"]:
+        entry["epoch"] -= 1
+    old["best_epoch"] -= 1
+    path.write_text(json.dumps(old))
+    resumed = runner.run_search("bnas", dc, cfg, str(out), verbose=0)
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    assert resumed["best_epoch"] in (1, 2)
+
+
 @pytest.mark.slow
 def test_search_runs_under_mirrored_strategy(tmp_path, cifar_dir):
     """A 1-epoch supernet search on 2 logical CPUs (MirroredStrategy, subprocess)."""

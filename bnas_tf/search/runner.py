@@ -178,7 +178,13 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     if start and os.path.isfile(summary_path):
         with open(summary_path, encoding="utf-8") as f:
             summary = json.load(f)
-        summary["epochs"] = [e for e in summary.get("epochs", []) if e["epoch"] <= start]
+        entries = summary.get("epochs", [])
+        if entries and entries[0].get("epoch") == 0:  # a previous version counted from 0
+            for entry in entries:
+                entry["epoch"] += 1
+            if summary.get("best_epoch") is not None:
+                summary["best_epoch"] += 1
+        summary["epochs"] = [e for e in entries if e["epoch"] <= start]
 
     eval_ds = data.load(data_config, "search_val", training=False)
     if config.eval_batches:
