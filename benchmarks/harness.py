@@ -362,13 +362,13 @@ def train_step(config):
     """Median seconds of one training step of the final network (training.compile_model
     with the 'cifar' recipe's optimizer and weight decay, batch `config.batch_size`)."""
     import tensorflow as tf
-    from bnas_tf import models, training
+    from bnas_tf import models, recipes, training
     from bnas_tf.models import common
-    recipe = training.recipe("cifar", batch_size=config.batch_size)
+    recipe = recipes.recipe("cifar", batch_size=config.batch_size)
     tf.keras.utils.set_random_seed(0)
     model = models.build(final_spec(config), 10, config.image_size)
     training.add_weight_decay(model, recipe.weight_decay)
-    optimizer = training.make_optimizer(recipe, steps_per_epoch=100)
+    optimizer = recipes.make_optimizer(recipe, steps_per_epoch=100)
     training.compile_model(model, recipe, optimizer)
     common.set_drop_path(model, recipe.drop_path)
     step, first, logs = _keras_step(model, _random_batch(config.batch_size, config.image_size))

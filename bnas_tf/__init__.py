@@ -106,4 +106,5 @@ _import_tensorflow()
 # a model saved whole loads after `import bnas_tf` alone. These modules import
 # TensorFlow but create no tensors, so devices can still be configured afterwards.
 from bnas_tf import models as _models  # noqa: E402,F401  (binary, bnas, bars, baselines)
-from bnas_tf import training as _training  # noqa: E402,F401  (OneCycle, CrossEntropy)
+from bnas_tf import recipes as _recipes  # noqa: E402,F401  (OneCycle)
+from bnas_tf import training as _training  # noqa: E402,F401  (CrossEntropy)

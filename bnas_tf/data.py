@@ -2,20 +2,21 @@
 
 Every source is reduced to per-split label arrays ("pools"); all split logic (validation
 hold-out, search halves, class subsets, the max_examples cap) is index arithmetic on those
-arrays, so it is deterministic, cheap and identical for every source.
+arrays, so it is deterministic, cheap and identical for every source. Image folders are
+scanned and their undecodable files found by bnas_tf.folders.
 """
 import dataclasses
 import functools
 import os
-import sys
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
+from bnas_tf import folders
+
 DATASETS = ("cifar10", "imagenet2012", "imagenet100", "folder")
 SPLITS = ("train", "validation", "test", "search_train", "search_val")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TFDS_POOLS = {"cifar10": ("train", "test"), "imagenet2012": ("train", "validation")}
 MEAN_STD = {"cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
             "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
@@ -24,7 +25,6 @@ HOLDOUT_SEED = 0   # the validation hold-out does not move with config.seed
 SUBSET_SEED = 0    # nor does the ImageNet-100 class subset
 EVAL_CROP = 0.875  # ImageNet eval: resize shorter side to size / 0.875, centre crop
 AUTOTUNE = tf.data.AUTOTUNE
-BAD_IMAGES = ("error", "skip")
 
 
 @dataclasses.dataclass
@@ -75,73 +75,13 @@ class _Source:
 
 # ----------------------------------------------------------------------------- sources
 
-def _image_files(directory):
-    """(sorted image file names, sorted names of the other files) of one class folder."""
-    files = [e.name for e in os.scandir(directory) if e.is_file()]
-    images = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
-    return images, sorted(set(files) - set(images))
-
-
-def _class_dirs(directory):
-    return sorted(e.name for e in os.scandir(directory)
-                  if e.is_dir() and not e.name.startswith("."))
-
-
-def _folder_line(root, classes, pools, skipped):
-    """One line: classes, images per pool (fewest..most per class), skipped files."""
-    counts = []
-    for pool, labels in pools.items():
-        per_class = np.bincount(labels, minlength=len(classes))
-        counts.append(f"{pool} {len(labels)} ({per_class.min()}..{per_class.max()} per class)"
-                      if pool == "train" else f"{pool} {len(labels)}")
-    line = f"data: {root}: {len(classes)} classes, images found: {', '.join(counts)}"
-    if skipped:
-        shown = ", ".join(os.path.relpath(p, root) for p in skipped[:3])
-        more = f", +{len(skipped) - 3} more" if len(skipped) > 3 else ""
-        line += (f"; skipped {len(skipped)} non-image file(s) (not "
-                 f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}): {shown}{more}")
-    return line
-
-
 @functools.lru_cache(maxsize=8)
 def _folder_source(root, name="folder"):
-    """Scan `root` ({class}/ or {train,val|validation,test}/{class}/ image folders).
-
-    Prints one line to stderr: classes, image counts and skipped non-image files.
-    Raises FileNotFoundError when there are no images, ValueError naming the folder of
-    an empty class (it would silently count as a class) or of a class only a val/test
-    folder has."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"data directory {root} does not exist; pass --data_dir=PATH")
-    layout = {"train": os.path.join(root, "train")}
-    if os.path.isdir(layout["train"]):
-        for pool, dirs in (("validation", ("val", "validation")), ("test", ("test",))):
-            found = [os.path.join(root, d) for d in dirs if os.path.isdir(os.path.join(root, d))]
-            if found:
-                layout[pool] = found[0]
-    else:
-        layout = {"train": root}
-    classes = _class_dirs(layout["train"])
-    index = {c: i for i, c in enumerate(classes)}
-    paths, pools, skipped = {}, {}, []
-    for pool, directory in layout.items():
-        files, labels = [], []
-        for c in _class_dirs(directory):
-            if c not in index:
-                raise ValueError(f"class dir {os.path.join(directory, c)} has no counterpart in "
-                                 f"{layout['train']}")
-            names, others = _image_files(os.path.join(directory, c))
-            skipped += [os.path.join(directory, c, f) for f in others]
-            if not names:
-                raise ValueError(f"class folder {os.path.join(directory, c)} holds no images "
-                                 f"(*.jpg|jpeg|png); remove it or add its images")
-            files += [os.path.join(directory, c, f) for f in names]
-            labels += [index[c]] * len(names)
-        paths[pool], pools[pool] = np.array(files, dtype=object), np.array(labels, np.int32)
-    if not classes or not len(pools["train"]):
-        raise FileNotFoundError(f"no images under {root}: expected {root}/<class>/*.jpg|jpeg|png "
-                                f"or {root}/train/<class>/...")
-    print(_folder_line(root, classes, pools, skipped), file=sys.stderr, flush=True)
+    """The source of an image-folder tree (bnas_tf.folders.scan: prints one line, raises
+    on missing or empty folders). Its first training image sets the default image size
+    (32 when it is 32 x 32, else 224) and the recipe ('cifar' for a 32 x 32 'folder',
+    else 'imagenet')."""
+    classes, paths, pools = folders.scan(root)
     first = tf.io.decode_image(tf.io.read_file(paths["train"][0]), channels=3,
                                expand_animations=False).shape
     small = tuple(first[:2]) == (32, 32)
@@ -295,10 +235,10 @@ def _resolve(source, config, split):
     chosen = {k: v and (v[0], _balanced_cap(pools[v[0]], v[1], config.max_examples))
               for k, v in chosen.items()}
     if split.startswith("search_"):
-        _, kept = _without_bad_images(source, config, *chosen["train"])
+        _, kept = folders.without_bad_images(source, config, *chosen["train"])
         first, second = _halves(pools["train"], kept, config.seed)
         return "train", first if split == "search_train" else second
-    return chosen[split] and _without_bad_images(source, config, *chosen[split])
+    return chosen[split] and folders.without_bad_images(source, config, *chosen[split])
 
 
 def split_pool(config, split):
@@ -306,56 +246,6 @@ def split_pool(config, split):
     split of 'train' pool is held out from the training data); None when empty."""
     chosen = _resolve(_source(config), config, split)
     return chosen[0] if chosen else None
-
-
-_DECODES = {}  # image path -> decodes (bool); each file is checked once per process
-
-
-def undecodable_images(paths):
-    """The paths among `paths` (image files) that cannot be read or decoded as an image,
-    sorted. Each file is decoded once per process (in parallel, tf.data)."""
-    todo = [p for p in dict.fromkeys(map(str, paths)) if p not in _DECODES]
-    if todo:
-        def size(path):
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                       expand_animations=False)
-            return path, tf.shape(image)[0]
-        good = tf.data.Dataset.from_tensor_slices(todo).map(
-            size, num_parallel_calls=AUTOTUNE, deterministic=False).ignore_errors().batch(4096)
-        decoded = {p.decode() for batch, _ in good.as_numpy_iterator() for p in batch}
-        _DECODES.update((p, p in decoded) for p in todo)
-    return sorted(p for p in map(str, paths) if not _DECODES[p])
-
-
-def _without_bad_images(source, config, pool, idx):
-    """(pool, idx) minus undecodable files (config.bad_images='skip', said once on stderr),
-    or a one-line ValueError naming them ('error'). Image folders only: TFDS data is
-    validated when prepared."""
-    if not source.read_files or not len(idx):
-        return pool, idx
-    if config.bad_images not in BAD_IMAGES:
-        raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGES)}, "
-                         f"got {config.bad_images!r}")
-    paths = source.records(pool, idx, source.pools[pool])
-    files = [p.decode() for batch in paths.map(lambda ref, label, name: ref).batch(65536)
-             .as_numpy_iterator() for p in batch]
-    bad = undecodable_images(files)
-    if not bad:
-        return pool, idx
-    listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    if config.bad_images == "error":
-        raise ValueError(f"{len(bad)} corrupt or undecodable image file(s): {listed}; "
-                         "remove or replace them, or pass --bad_images=skip to leave them out")
-    key = (pool, tuple(bad))
-    if key not in _SKIP_REPORTED:
-        _SKIP_REPORTED.add(key)
-        print(f"skipping {len(bad)} undecodable image file(s) of {len(files)} "
-              f"(--bad_images=skip): {listed}", file=sys.stderr, flush=True)
-    bad = set(bad)
-    return pool, np.array([i for i, f in zip(idx, files) if f not in bad], dtype=idx.dtype)
-
-
-_SKIP_REPORTED = set()
 
 
 def _check_config(config):

@@ -34,7 +34,7 @@ import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import costs, data, models, training
+from bnas_tf import costs, data, models, recipes, training
 from bnas_tf.models import presets
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -119,8 +119,8 @@ def train_rate(spec, image_size, batch_size, steps, num_classes=1000):
     """Images/s of one training step of `spec` on this machine (SGD, random batch)."""
     tf.keras.utils.set_random_seed(0)
     model = models.build(spec, num_classes, image_size)
-    config = training.recipe("imagenet", batch_size=batch_size)
-    training.compile_model(model, config, training.make_optimizer(config, 100))
+    config = recipes.recipe("imagenet", batch_size=batch_size)
+    training.compile_model(model, config, recipes.make_optimizer(config, 100))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32)
     y = rng.integers(0, num_classes, size=(batch_size,))

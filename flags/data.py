@@ -5,7 +5,7 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import data
+from bnas_tf import data, folders
 
 FLAGS = absl_flags.FLAGS
 _DEFINITIONS = (
@@ -28,7 +28,7 @@ _DEFINITIONS = (
      "training batches (each example once per epoch; the order is then not reproducible)."),
     (absl_flags.DEFINE_float, "validation_fraction", 0.1, dict(lower_bound=0.0, upper_bound=0.99),
      "Per-class hold-out of train used as validation when the data has no own validation split."),
-    (absl_flags.DEFINE_enum, "bad_images", "error", dict(enum_values=list(data.BAD_IMAGES)),
+    (absl_flags.DEFINE_enum, "bad_images", "error", dict(enum_values=list(folders.BAD_IMAGES)),
      "Image folders: every image a run uses is decoded once before it starts; a corrupt or "
      "undecodable file is an error naming it (error), or left out with a count (skip)."),
 )

@@ -5,7 +5,7 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import sizing
+from bnas_tf import size_space, sizing
 
 FLAGS = absl_flags.FLAGS
 _DEFINITIONS = (
@@ -24,7 +24,7 @@ _DEFINITIONS = (
      "Sizing trials in all (a rerun of the same project continues up to this many)."),
     (absl_flags.DEFINE_integer, "epochs_per_trial", 1, dict(lower_bound=1),
      "Training epochs of each sizing trial (the recipe's --epochs is not used)."),
-    (absl_flags.DEFINE_enum, "oracle", "random", dict(enum_values=list(sizing.ORACLES)),
+    (absl_flags.DEFINE_enum, "oracle", "random", dict(enum_values=list(size_space.ORACLES)),
      "keras-tuner oracle: random (RandomSearchOracle) or bayesian "
      "(BayesianOptimizationOracle, needs scikit-learn)."),
     (absl_flags.DEFINE_string, "directory", "sizing", {},
@@ -47,7 +47,7 @@ _DEFINITIONS = (
 define(_DEFINITIONS)
 
 
-def sizing_config_from_flags(**overrides) -> sizing.SizingConfig:
+def sizing_config_from_flags(**overrides) -> size_space.SizingConfig:
     """SizingConfig from the sizing flags (and --seed), then `overrides`."""
     if FLAGS.flops_budget is None:
         raise ValueError("give the budget: --flops_budget=EQUIVALENT_OPS (e.g. 1.6e7)")
@@ -61,4 +61,4 @@ def sizing_config_from_flags(**overrides) -> sizing.SizingConfig:
                   max_trials=FLAGS.max_trials, oracle=FLAGS.oracle, gammas=gammas,
                   seed=FLAGS.seed if "seed" in FLAGS else 0)
     values.update(overrides)
-    return sizing.SizingConfig(**values)
+    return size_space.SizingConfig(**values)

@@ -7,7 +7,7 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import study, training
+from bnas_tf import recipes, study
 
 FLAGS = absl_flags.FLAGS
 _INT = ("seeds", "split_seed", "train_per_class", "test_per_class", "search_examples",
@@ -56,7 +56,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_list, "bars_base_channels", None, {},
      "BARS: channels of each stage at width 1.0 (comma-separated)."),
     # defined as flags/train.py defines it (one flag, one definition); applied only when given
-    (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(training.RECIPES)),
+    (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(recipes.RECIPES)),
      "Training recipe of every final network (default: the profile's)."),
     *((absl_flags.DEFINE_integer, name, *_SHARED.get(name, (None, {})),
        _HELP[name] + (" The profile's value unless given." if name in _SHARED else ""))

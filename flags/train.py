@@ -4,17 +4,17 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import distribute, training
+from bnas_tf import distribute, recipes
 
 FLAGS = absl_flags.FLAGS
 PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
 _DEFINITIONS = (
-    (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(training.RECIPES)),
+    (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(recipes.RECIPES)),
      "Training recipe: cifar (BNAS CIFAR), imagenet (BNAS ImageNet), adam_cosine, bars "
      "(BARS CIFAR), bars_imagenet. Every number below overrides it."),
-    (absl_flags.DEFINE_enum, "optimizer", None, dict(enum_values=list(training.OPTIMIZERS)),
+    (absl_flags.DEFINE_enum, "optimizer", None, dict(enum_values=list(recipes.OPTIMIZERS)),
      "Optimizer (default: the recipe's)."),
-    (absl_flags.DEFINE_enum, "schedule", None, dict(enum_values=list(training.SCHEDULES)),
+    (absl_flags.DEFINE_enum, "schedule", None, dict(enum_values=list(recipes.SCHEDULES)),
      "Learning-rate schedule, per step (default: the recipe's)."),
     (absl_flags.DEFINE_float, "learning_rate", None, dict(lower_bound=0.0),
      "Peak / initial learning rate."),
@@ -43,7 +43,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_enum, "strategy", "default", dict(enum_values=list(distribute.STRATEGIES)),
      "Distribution: default (one device), mirrored (all local GPUs / logical CPUs), "
      "multi_worker (cluster from TF_CONFIG)."),
-    (absl_flags.DEFINE_enum, "precision", "float32", dict(enum_values=list(training.PRECISIONS)),
+    (absl_flags.DEFINE_enum, "precision", "float32", dict(enum_values=list(recipes.PRECISIONS)),
      "Training precision: float32, mixed_float16 (GPUs; loss scaling) or mixed_bfloat16 "
      "(TPUs, recent GPUs/CPUs). Variables, loss, BatchNorm and XNOR scales stay float32; "
      "the saved and exported model is float32."),
@@ -67,7 +67,7 @@ RECIPE_FLAGS = ("optimizer", "schedule", "learning_rate", "min_learning_rate", "
 _SHARED_FLAGS = ("batch_size", "cutout", "seed", "drop_path", "auxiliary")
 
 
-def train_config_from_flags(**overrides) -> training.TrainConfig:
+def train_config_from_flags(**overrides) -> recipes.TrainConfig:
     """TrainConfig of --recipe with every given flag applied, then `overrides`."""
     values = {name: FLAGS[name].value for name in RECIPE_FLAGS}
     for name in _SHARED_FLAGS:
@@ -75,4 +75,4 @@ def train_config_from_flags(**overrides) -> training.TrainConfig:
             values[name] = FLAGS[name].value
     values["verbose"] = PROGRESS[FLAGS.progress]
     values.update(overrides)
-    return training.recipe(FLAGS.recipe, **values)
+    return recipes.recipe(FLAGS.recipe, **values)

@@ -5,7 +5,7 @@ import os
 import bnas_tf  # noqa: F401
 import pytest
 
-from bnas_tf import compare, data, training
+from bnas_tf import compare, data, recipes, training
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,7 +24,7 @@ def test_compare_two_tiny_models_writes_table_json_and_plot(cifar_dir, tmp_path,
                                              "channels": 8})]
     data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), batch_size=16,
                                   image_size=32, max_examples=32)
-    train_config = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
+    train_config = recipes.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
     out = tmp_path / "out"
     result = compare.compare(models, data_config, train_config, str(out))
 
@@ -54,7 +54,7 @@ def test_unknown_model_fails_before_any_training(cifar_dir, tmp_path):
     data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=32)
     with pytest.raises(ValueError, match="no-such-net"):
         compare.compare(["bnas-mini", "no-such-net"], data_config,
-                        training.recipe("adam_cosine", epochs=1), str(tmp_path / "out"))
+                        recipes.recipe("adam_cosine", epochs=1), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -62,4 +62,4 @@ def test_same_model_twice_is_refused(cifar_dir, tmp_path):
     data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=32)
     with pytest.raises(ValueError, match="given twice"):
         compare.compare(["bnas-mini", "bnas-mini"], data_config,
-                        training.recipe("adam_cosine", epochs=1), str(tmp_path / "out"))
+                        recipes.recipe("adam_cosine", epochs=1), str(tmp_path / "out"))

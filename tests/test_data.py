@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnas_tf import data
+from bnas_tf import data, folders
 
 
 def _config(root, **kw):
@@ -115,7 +115,7 @@ def test_corrupt_image_is_named_before_training_or_skipped_with_a_count(tmp_path
     err = capfd.readouterr().err
     assert "skipping 1 undecodable image file(s) of 7 (--bad_images=skip)" in err
     assert err.count("skipping") == 1  # said once, not per split or epoch
-    assert data.undecodable_images([str(broken), str(root / "a" / "0.jpg")]) == [str(broken)]
+    assert folders.undecodable_images([str(broken), str(root / "a" / "0.jpg")]) == [str(broken)]
 
 
 def test_folder_with_train_and_test_dirs(tmp_path):

@@ -26,12 +26,12 @@ if os.environ.get("LOGICAL_CPUS"):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["LOGICAL_CPUS"]))
-from bnas_tf import data, training
+from bnas_tf import data, recipes, training
 from bnas_tf.models import presets
 strategy = training.make_strategy(sys.argv[2])
 spec = presets.resolve(genotype="bnas_a", cells=3, channels=4)
 config = data.DataConfig(dataset="folder", data_dir=sys.argv[3], max_examples=64, augment=False)
-train = training.recipe("adam_cosine", epochs=1, batch_size=16, validation_freq=0, verbose=0)
+train = recipes.recipe("adam_cosine", epochs=1, batch_size=16, validation_freq=0, verbose=0)
 metrics = training.train(spec, config, train, sys.argv[1], strategy=strategy)
 print("RESULT " + json.dumps({"replicas": metrics["replicas"], "loss": metrics["history"]["loss"],
                               "top1": metrics["top1"]}))
@@ -204,7 +204,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
-from bnas_tf import data, training
+from bnas_tf import data, recipes, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import presets
 out, strategy, data_dir = sys.argv[1:4]
@@ -212,7 +212,7 @@ spec = presets.resolve(genotype="bnas_a", cells=3, channels=4)
 config = data.DataConfig(dataset="folder", data_dir=data_dir, max_examples=5, image_size=16,
                          augment=False)
 assert data.num_examples(config, "test") == 5, data.num_examples(config, "test")
-train = training.recipe("adam_cosine", epochs=1, batch_size=4, verbose=0)
+train = recipes.recipe("adam_cosine", epochs=1, batch_size=4, verbose=0)
 metrics = training.train(spec, config, train, out, strategy=training.make_strategy(strategy))
 # what the saved model scores, on one device, image by image
 model = mdir.load_model(out)
@@ -335,13 +335,13 @@ import bnas_tf
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from bnas_tf import data, sizing, training
+from bnas_tf import data, recipes, size_space, sizing
 from bnas_tf.models import presets
-config = sizing.SizingConfig(budget=3.0e6, max_trials=1, seed=1, min_cells=2, max_cells=4,
+config = size_space.SizingConfig(budget=3.0e6, max_trials=1, seed=1, min_cells=2, max_cells=4,
                              min_channels=4, max_channels=8, channels_step=2)
 data_config = data.DataConfig(dataset="folder", data_dir=sys.argv[2], batch_size=16,
                               image_size=32, max_examples=32)
-train = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
+train = recipes.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
 preset = sizing.size(presets.resolve(genotype="bnas_a"), data_config, train, config,
                      sys.argv[1], "proj", strategy="mirrored")
 metrics = glob.glob(os.path.join(sys.argv[1], "proj", "**", "metrics.json"), recursive=True)

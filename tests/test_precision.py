@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnas_tf import binary, data, export, model_dir, models, training
+from bnas_tf import binary, data, export, model_dir, models, recipes, training
 from bnas_tf.models import presets
 
 SPEC = presets.resolve(genotype="bnas_a", cells=3, channels=8)
@@ -49,7 +49,7 @@ def test_bfloat16_training_decreases_loss_and_exports_float32_same_structure(cif
                                                                              tmp_path, capsys):
     config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=96,
                              augment=False)
-    recipe = training.recipe("adam_cosine", learning_rate=3e-3, epochs=4, batch_size=16,
+    recipe = recipes.recipe("adam_cosine", learning_rate=3e-3, epochs=4, batch_size=16,
                              validation_freq=0, verbose=0, precision="mixed_bfloat16")
     probe = PolicyProbe()
     out = tmp_path / "bf16"
@@ -76,7 +76,7 @@ def test_bfloat16_training_decreases_loss_and_exports_float32_same_structure(cif
 
 def test_precision_flag_is_validated():
     with pytest.raises(ValueError, match="precision must be one of float32, mixed_float16"):
-        training.recipe("cifar", precision="float16")
+        recipes.recipe("cifar", precision="float16")
     if not tf.config.list_logical_devices("GPU"):  # refused before anything is written
         with pytest.raises(ValueError, match="mixed_float16 needs a GPU"):
             with training.precision_policy("mixed_float16"):
@@ -86,7 +86,7 @@ def test_precision_flag_is_validated():
 def _compiled_pair(jit):
     tf.keras.utils.set_random_seed(3)
     model = models.build(SPEC, 10, 32)
-    config = training.recipe("cifar", batch_size=8, jit_compile=jit)
+    config = recipes.recipe("cifar", batch_size=8, jit_compile=jit)
     training.compile_model(model, config, tf.keras.optimizers.legacy.SGD(0.05, momentum=0.9))
     return model
 

@@ -8,7 +8,7 @@ import bnas_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import models, training
+from bnas_tf import models, recipes, training
 from bnas_tf.models import bars as bars_models
 from bnas_tf.models import presets
 
@@ -33,13 +33,13 @@ def test_models_saved_whole_load_after_import_bnas_tf_only(tmp_path):
         "bars": {"family": "bars", "genotype": bars_models.random_genotype(
             1, base_channels=(4, 8), max_depth=1).to_dict()},
     }
-    config = training.recipe("cifar", epochs=1, batch_size=2)
+    config = recipes.recipe("cifar", epochs=1, batch_size=2)
     x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
     paths, expected = [], []
     for name, spec in specs.items():
         model = models.build(spec, 3, 16, auxiliary=False)
         # compiled with the project's loss and one-cycle schedule: both must load too
-        training.compile_model(model, config, training.make_optimizer(config, 4))
+        training.compile_model(model, config, recipes.make_optimizer(config, 4))
         path = str(tmp_path / f"{name}.h5")
         model.save(path)
         np.save(path + ".x.npy", x)

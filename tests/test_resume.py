@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnas_tf import data, training
+from bnas_tf import data, recipes, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import presets
 
@@ -47,7 +47,7 @@ def run(directory, cifar_dir, callbacks=(), epochs=EPOCHS):
     spec = presets.resolve(genotype="bnas_a", cells=3, channels=4)
     config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=20,
                              image_size=16, augment=True)
-    train = training.recipe("cifar", epochs=epochs, batch_size=4, validation_freq=1, verbose=0)
+    train = recipes.recipe("cifar", epochs=epochs, batch_size=4, validation_freq=1, verbose=0)
     return training.train(spec, config, train, str(directory), callbacks=list(callbacks))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnas_tf import costs, data, genotypes, models, sizing, training
+from bnas_tf import costs, data, genotypes, models, recipes, size_space, sizing, training
 from bnas_tf.models import presets
 from bnas_tf.search import SearchConfig
 
@@ -22,11 +22,11 @@ def _data(cifar_dir):
 
 
 def _train():
-    return training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
+    return recipes.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
 
 
 def _run(cifar_dir, directory, **overrides):
-    config = sizing.SizingConfig(budget=BUDGET, max_trials=2, seed=1, **TINY)
+    config = size_space.SizingConfig(budget=BUDGET, max_trials=2, seed=1, **TINY)
     for key, value in overrides.items():
         setattr(config, key, value)
     spec = presets.resolve(genotype="bnas_a")
@@ -54,10 +54,10 @@ def test_last_fitting_is_a_binary_search_for_the_largest_fit():
         calls.append(v)
         return v <= 37
     values = list(range(0, 100, 3))
-    assert sizing.last_fitting(values, fits) == 36
+    assert size_space.last_fitting(values, fits) == 36
     assert len(calls) <= 8  # log2(34) + the first check
-    assert sizing.last_fitting(values, lambda v: False) is None
-    assert sizing.last_fitting(values, lambda v: True) == 99
+    assert size_space.last_fitting(values, lambda v: False) is None
+    assert size_space.last_fitting(values, lambda v: True) == 99
 
 
 class _FakeTable:
@@ -75,10 +75,10 @@ class _FakeTable:
 
 
 def test_every_proposal_decodes_to_a_size_within_budget():
-    config = sizing.SizingConfig(budget=10 * 24 ** 2, min_cells=5, max_cells=20,
+    config = size_space.SizingConfig(budget=10 * 24 ** 2, min_cells=5, max_cells=20,
                                  min_channels=8, max_channels=64, channels_step=4)
     spec = presets.resolve(genotype="bnas_a")
-    space = sizing.SizeSpace(config, sizing.candidate_specs(spec), _FakeTable())
+    space = size_space.SizeSpace(config, sizing.candidate_specs(spec), _FakeTable())
     rng = np.random.RandomState(0)
     sizes = {(s.cells, s.channels) for s in (
         space.decode({"cells_fraction": u, "channels_fraction": v})
@@ -136,7 +136,7 @@ def test_rerun_with_other_settings_is_refused(sized, cifar_dir):
 
 
 def test_infeasible_budget_is_a_clear_one_line_error(cifar_dir, tmp_path):
-    with pytest.raises(sizing.BudgetError) as info:
+    with pytest.raises(size_space.BudgetError) as info:
         _run(cifar_dir, str(tmp_path), budget=1.0e5)
     message = str(info.value)
     assert "\n" not in message

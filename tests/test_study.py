@@ -372,7 +372,7 @@ def test_bars_backbone_and_ablation_arms_produce_trials(cifar_dir, tmp_path):
 
 def test_report_files_hold_every_trial(tmp_path):
     import types
-    from bnas_tf import training
+    from bnas_tf import recipes
     c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=2)
     trials = []
     for s, (a, b) in enumerate(((0.50, 0.45), (0.52, 0.47))):
@@ -386,7 +386,7 @@ def test_report_files_hold_every_trial(tmp_path):
                                "at_derived_epoch": 2e-5, "indistinguishable": True}
             trials.append(t)
     fake = types.SimpleNamespace(
-        config=c, output_dir=str(tmp_path), target=5e6, train_config=training.TrainConfig(),
+        config=c, output_dir=str(tmp_path), target=5e6, train_config=recipes.TrainConfig(),
         split={"pool_files": 60, "test_files": 30, "source": "x", "classes": list("abc"),
                "external_test": False})
     results = report.write(fake, trials + [None], log=lambda m: None)

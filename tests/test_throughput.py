@@ -89,7 +89,7 @@ def test_data_service_serves_each_training_example_once_per_epoch(cifar_dir, tmp
     import numpy as np
     import tensorflow as tf
 
-    from bnas_tf import data, training
+    from bnas_tf import data, recipes, training
     service = tf.data.experimental.service
     dispatcher = service.DispatchServer()
     worker = service.WorkerServer(service.WorkerConfig(  # noqa: F841  (kept alive)
@@ -103,7 +103,7 @@ def test_data_service_serves_each_training_example_once_per_epoch(cifar_dir, tmp
                                       .as_numpy_iterator()]).tolist())
     assert labels(served) == labels(local)
     assert len(labels(local)) == data.num_examples(local, "train") // 8 * 8
-    recipe = training.recipe("adam_cosine", epochs=1, batch_size=8, validation_freq=0,
+    recipe = recipes.recipe("adam_cosine", epochs=1, batch_size=8, validation_freq=0,
                              verbose=0)
     metrics = training.train(presets.resolve(genotype="bnas_a", cells=2, channels=4), served,
                              recipe, str(tmp_path / "run"))

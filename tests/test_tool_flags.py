@@ -9,7 +9,7 @@ import bnas_tf  # noqa: F401
 import pytest
 from absl import app
 
-from bnas_tf import compare, data, genotypes, training
+from bnas_tf import compare, data, genotypes, recipes, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import bars, presets
 
@@ -91,7 +91,7 @@ def test_compare_applies_cells_channels_and_residual_to_every_model(cifar_dir, t
                                 "channels": 4}))
     data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), batch_size=16,
                                   max_examples=32)
-    config = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0,
+    config = recipes.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0,
                              validation_freq=0)
     compare.compare([str(tiny)], data_config, config, str(tmp_path / "o"), plot=False,
                     overrides={"cells": 3, "channels": 6, "residual": "binary"},
@@ -127,7 +127,7 @@ def test_a_preset_for_other_data_is_refused_before_anything_is_written(cifar_dir
     imagenet = {"family": "bnas", "genotype": "bnas_imagenet", "cells": 2, "channels": 8,
                 "stem": "imagenet", "name": "tiny-imagenet"}
     data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=32)
-    config = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
+    config = recipes.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
     with pytest.raises(ValueError, match="tiny-imagenet does not fit the data: 32 px images "
                                          r"\(it is built for 224 px\) and 10 classes"):
         training.train(imagenet, data_config, config, str(tmp_path / "o"))
@@ -214,7 +214,7 @@ def test_pipeline_and_size_print_the_size_first(cifar_dir, tmp_path, monkeypatch
 
 def test_evaluate_applies_data_flags_on_top_of_the_training_data(cifar_dir, tmp_path, capsys):
     data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=40)
-    config = training.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0,
+    config = recipes.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0,
                              validation_freq=0)
     out = tmp_path / "m"
     training.train(presets.resolve(genotype="bnas_a", cells=2, channels=4), data_config,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnas_tf import data, model_dir, models, training
+from bnas_tf import data, model_dir, models, recipes, training
 from bnas_tf.models import presets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -29,32 +29,32 @@ def tiny_spec(cells=3):
 # ----------------------------------------------------------------------------- recipes
 
 def test_recipes_hold_the_papers_numbers_and_accept_overrides():
-    cifar = training.recipe("cifar")
+    cifar = recipes.recipe("cifar")
     assert (cifar.optimizer, cifar.schedule, cifar.learning_rate, cifar.min_learning_rate,
             cifar.momentum, cifar.weight_decay, cifar.epochs, cifar.batch_size,
             cifar.drop_path) == ("sgd", "one_cycle", 5e-2, 4e-4, 0.9, 3e-6, 600, 256, 0.2)
-    imagenet = training.recipe("imagenet")
+    imagenet = recipes.recipe("imagenet")
     assert (imagenet.schedule, imagenet.learning_rate, imagenet.min_learning_rate,
             imagenet.restart_epochs, imagenet.weight_decay, imagenet.label_smoothing,
             imagenet.epochs) == ("cosine_restarts", 0.1, 1e-5, 50, 3e-5, 0.1, 250)
-    bars = training.recipe("bars")
+    bars = recipes.recipe("bars")
     assert (bars.optimizer, bars.learning_rate, bars.min_learning_rate, bars.cutout,
             bars.auxiliary, bars.auxiliary_weight, bars.epochs) == (
         "adam", 2e-3, 0.0, 16, True, 0.4, 200)
-    assert training.recipe("bars_imagenet").cutout == 0
-    custom = training.recipe("cifar", learning_rate=0.01, epochs=None, batch_size=8)
+    assert recipes.recipe("bars_imagenet").cutout == 0
+    custom = recipes.recipe("cifar", learning_rate=0.01, epochs=None, batch_size=8)
     assert (custom.learning_rate, custom.epochs, custom.batch_size) == (0.01, 600, 8)
     with pytest.raises(ValueError, match="unknown recipe"):
-        training.recipe("sgdr")
+        recipes.recipe("sgdr")
     with pytest.raises(ValueError, match="unknown training option"):
-        training.recipe("cifar", learning_rat=0.1)
+        recipes.recipe("cifar", learning_rat=0.1)
     with pytest.raises(ValueError, match="min_learning_rate"):
-        training.recipe("cifar", min_learning_rate=1.0)
+        recipes.recipe("cifar", min_learning_rate=1.0)
 
 
 def test_one_cycle_schedule_key_steps():
-    config = training.recipe("cifar", epochs=10)
-    schedule = training.make_schedule(config, steps_per_epoch=100)  # 1000 steps, 300 rising
+    config = recipes.recipe("cifar", epochs=10)
+    schedule = recipes.make_schedule(config, steps_per_epoch=100)  # 1000 steps, 300 rising
     value = lambda step: float(schedule(step))  # noqa: E731
     assert value(0) == pytest.approx(4e-4)
     assert value(150) == pytest.approx((5e-2 + 4e-4) / 2)
@@ -68,15 +68,15 @@ def test_one_cycle_schedule_key_steps():
 
 
 def test_cosine_restart_schedule_key_steps():
-    config = training.recipe("imagenet")
-    schedule = training.make_schedule(config, steps_per_epoch=10)  # a cycle = 500 steps
+    config = recipes.recipe("imagenet")
+    schedule = recipes.make_schedule(config, steps_per_epoch=10)  # a cycle = 500 steps
     value = lambda step: float(schedule(step))  # noqa: E731
     assert value(0) == pytest.approx(0.1)
     assert value(250) == pytest.approx(1e-5 + (0.1 - 1e-5) / 2, rel=1e-4)
     assert value(499) == pytest.approx(1e-5, abs=2e-5)
     assert value(500) == pytest.approx(0.1)   # warm restart, same height (m_mul 1)
     assert value(750) == pytest.approx(value(250), rel=1e-4)  # same length (t_mul 1)
-    cosine = training.make_schedule(training.recipe("bars", epochs=4), steps_per_epoch=25)
+    cosine = recipes.make_schedule(recipes.recipe("bars", epochs=4), steps_per_epoch=25)
     assert float(cosine(0)) == pytest.approx(2e-3)
     assert float(cosine(50)) == pytest.approx(1e-3)
     assert float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
@@ -92,7 +92,7 @@ def test_auxiliary_loss_and_weight_decay_enter_the_loss():
     names = [k.name for k in kernels]
     assert names and all("kernel" in n for n in names)
     assert not any("gamma" in n or "beta" in n or "bias" in n for n in names)
-    config = training.recipe("bars", auxiliary_weight=0.4)
+    config = recipes.recipe("bars", auxiliary_weight=0.4)
     training.compile_model(model, config, tf.keras.optimizers.legacy.Adam(1e-3))
     x = tf.random.normal([8, 32, 32, 3], seed=2)
     y = tf.constant([0, 1, 2, 3, 4, 5, 6, 7])
@@ -162,7 +162,7 @@ def fixed_batch(data_config):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_config, fixed_batch):
     out = str(tmp_path_factory.mktemp("run") / "model")
-    config = training.recipe("adam_cosine", learning_rate=2e-3, epochs=EPOCHS,
+    config = recipes.recipe("adam_cosine", learning_rate=2e-3, epochs=EPOCHS,
                              batch_size=BATCH, validation_freq=0, verbose=0)
     probe = Probe(*fixed_batch)
     metrics = training.train(tiny_spec(), data_config, config, out, callbacks=[probe])
@@ -254,7 +254,7 @@ def test_evaluate_tool_refuses_a_strategy_it_cannot_honour(trained):
 def test_different_spec_is_refused_and_nothing_is_touched(trained, data_config):
     out, _, _ = trained
     before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "**"), recursive=True)}
-    config = training.recipe("adam_cosine", epochs=EPOCHS + 1, batch_size=BATCH,
+    config = recipes.recipe("adam_cosine", epochs=EPOCHS + 1, batch_size=BATCH,
                              validation_freq=0, verbose=0)
     with pytest.raises(ValueError, match="holds a different run"):
         training.train(tiny_spec(cells=4), data_config, config, out)
@@ -266,7 +266,7 @@ def test_resume_continues_then_nan_stops_keeping_checkpoints(trained, data_confi
     """Rerun with more epochs: starts after the last completed epoch with the optimizer
     state; a NaN in the last epoch raises naming it and keeps the earlier checkpoints."""
     out, metrics, _ = trained
-    config = training.recipe("adam_cosine", learning_rate=2e-3, epochs=EPOCHS + 2,
+    config = recipes.recipe("adam_cosine", learning_rate=2e-3, epochs=EPOCHS + 2,
                              batch_size=BATCH, validation_freq=0, verbose=0)
     probe = Probe(*fixed_batch, nan_epoch=EPOCHS + 1)
     with pytest.raises(FloatingPointError, match=f"epoch {EPOCHS + 2}"):

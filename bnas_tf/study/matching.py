@@ -1,7 +1,7 @@
 """Final networks matched on equivalent OPs (EqOPs = FLOPs + BiOPs / 64, bnas_tf.costs).
 
 A deterministic channels search over the exact cost model (`costs.count_spec`
-builds the network and counts it, through `sizing.CostTable`'s cache, DIR/costs.json,
+builds the network and counts it, through `size_space.CostTable`'s cache, DIR/costs.json,
 shared by every trial and scale-out worker of a study): EqOPs are a quadratic
 polynomial of the width, so three counts fit it, its root gives the width, and the
 widths around the root are counted exactly; the one closest to the target wins.
@@ -17,18 +17,18 @@ import math
 
 import numpy as np
 
-from bnas_tf import sizing
+from bnas_tf import size_space
 
 CHANNELS = tuple(range(2, 513))
 
 
 class CostCache:
-    """{'equivalent_ops', 'flops', 'biops', 'params'} of network specs: `sizing.CostTable`
+    """{'equivalent_ops', 'flops', 'biops', 'params'} of network specs: `size_space.CostTable`
     (exact counts, cached in the JSON file at `path`, merged with other processes')
     keyed by the whole spec."""
 
     def __init__(self, path, num_classes, image_size):
-        self.table = sizing.CostTable(path, num_classes, image_size, verbose=False)
+        self.table = size_space.CostTable(path, num_classes, image_size, verbose=False)
 
     def get(self, spec):
         return self.table.get(_Spec(spec))
@@ -38,10 +38,10 @@ class CostCache:
 
 
 class _Spec:
-    """A whole network spec in the shape of a `sizing.Size` (what CostTable counts)."""
+    """A whole network spec in the shape of a `size_space.Size` (what CostTable counts)."""
 
     def __init__(self, spec):
-        self.spec, self.key = spec, sizing.spec_key(spec)
+        self.spec, self.key = spec, size_space.spec_key(spec)
 
     def network_spec(self):
         return self.spec
@@ -85,7 +85,7 @@ def match(spec, target, table, values=CHANNELS):
     EqOPs are a quadratic polynomial of the width (conv MACs ~ C_in * C_out, stem and
     classifier ~ C): three counts fit it, its root gives the width, and the widths
     around the root are counted exactly (5 counts instead of a binary search's ~10).
-    When the fit misleads (rounding of BARS stage widths), `sizing.last_fitting`'s
+    When the fit misleads (rounding of BARS stage widths), `size_space.last_fitting`'s
     binary search over `values` decides.
     """
     if knob(spec) is None:
@@ -104,7 +104,7 @@ def match(spec, target, table, values=CHANNELS):
                          "its equivalent OPs; cannot match the target")
     guess = _quadratic_root(probes, counted, target)
     if guess is None:
-        candidates = [sizing.last_fitting(list(values), lambda v: eqops(v) <= target) or lo]
+        candidates = [size_space.last_fitting(list(values), lambda v: eqops(v) <= target) or lo]
     else:
         candidates = [int(math.floor(guess)), int(math.ceil(guess))]
     candidates = sorted({min(hi, max(lo, c)) for c in candidates})

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from bnas_tf import data, files, training
+from bnas_tf import data, files, recipes
 from bnas_tf import model_dir as mdir
 from bnas_tf.study import StudyConfig, arms, matching, report, split, trial
 
@@ -61,7 +61,7 @@ class Study:
     search_data: data.DataConfig
     train_data: data.DataConfig
     test_data: data.DataConfig
-    train_config: training.TrainConfig
+    train_config: recipes.TrainConfig
     table: matching.CostCache
     target: float
 
@@ -83,7 +83,7 @@ def prepare(config, output_dir, log=print):
     target = table.equivalent_ops(arms.target_spec(config))
     files.write_json(os.path.join(output_dir, "target.json"),
                      {"equivalent_ops": target, "spec": arms.target_spec(config)})
-    train_config = training.recipe(config.recipe, epochs=config.train_epochs,
+    train_config = recipes.recipe(config.recipe, epochs=config.train_epochs,
                                    batch_size=config.train_batch, verbose=2, **RECIPE_SETTINGS)
     log(f"study: {len(config.arms)} arm(s) x {config.seeds} seed(s); pool "
         f"{record['pool_files']} images, held-out test {record['test_files']} images; "

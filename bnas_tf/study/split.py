@@ -22,11 +22,11 @@ import os
 
 import numpy as np
 
-from bnas_tf import data, files
+from bnas_tf import files, folders
 from bnas_tf import model_dir as mdir
 
 SPLIT_FILE = "split.json"
-IMAGE_EXTENSIONS = data.IMAGE_EXTENSIONS
+IMAGE_EXTENSIONS = folders.IMAGE_EXTENSIONS
 
 
 def _classes(root):
