@@ -141,6 +141,10 @@ def interruptible(main, saved=None):
     def wrapped(argv):
         try:
             return main(argv)
+        except app.UsageError as e:  # one line, not absl's docstring before it
+            print(f"{os.path.basename(sys.argv[0])}: {e} (--help lists its flags)",
+                  file=sys.stderr, flush=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             command = shlex.join(sys.argv)
             if sys.argv[0].endswith(".py"):

@@ -157,21 +157,23 @@ def test_alpha_report_flags_alphas_that_never_moved():
     from bnas_tf.search import SearchConfig
     cfg = SearchConfig()
     k = len(cfg.ops)
-    still = {"best_epoch": 1, "epochs": [{"epoch": 0, "alpha_entropy": np.log(k)},
-                                         {"epoch": 1, "alpha_entropy": np.log(k) - 1e-5}]}
-    moved = {"best_epoch": 1, "epochs": [{"epoch": 0, "alpha_entropy": np.log(k) - 1e-4},
-                                         {"epoch": 1, "alpha_entropy": np.log(k) - 0.05}]}
+    # search_summary.json counts epochs (and best_epoch) from 1; derived at the last one
+    still = {"best_epoch": 2, "epochs": [{"epoch": 1, "alpha_entropy": np.log(k)},
+                                         {"epoch": 2, "alpha_entropy": np.log(k) - 1e-5}]}
+    moved = {"best_epoch": 2, "epochs": [{"epoch": 1, "alpha_entropy": np.log(k) - 1e-4},
+                                         {"epoch": 2, "alpha_entropy": np.log(k) - 0.05}]}
     a = trial.alpha_report(still, cfg)
     b = trial.alpha_report(moved, cfg)
     assert a["indistinguishable"] and not b["indistinguishable"]
     assert b["per_epoch"] == pytest.approx([1e-4, 0.05])
+    assert (a["derived_epoch"], b["at_derived_epoch"]) == (2, pytest.approx(0.05))
     # BARS: op rows (10 dense edges x (3 stages + reduce)), width rows, depth rows
     bars = arms.search_config(arms.get("bars"), study.config_for(
         "smoke", data_dir="x", bars_base_channels=(8, 16, 16), bars_max_depth=1), 0)
     uniform = (40 * np.log(3) + 3 * np.log(4) + 3 * np.log(2)) / 46  # 1.0909 nats
-    flat = {"best_epoch": 0, "epochs": [{"epoch": 0, "bars/alpha_entropy": uniform - 1e-6}]}
+    flat = {"best_epoch": 1, "epochs": [{"epoch": 1, "bars/alpha_entropy": uniform - 1e-6}]}
     assert trial.alpha_report(flat, bars)["indistinguishable"]
-    moved = {"best_epoch": 0, "epochs": [{"epoch": 0, "bars/alpha_entropy": uniform - 0.02}]}
+    moved = {"best_epoch": 1, "epochs": [{"epoch": 1, "bars/alpha_entropy": uniform - 0.02}]}
     assert trial.alpha_report(moved, bars)["per_epoch"] == pytest.approx([0.02])
 
 

@@ -161,8 +161,8 @@ def searched(tmp_path):
     directory = tmp_path / "search"
     directory.mkdir()
     genotypes.save(genotypes.BNAS_A, str(directory / "genotype.json"))
-    (directory / "search_config.json").write_text(json.dumps(
-        {"search": {"cells": 5, "channels": 8}, "data": {}}))
+    (directory / "search_config.json").write_text(json.dumps(  # as tools/search.py writes it
+        {"search": {"method": "bnas", "bnas": {"cells": 5, "channels": 8}}, "data": {}}))
     return directory
 
 

@@ -23,7 +23,8 @@ from flags import train as train_flags  # noqa: E402
 FLAGS = train_flags.FLAGS
 GROUPS = (data_flags, train_flags)
 # Data flags that apply on top of the training data when --dataset/--data_dir are not given
-DATA_OVERRIDES = ("batch_size", "max_examples", "seed", "validation_fraction", "download")
+DATA_OVERRIDES = ("batch_size", "max_examples", "seed", "validation_fraction", "download",
+                  "bad_images")
 USED = {"dataset", "data_dir", "model_dir", "split", "progress", *DATA_OVERRIDES}
 HINTS = {"image_size": "images are resized to the model's own size",
          "cutout": "evaluation does not augment",

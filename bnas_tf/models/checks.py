@@ -123,7 +123,9 @@ def search_size(genotype_source):
             try:
                 with open(config, encoding="utf-8") as f:
                     search = json.load(f).get("search", {})
-                return int(search["cells"]), int(search["channels"]), config
+                # the BNAS settings sit under "bnas" (flat in the previous version)
+                settings = search.get("bnas", search)
+                return int(settings["cells"]), int(settings["channels"]), config
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 return None
     return None

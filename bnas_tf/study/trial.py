@@ -81,7 +81,8 @@ def alpha_report(summary, search_config):
                 + [math.log(settings.max_depth + 1)] * stages)
         key, uniform = "bars/alpha_entropy", sum(rows) / len(rows)
     per_epoch = [uniform - e[key] for e in epochs if key in e]
-    at_best = per_epoch[best] if best is not None and best < len(per_epoch) else None
+    # best_epoch counts from 1 (search_summary.json), per_epoch from 0
+    at_best = per_epoch[best - 1] if best is not None and 1 <= best <= len(per_epoch) else None
     return {"measure": "mean KL from uniform (nats)", "per_epoch": per_epoch,
             "derived_epoch": best, "at_derived_epoch": at_best,
             "indistinguishable": at_best is not None and abs(at_best) < ALPHA_KL_MIN,
