@@ -95,8 +95,16 @@ def _import_tensorflow():
 _LIBRARIES = (f"{os.sep}tensorflow{os.sep}", f"{os.sep}tf_keras{os.sep}", f"{os.sep}keras{os.sep}")
 
 
+# Warnings of TensorFlow/Keras internals about nothing the run did wrong: a SavedModel of
+# a compiled model that never ran evaluate() (its metrics are unbuilt, by design).
+_BENIGN = ("Compiled the loaded model, but the compiled metrics have yet to be built",)
+
+
 def _library_info_filter(record):
-    """False (drop) for INFO/DEBUG records logged from TensorFlow or Keras sources."""
+    """False (drop) for INFO/DEBUG records logged from TensorFlow or Keras sources, and
+    for the benign library warnings in `_BENIGN`."""
+    if any(text in str(record.msg) for text in _BENIGN):
+        return False
     return record.levelno >= 30 or not any(lib in str(record.pathname) for lib in _LIBRARIES)
 
 
