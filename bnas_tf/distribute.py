@@ -58,7 +58,9 @@ def batch_plan(strategy, global_batch, **learning_rates):
         raise ValueError(f"batch_size {global_batch} (the global batch) does not split evenly "
                          f"over {replicas} replicas; use a multiple of {replicas}")
     rates = ", ".join(f"{name} {value:g}" for name, value in learning_rates.items())
-    return (f"{type(strategy).__name__}: {replicas} replica(s), global batch {global_batch}, "
+    name = type(strategy).__name__.lstrip("_")  # _DefaultDistributionStrategy: no strategy
+    name = "no distribution strategy" if name == "DefaultDistributionStrategy" else name
+    return (f"{name}: {replicas} replica(s), global batch {global_batch}, "
             f"per-replica batch {global_batch // replicas}; {rates} as given (not scaled "
             f"with the number of replicas: --batch_size is the global batch)")
 

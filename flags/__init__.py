@@ -108,6 +108,7 @@ def help_text(doc, groups):
             stated = re.search(r"\s*\(default: (.*)\)$", text, flags=re.S)
             if flag.default is None and stated:  # a default the method decides, in the help
                 text, default = text[:stated.start()], stated.group(1)
+                default = "unset" if default == "None" else default
             lines += textwrap.wrap(f"--{name}={kind}  (default: {default})", HELP_WIDTH,
                                    initial_indent="  ", subsequent_indent=" " * 8,
                                    break_on_hyphens=False)

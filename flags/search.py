@@ -34,8 +34,8 @@ HELP = {
     "w_wd": "Weight decay of the weights.",
     "a_lr": "Architecture Adam learning rate.",
     "a_wd": "Weight decay of the architecture.",
-    "eval_batches": "Validation batches evaluated per epoch (default: the whole "
-                    "search_val split).",
+    "eval_batches": "Validation batches evaluated per epoch (unset: the whole search_val "
+                    "split).",
     # BNAS
     "cells": "BNAS: cells of the supernet.",
     "channels": "BNAS: channels of the first cell.",
@@ -101,11 +101,11 @@ def _default_text(owner, field):
         return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
     values = {m: kind.SEARCH_DEFAULTS.get(field, getattr(SearchConfig(), field))
               for m, kind in SETTINGS.items()}
-    values = {m: "bnas" if v == ops.BNAS_OPS else ",".join(v) if isinstance(v, tuple) else v
-              for m, v in values.items()}  # 'bnas' names the BNAS op set (parse_ops)
+    values = {m: "the BNAS set" if v == ops.BNAS_OPS else ",".join(v) if isinstance(v, tuple)
+              else v for m, v in values.items()}
     if len(set(map(str, values.values()))) == 1:
         return next(iter(values.values()))
-    return ", ".join(f"{m} {v}" for m, v in values.items())
+    return "; ".join(f"{m}: {v}" for m, v in values.items())
 
 
 def _row(name, owner, field):

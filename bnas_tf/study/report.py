@@ -110,7 +110,8 @@ def markdown(study, trials, rows, comparisons):
         "`data/pool/`, which holds none of them.",
         f"- Searches: {c.search_epochs} epoch(s) at batch {c.search_batch}; BNAS supernet "
         f"{c.search_cells} cells x {c.search_channels} channels"
-        + (f", {c.search_examples} images" if c.search_examples else "")
+        + (f", on at most {c.search_examples} pool images (a cap, class-balanced)"
+           if c.search_examples else "")
         + (f"; BARS base channels {list(c.bars_base_channels)}, max depth "
            f"{c.bars_max_depth}, budget {c.bars_flops_budget}M EqOPs (random BARS draws "
            "within it too), then width-matched like every arm"
