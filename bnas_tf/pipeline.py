@@ -75,8 +75,8 @@ def run(data_config, search_config, train_config, output_dir, cells=None, channe
                                verbose=verbose)
     genotype_path = os.path.join(search_dir, runner.GENOTYPE_FILE)
     spec = derived_spec(search_config, genotype_path, cells, channels)
-    log(f"[2/3] training the derived network -> {train_dir}: "
-        f"{checks.describe(spec, {'genotype': genotype_path, **sources})}")
+    log(f"[2/3] training the derived network -> {train_dir}")
+    log(f"      {checks.describe(spec, {'genotype': genotype_path, **sources})}")
     metrics = training.train(spec, data_config, train_config, train_dir,
                              strategy=search_config.strategy)
     log(f"[3/3] exporting -> {tflite}")
