@@ -84,8 +84,8 @@ class BnasSettings:
             _fail(o, "diversity_tau", "> 0", self.diversity_tau)
         return self
 
-    def check_epochs(self, epochs):
-        del epochs  # every BNAS epoch updates the alphas
+    def check_run(self, epochs, strategy):
+        del epochs, strategy  # every BNAS epoch updates the alphas; every strategy runs
 
 
 @dataclasses.dataclass
@@ -141,8 +141,15 @@ class BarsSettings:
             _fail(o, "op_shortcut", "true or false", self.op_shortcut)
         return self
 
-    def check_epochs(self, epochs):
-        """A search whose warm-up covers every epoch never updates an alpha: refused."""
+    def check_run(self, epochs, strategy):
+        """Refused: a warm-up covering every epoch (no alpha would ever be updated), and
+        multi-worker runs (two workers hang in derivation, which reads and restores the
+        supernet's per-replica BatchNorm statistics outside the replica context)."""
+        if strategy == "multi_worker":
+            raise ValueError("BARS search does not run under --strategy=multi_worker yet: "
+                             "its derivation reads and restores the supernet's per-replica "
+                             "BatchNorm statistics outside the replica context and the "
+                             "workers hang; use --strategy=mirrored on one machine")
         if self.warmup_epochs >= epochs:
             raise ValueError(f"BARS warmup_epochs={self.warmup_epochs} >= epochs={epochs}: "
                              "the search would never update an architecture parameter; "
@@ -216,7 +223,7 @@ class SearchConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         self.settings.validate()
-        self.settings.check_epochs(self.epochs)
+        self.settings.check_run(self.epochs, self.strategy)
         return self
 
     def to_dict(self):

@@ -119,11 +119,6 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     if isinstance(method, str) and method != config.method:
         raise ValueError(f"run_search: method {method!r} differs from the config's "
                          f"{config.method!r}")
-    if config.method == "bars" and config.strategy == "multi_worker":
-        raise ValueError("BARS search does not run under --strategy=multi_worker yet: its "
-                         "derivation reads and restores the supernet's per-replica BatchNorm "
-                         "statistics outside the replica context and the workers hang; use "
-                         "--strategy=mirrored on one machine")
     if getattr(data_config, "data_service", None) and config.strategy == "multi_worker":
         raise ValueError("--data_service feeds one search process; with "
                          "--strategy=multi_worker every worker would read its own full epoch")
