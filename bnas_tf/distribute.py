@@ -21,11 +21,19 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
+_MADE = {}  # one strategy per name and process (see make_strategy)
+
+
 def make_strategy(name="default"):
     """A tf.distribute strategy by name: 'default' | 'mirrored' | 'multi_worker'.
 
     'mirrored' uses every local GPU, or every logical CPU device when there is no GPU
     (configure them with tf.config.set_logical_device_configuration beforehand).
+    A process gets one strategy per name: a later call returns the first one. Two
+    strategies in one process (a study's or pipeline's search, then its training)
+    number their collective ops alike, and the second fails with "Shape mismatch in
+    the collective instance"; a second MultiWorkerMirroredStrategy cannot join its
+    cluster at all.
     """
     if isinstance(name, tf.distribute.Strategy):
         return name
@@ -34,6 +42,12 @@ def make_strategy(name="default"):
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
     if name == "default":
         return tf.distribute.get_strategy()
+    if name not in _MADE:
+        _MADE[name] = _new_strategy(name)
+    return _MADE[name]
+
+
+def _new_strategy(name):
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]

@@ -7,7 +7,7 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import recipes, study
+from bnas_tf import distribute, recipes, study
 
 FLAGS = absl_flags.FLAGS
 _INT = ("seeds", "split_seed", "train_per_class", "test_per_class", "search_examples",
@@ -53,8 +53,18 @@ _DEFINITIONS = (
      f"Arms (comma-separated; default: the profile's): {', '.join(study.ARMS)}."),
     (absl_flags.DEFINE_float, "bars_flops_budget", None, {},
      "BARS: equivalent-OPs budget in millions (search and random draws)."),
+    (absl_flags.DEFINE_float, "search_a_lr", None, {},
+     "Adam learning rate of the alphas of every search (the papers': 3e-4)."),
+    (absl_flags.DEFINE_float, "search_diversity_tau", None, {},
+     "BNAS: decay tau of the diversity regulariser, exp(-epoch / tau) (paper: 7.7 "
+     "over 50 epochs)."),
     (absl_flags.DEFINE_list, "bars_base_channels", None, {},
      "BARS: channels of each stage at width 1.0 (comma-separated)."),
+    # defined as flags/train.py and flags/search.py define it (one flag, one definition)
+    (absl_flags.DEFINE_enum, "strategy", "default", dict(enum_values=list(distribute.STRATEGIES)),
+     "Distribution of every search and training of a trial: default (one device), "
+     "mirrored (all local GPUs / logical CPUs). multi_worker is refused: several machines "
+     "share a study through keras-tuner's chief/worker mode."),
     # defined as flags/train.py defines it (one flag, one definition); applied only when given
     (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(recipes.RECIPES)),
      "Training recipe of every final network (default: the profile's)."),
@@ -65,7 +75,7 @@ _DEFINITIONS = (
 define(_DEFINITIONS)
 
 OVERRIDES = ("data_dir", "test_dir", "arms", "bars_flops_budget", "bars_base_channels",
-             "recipe") + _INT
+             "recipe", "strategy", "search_a_lr", "search_diversity_tau") + _INT
 
 
 def study_config_from_flags(log=print):

@@ -82,6 +82,35 @@ def test_make_strategy_names_and_errors(monkeypatch):
         distribute.make_strategy("multi_worker")
 
 
+TWO_RUNS_SCRIPT = """
+import bnas_tf
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from bnas_tf import distribute
+x, y = tf.random.normal((8, 4)), tf.zeros((8,), tf.int32)
+for units in (3, 7):  # a search then a training, as a study trial or the pipeline runs them
+    strategy = distribute.make_strategy("mirrored")
+    with strategy.scope():
+        model = tf.keras.Sequential([tf.keras.layers.Dense(units), tf.keras.layers.Dense(2)])
+        model.compile(tf.keras.optimizers.legacy.SGD(0.1), "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    tf.keras.backend.clear_session()
+print("RESULT " + str(distribute.make_strategy("mirrored") is strategy).lower())
+"""
+
+
+def test_two_mirrored_runs_in_one_process(tmp_path):
+    """Two runs under --strategy=mirrored in one process (study trial, pipeline): a
+    second MirroredStrategy numbered its collectives like the first and the second
+    run failed with 'Shape mismatch in the collective instance'; one strategy per
+    process now serves both."""
+    proc = subprocess.Popen([sys.executable, "-c", TWO_RUNS_SCRIPT], cwd=REPO,
+                            env=base_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert result_of(proc) is True
+
+
 def _fake_strategy(task_type, task_id, cluster):
     spec = types.SimpleNamespace(as_dict=lambda: cluster)
     resolver = types.SimpleNamespace(task_type=task_type, task_id=task_id,
@@ -280,24 +309,20 @@ def _search_result(out):
 
 
 def test_multi_worker_search_refusals_come_before_joining_a_cluster(tmp_path, monkeypatch):
-    """A 2-worker BARS search hung in its derivation (both workers blocked in a
-    collective), and a data service would give every worker a whole epoch: both are
-    refused at once, before the strategy waits for the other workers."""
+    """A data service would give every worker a whole epoch: refused at once, before
+    the strategy waits for the other workers."""
     from bnas_tf import data
     from bnas_tf.search import SearchConfig, runner
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    config = SearchConfig.create("bars", strategy="multi_worker", epochs=1, warmup_epochs=0)
-    with pytest.raises(ValueError, match="BARS search does not run under --strategy=multi"):
-        runner.run_search("bars", data.DataConfig(), config, str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
     served = data.DataConfig(data_service="grpc://localhost:1")
     with pytest.raises(ValueError, match="--data_service feeds one search process"):
         runner.run_search("bnas", served, SearchConfig(strategy="multi_worker"),
                           str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["bnas"])
+@pytest.mark.parametrize("method", ["bnas", "bars"])
 def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, tmp_path,
                                                                        cifar_dir):
     """Two worker processes (TF_CONFIG, localhost) search together: both finish, the
@@ -324,9 +349,15 @@ def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, t
     got, want = summary["epochs"][0], expected["epochs"][0]
     print("multi", {k: v for k, v in got.items() if k != "genotype"})
     print("single", {k: v for k, v in want.items() if k != "genotype"})
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
     assert genotype == expected_genotype
+    for key in ("loss", "accuracy", "arch_loss"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+    # Validation reads the weights after the step, whose all-reduce sums in another
+    # order across workers than across local devices: ~1e-7 apart, and a binary net
+    # turns that into a few flipped signs (BARS: val_loss 5.3627 vs 5.3555, rel 1.3e-3).
+    tolerance = 1e-4 if method == "bnas" else 1e-2
+    for key in ("val_loss", "val_accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=tolerance, abs=1e-5), key
 
 
 SIZE_SCRIPT = """

@@ -121,6 +121,46 @@ def test_changed_configuration_is_refused_with_one_line(cifar_dir, tmp_path):
     assert "seeds" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_study_written_before_a_setting_existed_resumes(cifar_dir, tmp_path):
+    """study.json from before `strategy`, `search_a_lr`, `search_diversity_tau` existed:
+    each missing setting counts as the value that study ran with (study.LEGACY), so it
+    resumes under the same settings and refuses others."""
+    old = dict(search_a_lr=3e-4, search_diversity_tau=7.7)
+    run.check_dir(str(tmp_path), _config(cifar_dir, **old))
+    path = tmp_path / run.STUDY_FILE
+    saved = json.loads(path.read_text())
+    for name in study.LEGACY:
+        del saved[name]
+    path.write_text(json.dumps(saved))
+    run.check_dir(str(tmp_path), _config(cifar_dir, **old))
+    with pytest.raises(run.StudyDirError, match="strategy"):
+        run.check_dir(str(tmp_path), _config(cifar_dir, strategy="mirrored", **old))
+    with pytest.raises(run.StudyDirError, match="search_a_lr"):  # the profile's 6e-3
+        run.check_dir(str(tmp_path), _config(cifar_dir, search_diversity_tau=7.7))
+
+
+def test_study_search_settings_reach_the_search_config():
+    config = study.config_for("cpu", data_dir="x")
+    bnas = arms.search_config(arms.get("bnas"), config, 0)
+    assert bnas.a_lr == config.search_a_lr == 6e-3
+    assert bnas.settings.diversity_tau == config.search_diversity_tau == 1.85
+    bars = arms.search_config(arms.get("bars"), config, 0)
+    assert bars.a_lr == 6e-3
+    paper = study.config_for("paper", data_dir="x")
+    assert arms.search_config(arms.get("bnas"), paper, 0).a_lr == 3e-4
+    with pytest.raises(ValueError, match="search_a_lr"):
+        study.config_for("cpu", data_dir="x", search_a_lr=0.0)
+
+
+def test_strategy_setting_is_checked():
+    assert study.config_for("smoke", data_dir="x", strategy="mirrored").strategy == "mirrored"
+    with pytest.raises(ValueError, match="keras-tuner's chief/worker") as e:
+        study.config_for("smoke", data_dir="x", strategy="multi_worker")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        study.config_for("smoke", data_dir="x", strategy="tpu")
+
+
 def test_profiles_and_overrides():
     assert study.config_for("cpu", data_dir="x") == study.StudyConfig(data_dir="x")
     c = study.config_for("cpu", data_dir="x", seeds=5)
@@ -225,6 +265,35 @@ def _tool(out, cifar_dir, *extra):
 
 def _env():
     return {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+MIRRORED_STUDY = """
+import os, runpy, sys
+import bnas_tf
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.argv = ["study.py", *sys.argv[1:]]
+runpy.run_path(os.path.join("tools", "study.py"), run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_study_trials_search_and_train_under_the_mirrored_strategy(cifar_dir, tmp_path):
+    """--strategy=mirrored: a trial's search and training run on both logical CPUs
+    (the batch plan of each says 2 replicas; the training's metrics record 2)."""
+    out = tmp_path / "study"
+    args = _tool(out, cifar_dir, "--strategy=mirrored")[2:]
+    args = [a if not a.startswith("--arms") else "--arms=bnas" for a in args]
+    done = subprocess.run([sys.executable, "-c", MIRRORED_STUDY, *args], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert printed.count("MirroredStrategy: 2 replica(s)") >= 2, printed[-3000:]
+    metrics = json.loads((out / "trials" / "bnas" / "seed0" / "train" / "metrics.json")
+                         .read_text())
+    assert metrics["replicas"] == 2
+    assert json.loads((out / run.STUDY_FILE).read_text())["strategy"] == "mirrored"
 
 
 @pytest.mark.slow

@@ -142,14 +142,8 @@ class BarsSettings:
         return self
 
     def check_run(self, epochs, strategy):
-        """Refused: a warm-up covering every epoch (no alpha would ever be updated), and
-        multi-worker runs (two workers hang in derivation, which reads and restores the
-        supernet's per-replica BatchNorm statistics outside the replica context)."""
-        if strategy == "multi_worker":
-            raise ValueError("BARS search does not run under --strategy=multi_worker yet: "
-                             "its derivation reads and restores the supernet's per-replica "
-                             "BatchNorm statistics outside the replica context and the "
-                             "workers hang; use --strategy=mirrored on one machine")
+        """Refused: a warm-up covering every epoch (no alpha would ever be updated)."""
+        del strategy  # every strategy runs (a multi-worker search derives on each worker)
         if self.warmup_epochs >= epochs:
             raise ValueError(f"BARS warmup_epochs={self.warmup_epochs} >= epochs={epochs}: "
                              "the search would never update an architecture parameter; "

@@ -157,6 +157,10 @@ class BilevelModel(tf.keras.Model):
         (`build_net`) so the optimizers' slots can be created eagerly here.
         """
         self._check_order()
+        # test_step weights its own loss and accuracy trackers (the padded validation
+        # rows of a multi-replica search weigh 0); weighted_metrics=[] says so to
+        # Keras, which otherwise warns that the sample weights reach no metric.
+        kwargs.setdefault("weighted_metrics", [])
         super().compile(optimizer=w_optimizer, **kwargs)
         self.w_optimizer, self.a_optimizer = w_optimizer, a_optimizer
         if self.net.built:

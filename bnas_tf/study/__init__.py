@@ -23,6 +23,8 @@ ARMS = ("bnas", "bnas-random", "bnas-a", "bars", "bars-random", "xnor-resnet18",
         "xnor-resnet18-matched", "birealnet18-cifar", "bnas-no-zeroise", "bnas-no-skip",
         "bnas-no-div")
 
+STRATEGIES = ("default", "mirrored")  # multi_worker: scale out through keras-tuner instead
+
 
 @dataclasses.dataclass
 class StudyConfig:
@@ -42,6 +44,12 @@ class StudyConfig:
     search_cells: int = 5
     search_channels: int = 8
     search_batch: int = 64
+    # Adam learning rate of the alphas (BNAS and BARS; the papers' 3e-4 is for ~20k
+    # alpha steps, the cpu profile makes ~370: see docs/results.md) and the BNAS
+    # diversity regulariser's decay tau (paper 7.7 for 50 epochs; the cpu profile
+    # keeps the paper's schedule shape over its 12 epochs: 7.7 * 12 / 50)
+    search_a_lr: float = 6e-3
+    search_diversity_tau: float = 1.85
     bars_base_channels: tuple = (16, 32, 64)
     bars_max_depth: int = 2
     bars_flops_budget: float = 10.0    # millions of equivalent OPs (search + random draws)
@@ -54,6 +62,10 @@ class StudyConfig:
     train_batch: int = 64
     export_samples: int = 32
     latency_runs: int = 20
+    # every search and training of a trial runs under this tf.distribute strategy
+    # ("default" | "mirrored"; per-replica BatchNorm statistics make it part of the
+    # experiment, so it is saved with the rest)
+    strategy: str = "default"
 
     def __post_init__(self):
         self.arms = tuple(self.arms)
@@ -84,8 +96,19 @@ class StudyConfig:
             if getattr(self, name) < 3:
                 raise ValueError(f"{name} must be >= 3 (two reduction cells), "
                                  f"got {getattr(self, name)}")
+        for name in ("search_a_lr", "search_diversity_tau"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.bars_flops_budget > 0:
             raise ValueError(f"bars_flops_budget must be > 0, got {self.bars_flops_budget}")
+        if self.strategy == "multi_worker":
+            raise ValueError("the study does not run under --strategy=multi_worker: its "
+                             "trials are independent, so several machines share a study "
+                             "through keras-tuner's chief/worker mode (docs/results.md, "
+                             "scale-out); use --strategy=mirrored for the devices of one")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
+                             f"{', '.join(STRATEGIES)}")
         if self.export_samples < 0 or self.latency_runs < 0:
             raise ValueError("export_samples and latency_runs must be >= 0")
         return self
@@ -98,12 +121,15 @@ class StudyConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(StudyConfig))
+# What a study.json written before a setting existed ran with (it resumes as such).
+LEGACY = {"strategy": "default", "search_a_lr": 3e-4, "search_diversity_tau": 7.7}
 
 PROFILES = {
     # A few minutes on 2 cores: a handful of images, tiny networks, one epoch, one seed.
     "smoke": dict(arms=("bnas", "bnas-random", "bnas-a", "xnor-resnet18-matched"), seeds=1,
                   train_per_class=8, test_per_class=3, search_epochs=1, search_cells=3,
-                  search_channels=4, search_batch=8, bars_base_channels=(8, 16, 16),
+                  search_channels=4, search_batch=8, search_a_lr=6e-3,
+                  search_diversity_tau=1.85, bars_base_channels=(8, 16, 16),
                   bars_max_depth=1, bars_flops_budget=2.0, bars_warmup_epochs=0,
                   final_cells=3, final_channels=8, train_epochs=1, train_batch=8,
                   export_samples=4, latency_runs=2),
@@ -111,7 +137,7 @@ PROFILES = {
     "cpu": dict(arms=("bnas", "bnas-random", "bnas-a", "xnor-resnet18-matched"), seeds=3,
                 train_per_class=800, test_per_class=300, search_examples=4000,
                 search_epochs=12, search_cells=5, search_channels=8, search_batch=64,
-                bars_base_channels=(16, 32, 64), bars_max_depth=2, bars_flops_budget=10.0,
+                search_a_lr=6e-3, search_diversity_tau=1.85, bars_base_channels=(16, 32, 64), bars_max_depth=2, bars_flops_budget=10.0,
                 bars_warmup_epochs=3, final_cells=8, final_channels=16, train_epochs=6,
                 train_batch=64, export_samples=32, latency_runs=20),
     # The papers' settings, for GPU runs (not run on CPU): BNAS search 50 epochs of an
@@ -121,7 +147,7 @@ PROFILES = {
                         "xnor-resnet18", "xnor-resnet18-matched", "birealnet18-cifar"),
                   seeds=5, train_per_class=None, test_per_class=1000, search_examples=None,
                   search_epochs=50, search_cells=8, search_channels=16, search_batch=64,
-                  bars_base_channels=(48, 96, 192), bars_max_depth=3,
+                  search_a_lr=3e-4, search_diversity_tau=7.7, bars_base_channels=(48, 96, 192), bars_max_depth=3,
                   bars_flops_budget=18.37, bars_warmup_epochs=5, final_cells=20,
                   final_channels=36, train_epochs=600, train_batch=256, export_samples=64,
                   latency_runs=50),

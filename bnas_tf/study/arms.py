@@ -81,9 +81,12 @@ def search_config(arm, config, seed):
         return SearchConfig.create("bnas", epochs=config.search_epochs,
                                    batch_size=config.search_batch, cells=config.search_cells,
                                    channels=config.search_channels, seed=seed,
-                                   **dict(arm.search)).validate()
+                                   strategy=config.strategy, a_lr=config.search_a_lr,
+                                   **{"diversity_tau": config.search_diversity_tau,
+                                      **dict(arm.search)}).validate()
     return SearchConfig.create("bars", epochs=config.search_epochs,
                                batch_size=config.search_batch, seed=seed,
+                               strategy=config.strategy, a_lr=config.search_a_lr,
                                base_channels=tuple(config.bars_base_channels),
                                max_depth=config.bars_max_depth,
                                flops_budget=config.bars_flops_budget,

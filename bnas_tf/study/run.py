@@ -22,7 +22,7 @@ import time
 
 from bnas_tf import data, files, recipes
 from bnas_tf import model_dir as mdir
-from bnas_tf.study import StudyConfig, arms, matching, report, split, trial
+from bnas_tf.study import LEGACY, StudyConfig, arms, matching, report, split, trial
 
 STUDY_FILE = "study.json"
 RECIPE_SETTINGS = dict(validation_freq=1, keep_checkpoints=2)
@@ -33,7 +33,10 @@ class StudyDirError(ValueError):
 
 
 def _differences(saved, current):
-    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    """Settings that differ; a setting missing from an older study.json counts as the
+    value that study ran with (`study.LEGACY`), so it resumes under the same command."""
+    return sorted(k for k in set(saved) | set(current)
+                  if saved.get(k, LEGACY.get(k)) != current.get(k))
 
 
 def check_dir(output_dir, config):

@@ -145,7 +145,7 @@ def run_trial(study, arm_name, seed, log=print):
     log(f"{tag} training {train_config.epochs} epoch(s) -> {train_dir}")
     train_data = dataclasses.replace(study.train_data, seed=seed)
     metrics = stages.run("train", lambda: training.train(spec, train_data, train_config,
-                                                         train_dir),
+                                                         train_dir, strategy=config.strategy),
                          os.path.join(train_dir, "ckpt"))
     log(f"{tag} evaluating on the held-out test split ({study.split['test_files']} images)")
     heldout = stages.run("evaluate", lambda: training.evaluate(
