@@ -49,8 +49,9 @@ HELP = {
     # BARS
     "flops_budget": "BARS: budget of the searched network in millions of equivalent OPs "
                     "(FLOPs + BiOPs/64; 0 = no budget loss).",
-    "warmup_epochs": "BARS: epochs of weight-only training before the architecture is "
-                     "updated (must be < --epochs).",
+    "warmup_epochs": "Epochs of weight-only training before the architecture is updated "
+                     "(must be < --epochs; BNAS: not in its paper, the warm-up of "
+                     "P-DARTS / PC-DARTS).",
     "temperature": "BARS: initial Gumbel-softmax temperature.",
     "temperature_decay": "BARS: temperature multiplier per epoch.",
     "entropy_start": "BARS: initial weight of the architecture entropy term.",
@@ -82,10 +83,14 @@ BOUNDS = {"epochs": dict(lower_bound=1), "cells": dict(lower_bound=2),
 COMMON = ("epochs", "ops", "order", "binarization", "w_lr", "w_lr_min", "w_wd", "a_lr",
           "a_wd", "eval_batches")
 # flag name -> (owner, field): owner 'common' (SearchConfig), a method name (its
-# settings) or 'engine' (engine.EngineConfig, BNAS only)
+# settings), methods joined by '+' (a setting of each, e.g. warmup_epochs) or
+# 'engine' (engine.EngineConfig, BNAS only)
+_SETTING_OWNERS = {}
+for _method, _kind in SETTINGS.items():
+    for _field in dataclasses.fields(_kind):
+        _SETTING_OWNERS.setdefault(_field.name, []).append(_method)
 FIELDS = {**{name: ("common", name) for name in COMMON},
-          **{f.name: (method, f.name) for method, kind in SETTINGS.items()
-             for f in dataclasses.fields(kind)},
+          **{name: ("+".join(methods), name) for name, methods in _SETTING_OWNERS.items()},
           "cell_implementation": ("engine", "cell"), "conv_dtype": ("engine", "conv_dtype")}
 ENGINE_METHODS = ("bnas",)
 # the flags of one method only (grouped apart in --help)
@@ -96,9 +101,12 @@ BARS_FLAGS = tuple(n for n, (owner, _) in FIELDS.items() if owner == "bars")
 def _default_text(owner, field):
     if owner == "engine":
         return getattr(engine.EngineConfig(), field)
-    if owner != "common":
+    if owner in SETTINGS:
         value = getattr(SETTINGS[owner](), field)
         return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+    if owner != "common":  # a setting of several methods
+        values = {m: getattr(SETTINGS[m](), field) for m in owner.split("+")}
+        return "; ".join(f"{m}: {v}" for m, v in values.items())
     values = {m: kind.SEARCH_DEFAULTS.get(field, getattr(SearchConfig(), field))
               for m, kind in SETTINGS.items()}
     values = {m: "the BNAS set" if v == ops.BNAS_OPS else ",".join(v) if isinstance(v, tuple)
@@ -114,7 +122,7 @@ def _row(name, owner, field):
         sample = getattr(engine.EngineConfig(), field)
         choices = engine.CELLS if field == "cell" else engine.CONV_DTYPES
     else:
-        kind = SearchConfig if owner == "common" else SETTINGS[owner]
+        kind = SearchConfig if owner == "common" else SETTINGS[owner.split("+")[0]]
         sample = {f.name: f for f in dataclasses.fields(kind)}[field].default
         choices = CHOICES.get(name)
     help_text = f"{HELP[name]} (default: {_default_text(owner, field)})"
@@ -169,7 +177,7 @@ def search_config_from_flags(**overrides) -> SearchConfig:
     for name, (owner, field) in FIELDS.items():
         if not _given(name) or owner == "engine":
             continue
-        if owner not in ("common", method):
+        if owner != "common" and method not in owner.split("+"):
             raise ValueError(f"--{name} applies to --method={owner} only, not "
                              f"--method={method}")
         values[field] = _flag_value(name)

@@ -405,8 +405,8 @@ def test_config_and_ops_errors():
         SearchConfig.create(cells=1).validate()
     with pytest.raises(ValueError, match="order"):
         SearchConfig.create(order=3).validate()
-    with pytest.raises(ValueError, match="unknown bnas search settings: warmup_epochs"):
-        SearchConfig.create(ops=FEW_OPS, warmup_epochs=5)
+    with pytest.raises(ValueError, match="unknown bnas search settings: num_samples"):
+        SearchConfig.create(ops=FEW_OPS, num_samples=5)
     for cfg in (SearchConfig.create(ops=FEW_OPS, gamma=2.0),
                 SearchConfig.create("bars", base_channels="8,16", warmup_epochs=2)):
         assert SearchConfig.from_dict(json.loads(cfg.to_json())) == cfg
@@ -451,7 +451,7 @@ def test_flags_give_method_defaults_then_command_line_values():
 
 @pytest.mark.parametrize("method,flag", [("bars", "--cells=5"), ("bars", "--channels=8"),
                                          ("bars", "--gamma=2"), ("bars", "--stem=cifar"),
-                                         ("bnas", "--warmup_epochs=1"),
+                                         ("bnas", "--num_samples=4"),
                                          ("bnas", "--base_channels=8,16,32"),
                                          ("bnas", "--flops_budget=5")])
 def test_a_flag_the_method_does_not_read_is_refused_in_one_line(method, flag):
@@ -470,13 +470,43 @@ def test_a_flag_the_method_does_not_read_is_refused_in_one_line(method, flag):
             search_flags.search_config_from_flags()
 
 
+@pytest.mark.parametrize("method", ["bars", "bnas"])
 @pytest.mark.parametrize("epochs,warmup", [(1, 5), (3, 3)])
-def test_a_bars_search_whose_warmup_covers_every_epoch_is_refused(epochs, warmup):
+def test_a_search_whose_warmup_covers_every_epoch_is_refused(method, epochs, warmup):
     """With warm-up >= epochs no alpha is ever updated: such a search would present a
     genotype of untouched alphas as its result."""
-    with pytest.raises(ValueError, match=f"BARS warmup_epochs={warmup} >= epochs={epochs}"):
-        SearchConfig.create("bars", epochs=epochs, warmup_epochs=warmup).validate()
-    SearchConfig.create("bars", epochs=warmup + 1, warmup_epochs=warmup).validate()
+    with pytest.raises(ValueError, match=f"{method.upper()} warmup_epochs={warmup} >= "
+                                         f"epochs={epochs}"):
+        SearchConfig.create(method, epochs=epochs, warmup_epochs=warmup).validate()
+    SearchConfig.create(method, epochs=warmup + 1, warmup_epochs=warmup).validate()
+
+
+def test_warmup_epochs_is_one_flag_for_both_methods_with_their_defaults():
+    sys.path.insert(0, str(REPO))
+    from absl.testing import flagsaver
+
+    from flags import search as search_flags
+
+    assert search_flags.FIELDS["warmup_epochs"] == ("bnas+bars", "warmup_epochs")
+    assert "bnas: 0; bars: 5" in search_flags.FLAGS["warmup_epochs"].help
+    for method in ("bnas", "bars"):
+        with flagsaver.flagsaver():
+            search_flags.FLAGS(["search.py", f"--method={method}", "--warmup_epochs=2",
+                                "--epochs=3"])
+            assert search_flags.search_config_from_flags().settings.warmup_epochs == 2
+    assert SearchConfig.create("bnas").settings.warmup_epochs == 0  # as in the paper
+
+
+def test_bnas_warmup_freezes_the_alphas_then_updates_them():
+    """on_epoch_begin turns the alpha step off during the warm-up epochs only."""
+    from bnas_tf.search.bnas import method
+    config = SearchConfig.create("bnas", ops=FEW_OPS, cells=3, channels=4, epochs=4,
+                                 warmup_epochs=2).validate()
+    net = method.build_supernet(config, 10, 16, EngineConfig().resolve())
+    assert [method.on_epoch_begin(net, e) for e in range(4)] == [False, False, True, True]
+    paper = method.build_supernet(SearchConfig.create("bnas", ops=FEW_OPS, cells=3, channels=4),
+                                  10, 16, EngineConfig().resolve())
+    assert method.on_epoch_begin(paper, 0)
 
 
 def test_net_defined_arch_loss_replaces_the_additive_one():

@@ -121,6 +121,30 @@ def test_changed_configuration_is_refused_with_one_line(cifar_dir, tmp_path):
     assert "seeds" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_arms_can_be_added_to_a_study_but_not_removed(cifar_dir, tmp_path):
+    said = []
+    run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas", "bnas-random")))
+    run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas", "bnas-random",
+                                                          "bnas-warmup")), said.append)
+    assert json.loads((tmp_path / run.STUDY_FILE).read_text())["arms"] == [
+        "bnas", "bnas-random", "bnas-warmup"]
+    assert "bnas-warmup added" in said[0]
+    with pytest.raises(run.StudyDirError, match="arms"):
+        run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas",)))
+    with pytest.raises(run.StudyDirError, match="seeds"):  # other settings still refused
+        run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas", "bnas-random",
+                                                              "bnas-warmup", "bnas-a"),
+                                             seeds=2))
+
+
+def test_the_warmup_arm_trains_the_weights_alone_for_half_the_search():
+    config = study.config_for("cpu", data_dir="x")
+    search = arms.search_config(arms.get("bnas-warmup"), config, 0)
+    assert search.settings.warmup_epochs == config.search_epochs // 2 == 6
+    assert arms.search_config(arms.get("bnas"), config, 0).settings.warmup_epochs == 0
+    assert ("bnas-warmup", "bnas-random") in arms.PAIRS
+
+
 def test_a_study_written_before_a_setting_existed_resumes(cifar_dir, tmp_path):
     """study.json from before `strategy`, `search_a_lr`, `search_diversity_tau` existed:
     each missing setting counts as the value that study ran with (study.LEGACY), so it

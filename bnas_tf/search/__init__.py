@@ -54,6 +54,13 @@ def _numbers(value, kind, owner, name):
     return out
 
 
+def _check_warmup(method, warmup_epochs, epochs):
+    if warmup_epochs and warmup_epochs >= epochs:
+        raise ValueError(f"{method} warmup_epochs={warmup_epochs} >= epochs={epochs}: "
+                         "the search would never update an architecture parameter; "
+                         "lower --warmup_epochs or raise --epochs")
+
+
 @dataclasses.dataclass
 class BnasSettings:
     """BNAS' own settings (the BNAS paper; docs/search.md)."""
@@ -66,6 +73,10 @@ class BnasSettings:
     gamma: float = 1.0              # Eq. 4: Zeroise weight divided by gamma in derivation
     derive: str = "bnas"            # 'bnas' (keeps Zeroise) | 'darts' ("No Zeroise")
     stem: str = "auto"              # 'auto' (by image size), 'cifar', 'imagenet'
+    # weight-only epochs before the alphas are updated: not in the BNAS paper (0 = as
+    # there); the warm-up of P-DARTS, PC-DARTS and BARS, against parameter-free ops
+    # winning while the binary convs are still untrained (docs/results.md)
+    warmup_epochs: int = 0
 
     SEARCH_DEFAULTS: typing.ClassVar[dict] = {}  # SearchConfig fields: its own defaults
 
@@ -82,10 +93,13 @@ class BnasSettings:
             _fail(o, "diversity_lambda", ">= 0", self.diversity_lambda)
         if not self.diversity_tau > 0:
             _fail(o, "diversity_tau", "> 0", self.diversity_tau)
+        _check_int(o, "warmup_epochs", self.warmup_epochs, 0)
         return self
 
     def check_run(self, epochs, strategy):
-        del epochs, strategy  # every BNAS epoch updates the alphas; every strategy runs
+        """Refused: a warm-up covering every epoch (no alpha would ever be updated)."""
+        del strategy  # every strategy runs
+        _check_warmup("BNAS", self.warmup_epochs, epochs)
 
 
 @dataclasses.dataclass
@@ -144,10 +158,7 @@ class BarsSettings:
     def check_run(self, epochs, strategy):
         """Refused: a warm-up covering every epoch (no alpha would ever be updated)."""
         del strategy  # every strategy runs (a multi-worker search derives on each worker)
-        if self.warmup_epochs >= epochs:
-            raise ValueError(f"BARS warmup_epochs={self.warmup_epochs} >= epochs={epochs}: "
-                             "the search would never update an architecture parameter; "
-                             "lower --warmup_epochs or raise --epochs")
+        _check_warmup("BARS", self.warmup_epochs, epochs)
 
 
 SETTINGS = {"bnas": BnasSettings, "bars": BarsSettings}

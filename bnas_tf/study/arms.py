@@ -46,6 +46,9 @@ ARMS = {a.name: a for a in (
     Arm("bnas-no-zeroise", "search", "bnas", (("derive", "darts"),)),
     Arm("bnas-no-skip", "search", "bnas", (("cell_template", "darts"),)),
     Arm("bnas-no-div", "search", "bnas", (("diversity_lambda", 0.0),)),
+    # the literature's fix when parameter-free ops win early (P-DARTS, PC-DARTS, BARS):
+    # the first half of the search epochs train the weights only
+    Arm("bnas-warmup", "search", "bnas", (("warmup_epochs", "half"),)),
     Arm("bnas-random", "random", "bnas"),
     Arm("bnas-a", "released", "bnas"),
     Arm("bars", "search", "bars"),
@@ -58,7 +61,8 @@ ARMS = {a.name: a for a in (
 PAIRS = (("bnas", "bnas-random"), ("bars", "bars-random"), ("bnas", "bnas-a"),
          ("bnas", "xnor-resnet18-matched"), ("bnas", "birealnet18-cifar"),
          ("bars", "xnor-resnet18-matched"), ("bnas", "bnas-no-zeroise"),
-         ("bnas", "bnas-no-skip"), ("bnas", "bnas-no-div"))
+         ("bnas", "bnas-no-skip"), ("bnas", "bnas-no-div"), ("bnas-warmup", "bnas-random"),
+         ("bnas-warmup", "bnas"))
 RANDOM_SALT = 7919  # random draws use seed * RANDOM_SALT + 1, not the search's seed
 
 
@@ -83,7 +87,7 @@ def search_config(arm, config, seed):
                                    channels=config.search_channels, seed=seed,
                                    strategy=config.strategy, a_lr=config.search_a_lr,
                                    **{"diversity_tau": config.search_diversity_tau,
-                                      **dict(arm.search)}).validate()
+                                      **_resolved(arm.search, config)}).validate()
     return SearchConfig.create("bars", epochs=config.search_epochs,
                                batch_size=config.search_batch, seed=seed,
                                strategy=config.strategy, a_lr=config.search_a_lr,
@@ -91,6 +95,11 @@ def search_config(arm, config, seed):
                                max_depth=config.bars_max_depth,
                                flops_budget=config.bars_flops_budget,
                                warmup_epochs=config.bars_warmup_epochs).validate()
+
+
+def _resolved(search, config):
+    """An arm's search overrides with "half" read as half the search epochs."""
+    return {k: config.search_epochs // 2 if v == "half" else v for k, v in search}
 
 
 def random_genotype(arm, config, seed, table):

@@ -39,19 +39,27 @@ def _differences(saved, current):
                   if saved.get(k, LEGACY.get(k)) != current.get(k))
 
 
-def check_dir(output_dir, config):
-    """Refuse (one line) a directory holding a study with another configuration."""
+def check_dir(output_dir, config, log=print):
+    """Refuse (one line) a directory holding a study with another configuration. Arms
+    may be added (their trials are independent of the others): the saved arms must
+    all be among `config.arms`; study.json then records the new list."""
     path = os.path.join(output_dir, STUDY_FILE)
     current = files.plain(config.to_dict())
     if os.path.isfile(path):
         saved = mdir.read_json(path, "study configuration")
+        added = [a for a in current["arms"] if a not in saved.get("arms", [])]
+        if not set(saved.get("arms", [])) - set(current["arms"]):
+            saved = dict(saved, arms=current["arms"])  # only arms added: same study
         diffs = _differences(saved, current)
         if diffs:
             raise StudyDirError(f"{output_dir} holds a study with another configuration "
                                 f"(differs in {', '.join(diffs)}); use another --output_dir")
+        if added:
+            log(f"study: arm(s) {', '.join(added)} added to {output_dir}; the trials of "
+                "the others are kept")
     else:
         os.makedirs(output_dir, exist_ok=True)
-        files.write_json(path, current, sort_keys=True)
+    files.write_json(path, current, sort_keys=True)
 
 
 @dataclasses.dataclass
@@ -73,7 +81,7 @@ def prepare(config, output_dir, log=print):
     """Check the directory, make the split, count the target; returns a Study."""
     config = config.validate()
     arms.check_available(config.arms)
-    check_dir(output_dir, config)
+    check_dir(output_dir, config, log)
     record = split.make_split(config, os.path.join(output_dir, "data"))
     pool = record["pool_dir"]
     train_data = data.DataConfig(dataset="folder", data_dir=pool, seed=0)

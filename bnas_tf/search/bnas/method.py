@@ -15,10 +15,12 @@ def build_supernet(config, num_classes, image_size, engine):
     """The BNAS supernet of a SearchConfig and a resolved engine.EngineConfig (its cell
     implementation and conv dtype)."""
     s = config.settings
-    return Supernet(config.ops, s.cells, s.channels, num_classes, template=s.cell_template,
-                    binarization=config.binarization, diversity_lambda=s.diversity_lambda,
-                    diversity_tau=s.diversity_tau, cell=engine.cell,
-                    conv_dtype=engine.conv_dtype, stem=s.stem, image_size=image_size)
+    net = Supernet(config.ops, s.cells, s.channels, num_classes, template=s.cell_template,
+                   binarization=config.binarization, diversity_lambda=s.diversity_lambda,
+                   diversity_tau=s.diversity_tau, cell=engine.cell,
+                   conv_dtype=engine.conv_dtype, stem=s.stem, image_size=image_size)
+    net.warmup_epochs = s.warmup_epochs
+    return net
 
 
 def build_model(net, config, steps_per_epoch, image_size, engine):
@@ -28,9 +30,9 @@ def build_model(net, config, steps_per_epoch, image_size, engine):
 
 def on_epoch_begin(net, epoch):
     """BNAS has no per-epoch schedule besides the regulariser's (driven by the epoch):
-    the alphas are updated from the first epoch."""
-    del net, epoch
-    return True
+    the alphas are updated from the first epoch after the warm-up (none by default,
+    as in the paper). Returns whether they are updated in `epoch` (0-based)."""
+    return epoch >= getattr(net, "warmup_epochs", 0)
 
 
 def derive(net, config, val_batches=None):
