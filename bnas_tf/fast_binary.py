@@ -102,6 +102,8 @@ class FastQuantConv2D(binary.QuantConv2D):
     (grouped convs, float convs, padding other than 'same' with p != 0, quantizers
     `kernel_signs` does not know, non-float32 inputs) run the readable call."""
 
+    operand_dtype = tf.bfloat16  # float32: the same shift-and-bias conv in float32 (tests)
+
     def _fast(self, inputs):
         return (self.groups == 1 and not binary.onednn_disabled() and self.padding == "same" and self.pad_values != 0
                 and isinstance(self.input_quantizer, lq.quantizers.SteSign)
@@ -113,8 +115,8 @@ class FastQuantConv2D(binary.QuantConv2D):
             return super().call(inputs)
         signs, scale = kernel_signs(self.kernel_quantizer, self.kernel.latent_variable)
         pad = float(self.pad_values)
-        x = tf.cast(self.input_quantizer(inputs) - pad, tf.bfloat16)
-        y = tf.nn.conv2d(x, tf.cast(signs, tf.bfloat16), list(self.strides), "SAME",
+        x = tf.cast(self.input_quantizer(inputs) - pad, self.operand_dtype)
+        y = tf.nn.conv2d(x, tf.cast(signs, self.operand_dtype), list(self.strides), "SAME",
                          dilations=list(self.dilation_rate))
         return (tf.cast(y, tf.float32) + padding_bias(signs, pad)) * scale
 
