@@ -14,7 +14,9 @@ Every timing is the median of several repetitions after warm-up. The figures:
   ``bars.default_config()`` (in this process). Batches are constant tensors: the
   input pipeline is measured on its own.
 * ``train_step_s``: one optimizer step (weight decay included) of the final network
-  (default ``bnas-a``, batch 64) compiled as `training.train` compiles it.
+  (default ``bnas-a``, batch 64) compiled as `training.train` compiles it;
+  ``train_step_bars_s`` and ``train_step_xnor_resnet18_s`` the same for a BARS
+  network and XNOR ResNet-18 (benchmarks/train.py).
 * ``input_images_per_s``: the training input pipeline alone (`data.load(...,
   'train')` with augmentation: decode, augment, batch), steady state after the first
   pass filled the cache; ``input_first_pass_images_per_s`` the first (decoding) pass.
@@ -65,6 +67,7 @@ TARGETS = {
 }
 PARTS = ("search", "bars", "train", "input", "export")
 KEYS = ("search_step_s", "bars_search_step_s", "first_step_s", "peak_rss_mb", "train_step_s",
+        "train_step_bars_s", "train_step_xnor_resnet18_s",
         "input_images_per_s", "input_first_pass_images_per_s", "train_images_per_s",
         "input_ratio", "tflite_binary_bytes", "tflite_float_bytes", "size_ratio",
         "bconv_ops", "binary_convs", "live_binary_convs", "latency_binary_ms",
@@ -277,21 +280,7 @@ def search_process(config, conv_dtype=None, timeout=3600):
             "image_size": config.image_size, "repeats": config.repeats,
             "warmup": config.warmup,
             "intra": config.intra_op_threads, "inter": config.inter_op_threads}
-    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-            "from benchmarks import harness; harness.child_search(json.loads(sys.argv[2]))")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        launched = time.time()
-        proc = subprocess.Popen([sys.executable, "-c", code, REPO, json.dumps(args)],
-                                stdout=out, stderr=err, env=env, text=True)
-        status, usage = _wait(proc, timeout)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if status != 0:
-        tail = _error_line(stderr)
-        raise RuntimeError(f"the first-step child failed (exit status {status}): {tail}")
-    report = json.loads(stdout.strip().splitlines()[-1])
+    report, usage, launched = run_child("harness", "child_search", args, timeout)
     start = report["process_start"] or launched
     return {"first_step_s": report["first_done"] - launched,
             "first_step_from_process_start_s": report["first_done"] - start,
@@ -303,6 +292,27 @@ def search_process(config, conv_dtype=None, timeout=3600):
             "cpu_s_per_step": report["cpu_s_per_step"],
             "conv_dtype": report["conv_dtype"],
             "peak_rss_mb": usage.ru_maxrss / 1024.0}  # Linux: ru_maxrss in KB
+
+
+def run_child(module, function, args, timeout=3600):
+    """Run ``benchmarks.<module>.<function>(args)`` in a fresh Python process; (its
+    last stdout line as JSON, its rusage, the launch time). RuntimeError naming the
+    child's error when it fails."""
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
+            f"from benchmarks import {module}; {module}.{function}(json.loads(sys.argv[2]))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        launched = time.time()
+        proc = subprocess.Popen([sys.executable, "-c", code, REPO, json.dumps(args)],
+                                stdout=out, stderr=err, env=env, text=True)
+        status, usage = _wait(proc, timeout)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if status != 0:
+        raise RuntimeError(f"the {function} child failed (exit status {status}): "
+                           f"{_error_line(stderr)}")
+    return json.loads(stdout.strip().splitlines()[-1]), usage, launched
 
 
 _MEDIAN_KEYS = ("first_step_s", "first_step_from_process_start_s", "startup_and_imports_s",
@@ -356,30 +366,6 @@ def final_spec(config, residual=None):
     return presets.resolve(preset=config.train_preset, genotype=config.train_genotype,
                            cells=config.train_cells, channels=config.train_channels,
                            **overrides)
-
-
-def train_step(config):
-    """Median seconds of one training step of the final network (training.compile_model
-    with the 'cifar' recipe's optimizer and weight decay, batch `config.batch_size`)."""
-    import tensorflow as tf
-    from bnas_tf import models, recipes, training
-    from bnas_tf.models import common
-    recipe = recipes.recipe("cifar", batch_size=config.batch_size)
-    tf.keras.utils.set_random_seed(0)
-    model = models.build(final_spec(config), 10, config.image_size)
-    training.add_weight_decay(model, recipe.weight_decay)
-    optimizer = recipes.make_optimizer(recipe, steps_per_epoch=100)
-    training.compile_model(model, recipe, optimizer)
-    common.set_drop_path(model, recipe.drop_path)
-    step, first, logs = _keras_step(model, _random_batch(config.batch_size, config.image_size))
-    cpu_before = _cpu_seconds()
-    median, times = median_time(step, config.repeats, config.warmup)
-    cpu_per_step = (_cpu_seconds() - cpu_before) / (config.repeats + config.warmup)
-    params = int(model.count_params())
-    _clear()
-    return {"median_s": median, "times_s": times, "first_call_s": first, "params": params,
-            "cpu_s_per_step": cpu_per_step,
-            "loss_finite": bool(math.isfinite(logs.get("loss", float("nan"))))}
 
 
 # ----------------------------------------------------------------------------- input
@@ -536,11 +522,9 @@ def run(config: BenchConfig, progress=print) -> dict:
         out["bars_search_step_s"] = r["median_s"]
         _report_step(progress, "BARS search step", r)
     if "train" in config.parts:
-        progress("[benchmark] final-network train step ...")
-        r = details["train"] = train_step(config)
-        out["train_step_s"] = r["median_s"]
-        out["train_images_per_s"] = config.batch_size / r["median_s"]
-        _report_step(progress, "train step", r)
+        from benchmarks import train
+        details["train"] = train.measure(config, progress)
+        train.record(out, details["train"], config.batch_size)
     if "input" in config.parts:
         progress("[benchmark] input pipeline ...")
         r = details["input"] = input_pipeline(config)
@@ -594,7 +578,10 @@ ROWS = (
     ("bars_search_step_s", "BARS search step (s)", "{:.3f}"),
     ("first_step_s", "first search step from process start (s)", "{:.1f}"),
     ("peak_rss_mb", "peak RSS of the search (MB)", "{:.0f}"),
-    ("train_step_s", "final-network train step (s)", "{:.3f}"),
+    ("train_step_s", "BNAS-A train step (s)", "{:.3f}"),
+    ("train_step_float32_s", "BNAS-A train step, float32 convs (s)", "{:.3f}"),
+    ("train_step_bars_s", "BARS network train step (s)", "{:.3f}"),
+    ("train_step_xnor_resnet18_s", "XNOR ResNet-18 train step (s)", "{:.3f}"),
     ("train_images_per_s", "train step consumes (images/s)", "{:.1f}"),
     ("input_images_per_s", "input pipeline, steady (images/s)", "{:.0f}"),
     ("input_first_pass_images_per_s", "input pipeline, first pass (images/s)", "{:.0f}"),

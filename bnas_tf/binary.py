@@ -119,13 +119,20 @@ class QuantConv2D(lq.layers.QuantConv2D):
                             dilations=list(self.dilation_rate))
 
 
+# the class quant_conv builds: QuantConv2D, or the training speed variant inside
+# fast_binary.building()
+CONV_CLASS = [None]
+
+
 def quant_conv(filters, kernel_size, binarization: Binarization, strides=1,
                dilation_rate=1, groups=1, name=None):
-    """A Larq QuantConv2D (no bias, 'same' padding) binarised as `binarization` says.
+    """A Larq QuantConv2D (no bias, 'same' padding) binarised as `binarization` says
+    (`fast_binary.FastQuantConv2D`, its training speed variant, inside
+    `fast_binary.building`).
 
     Padding uses +1 (pad_values) so that LCE turns it into LceBconv2d.
     """
-    return QuantConv2D(
+    return (CONV_CLASS[0] or QuantConv2D)(
         filters, kernel_size, strides=strides, padding="same",
         pad_values=binarization.pad_values if binarization.enabled else 0.0,
         dilation_rate=dilation_rate, groups=groups, use_bias=False,

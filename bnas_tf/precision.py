@@ -15,7 +15,7 @@ import contextlib
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
-from bnas_tf import models
+from bnas_tf import fast_binary, models
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -41,10 +41,11 @@ def precision_policy(precision):
 
 
 def float32_twin(model, spec, num_classes, image_size, auxiliary):
-    """`model` itself when it computes in float32, else the same network rebuilt under
-    the float32 policy with `model`'s trained weights (what is evaluated and saved:
-    a mixed-precision run exports a float32 model)."""
-    if model.dtype_policy.compute_dtype == "float32":
+    """`model` itself when it computes in float32 with the readable binary convs, else
+    the same network rebuilt under the float32 policy with readable layers
+    (`binary.QuantConv2D`, not the training speed variant `fast_binary.FastQuantConv2D`)
+    and `model`'s trained weights: what is evaluated, saved and exported."""
+    if model.dtype_policy.compute_dtype == "float32" and not fast_binary.uses_fast_convs(model):
         return model
     with precision_policy("float32"):
         twin = models.build(spec, num_classes, image_size, auxiliary=auxiliary)

@@ -15,7 +15,7 @@ import math
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
-from bnas_tf import precision
+from bnas_tf import fast_binary, precision
 from bnas_tf.binary import SERIAL
 
 OPTIMIZERS = ("sgd", "adam")
@@ -47,6 +47,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     precision: str = "float32"        # Keras dtype policy while training (see `precision_policy`)
     jit_compile: bool = False         # XLA-compile the train/eval steps
+    conv_dtype: str = "auto"          # binary convs while training (bnas_tf.fast_binary)
 
     def validate(self):
         checks = [
@@ -81,6 +82,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        fast_binary.resolve(self.conv_dtype, self.precision)  # refuses what it cannot honour
         return self
 
 

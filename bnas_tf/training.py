@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from bnas_tf import callbacks as lr_callbacks
-from bnas_tf import data, distribute, files, models, precision, recipes, scoring
+from bnas_tf import data, distribute, fast_binary, files, models, precision, recipes, scoring
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import checks, common, presets
 
@@ -99,6 +99,23 @@ def compile_model(model, config, optimizer):
     else:
         model.compile(optimizer, loss=loss, metrics=accuracy_metrics(), jit_compile=jit)
     return model
+
+
+def build_compiled(spec, num_classes, image_size, config, steps_per_epoch):
+    """(model, optimizer): the network of `spec` built for training under the
+    config's precision policy and binary-conv variant (``conv_dtype``:
+    `fast_binary.building`), weight decay added, optimizer slots created (a
+    checkpoint restores into them), compiled (`compile_model`)."""
+    with precision_policy(config.precision):
+        with fast_binary.building(config.conv_dtype, config.precision):
+            model = models.build(spec, num_classes, image_size, auxiliary=config.auxiliary)
+        if config.auxiliary and len(model.outputs) != 2:
+            raise ValueError(f"the {spec.get('family')} network has no auxiliary head")
+        add_weight_decay(model, config.weight_decay)
+        optimizer = recipes.make_optimizer(config, steps_per_epoch)
+        optimizer._create_all_weights(model.trainable_variables)  # slots exist: restore now
+        compile_model(model, config, optimizer)
+    return model, optimizer
 
 
 def inference_model(model):
@@ -296,14 +313,9 @@ def _train(spec, data_config, config, output_dir, strategy, info, record, dirs, 
 
     distribute.print_batch_plan(strategy, config.batch_size, learning_rate=config.learning_rate)
     tf.keras.utils.set_random_seed(config.seed)
-    with strategy.scope(), precision_policy(config.precision):
-        model = models.build(spec, info.num_classes, info.image_size, auxiliary=config.auxiliary)
-        if config.auxiliary and len(model.outputs) != 2:
-            raise ValueError(f"the {spec.get('family')} network has no auxiliary head")
-        add_weight_decay(model, config.weight_decay)
-        optimizer = recipes.make_optimizer(config, steps_per_epoch)
-        optimizer._create_all_weights(model.trainable_variables)  # slots exist: restore now
-        compile_model(model, config, optimizer)
+    with strategy.scope():
+        model, optimizer = build_compiled(spec, info.num_classes, info.image_size, config,
+                                          steps_per_epoch)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = model_checkpoint(model, optimizer, epoch_var)
     ckpt_dir = mdir.path(output_dir, mdir.CKPT)

@@ -1,4 +1,5 @@
-"""Benchmark flags, defined once: --output, --quick, --only, sizes and thread settings."""
+"""Benchmark flags, defined once: --output, --quick, --only, sizes, thread settings,
+--reference."""
 from absl import flags as absl_flags
 
 from flags import define
@@ -27,8 +28,17 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_integer, "inter_op_threads", 0, dict(lower_bound=0),
      "TensorFlow inter-op threads (0 = TensorFlow's default)."),
     (absl_flags.DEFINE_enum, "conv_dtype", "auto", dict(enum_values=list(engine.CONV_DTYPES)),
-     "Binary convs of the BNAS supernet: auto (bfloat16 where the CPU has it natively), "
-     "float32 or bfloat16. With auto picking bfloat16 the float32 step is timed too."),
+     "Binary convs of the BNAS supernet and of the final networks' train steps: auto "
+     "(bfloat16 where the CPU has it natively), float32 or bfloat16. With auto picking "
+     "bfloat16 the float32 steps (search, BNAS-A training) are timed too."),
+    (absl_flags.DEFINE_bool, "reference", False, {},
+     "Also time the PyTorch BNAS reference (../shared/reference-bench, or "
+     "$BNAS_REFERENCE_BENCH; its venv set up or found by its setup.sh in $TORCHREF_VENV, "
+     "default /tmp/torchref-venv) in fresh processes interleaved with ours, and report "
+     "reference/ours ratios of the search step, first step and BNAS-A train step."),
+    (absl_flags.DEFINE_integer, "reference_rounds", None, dict(lower_bound=1),
+     "Interleaved rounds of --reference (reference then ours, search and train; the "
+     "ratios are medians over rounds; default 3, quick 1)."),
     # defined as flags/export.py defines it (0 there skips the timing)
     (absl_flags.DEFINE_integer, "latency_runs", 0, dict(lower_bound=0),
      f"Single-image .tflite runs timed (0 = the default, {_D.latency_runs})."),

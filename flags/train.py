@@ -1,10 +1,11 @@
 """Training flags, defined once: --recipe and every recipe number, --output_dir,
---strategy, --precision, --jit_compile, --progress; --model_dir and --split for evaluation."""
+--strategy, --precision, --jit_compile, --train_conv_dtype, --progress; --model_dir and
+--split for evaluation."""
 from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import distribute, recipes
+from bnas_tf import distribute, fast_binary, recipes
 
 FLAGS = absl_flags.FLAGS
 PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
@@ -49,6 +50,12 @@ _DEFINITIONS = (
      "the saved and exported model is float32."),
     (absl_flags.DEFINE_boolean, "jit_compile", False, {},
      "Compile the training and evaluation steps with XLA."),
+    (absl_flags.DEFINE_enum, "train_conv_dtype", "auto",
+     dict(enum_values=list(fast_binary.CONV_DTYPES)),
+     "Binary convs while training (a speed variant; bnas_tf/fast_binary.py): auto "
+     "(bfloat16 on CPUs with native bfloat16, float32 training only), float32 (Larq's "
+     "layer as exported) or bfloat16 (+-1 operands, exact products, float32 "
+     "accumulation). The saved and exported model always holds Larq's layers."),
     (absl_flags.DEFINE_enum, "progress", "bar", dict(enum_values=list(PROGRESS)),
      "Keras progress output: bar, one line per epoch, or none."),
     (absl_flags.DEFINE_string, "model_dir", None, {},
@@ -62,14 +69,16 @@ define(_DEFINITIONS)
 RECIPE_FLAGS = ("optimizer", "schedule", "learning_rate", "min_learning_rate", "warmup_fraction",
                  "restart_epochs", "momentum", "weight_decay", "label_smoothing", "epochs",
                  "auxiliary_weight", "validation_freq", "keep_checkpoints", "precision",
-                 "jit_compile")
+                 "jit_compile", "train_conv_dtype")
+# flags whose TrainConfig field has another name
+_FIELDS = {"train_conv_dtype": "conv_dtype"}
 # flags defined elsewhere (flags/data.py, flags/model.py) that override the recipe when given
 _SHARED_FLAGS = ("batch_size", "cutout", "seed", "drop_path", "auxiliary")
 
 
 def train_config_from_flags(**overrides) -> recipes.TrainConfig:
     """TrainConfig of --recipe with every given flag applied, then `overrides`."""
-    values = {name: FLAGS[name].value for name in RECIPE_FLAGS}
+    values = {_FIELDS.get(name, name): FLAGS[name].value for name in RECIPE_FLAGS}
     for name in _SHARED_FLAGS:
         if name in FLAGS and FLAGS[name].present:
             values[name] = FLAGS[name].value

@@ -5,6 +5,7 @@ Runs from a checkout (the harness, benchmarks/, is not installed with the packag
   python tools/benchmark.py --output=bench.json            # the full run (~15 min)
   python tools/benchmark.py --quick --output=/tmp/b.json   # smoke run, small shapes
   python tools/benchmark.py --only=search,train --output=b.json
+  python tools/benchmark.py --only=train --reference --output=b.json   # + the PyTorch ratios
 """
 import os
 import sys
@@ -15,6 +16,7 @@ import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
 from benchmarks import harness as benchmark  # noqa: E402
+from benchmarks import reference  # noqa: E402
 from bnas_tf import throughput  # noqa: E402
 import flags  # noqa: E402
 from flags import benchmark as benchmark_flags  # noqa: E402
@@ -30,7 +32,18 @@ def main(argv):
         config = benchmark_flags.config_from_flags().validate()
         if os.path.isdir(FLAGS.output):
             raise ValueError(f"--output {FLAGS.output} is a directory; give a .json file path")
+        if FLAGS.reference_rounds and not FLAGS.reference:
+            raise ValueError("--reference_rounds needs --reference")
+        if FLAGS.reference:
+            print("[reference] setting up or finding the PyTorch venv ...", flush=True)
+            bench_dir, python = reference.prepare()
     result = benchmark.run(config, progress=lambda line: print(line, flush=True))
+    if FLAGS.reference:
+        rounds = FLAGS.reference_rounds or (1 if FLAGS.quick else 3)
+        result["reference_comparison"] = reference.compare(
+            config, python, bench_dir, rounds, progress=lambda line: print(line, flush=True))
+        result["reference_ratios"] = {k: v["ratio"] for k, v in
+                                      result["reference_comparison"]["ratios"].items()}
     if FLAGS.imagenet_input or (FLAGS.imagenet_input is None and not FLAGS.only):
         make = throughput.quick_config if FLAGS.quick else throughput.ThroughputConfig
         result["imagenet_input"] = throughput.measure(make(data_dir=FLAGS.imagenet_data_dir),
@@ -38,6 +51,8 @@ def main(argv):
         print(throughput.format_report(result["imagenet_input"]))
     benchmark.write_json(FLAGS.output, result)
     print(benchmark.format_table(result))
+    if FLAGS.reference:
+        print(reference.format_ratios(result["reference_comparison"]))
     print(f"wrote {FLAGS.output}")
 
 

@@ -27,30 +27,9 @@ import numpy as np
 import tensorflow as tf
 
 from bnas_tf import binary, ops
+from bnas_tf.fast_binary import kernel_signs, padding_bias  # shared with training
 from bnas_tf.search.bnas.cell import (N_EDGES, NODES, SearchCell, build_layer, edge_stride,
                                       no_autograph, search_bn)
-
-def kernel_signs(quantizer, kernel, parts=1):
-    """(signs, scale): +-1 kernel and per-output-channel scale >= 0 (no gradient) with
-    ``quantizer(k) == scale * signs`` for each of the `parts` equal slices k of the
-    kernel along its output axis (each slice is one edge's kernel in a grouped conv),
-    with the quantizer's straight-through gradient. None for quantizers it does not
-    know (their convs are not grouped)."""
-    if quantizer is None:
-        return None
-    channels = kernel.shape[-1]
-    if isinstance(quantizer, binary.TensorScaledSign):  # one scale per edge's kernel
-        signs = lq.quantizers.ste_sign(kernel, clip_value=quantizer.clip_value)
-        per_part = tf.reduce_mean(tf.abs(tf.reshape(kernel, [-1, parts, channels // parts])),
-                                  axis=[0, 2])
-        return signs, tf.stop_gradient(tf.repeat(per_part, channels // parts))
-    if isinstance(quantizer, lq.quantizers.MagnitudeAwareSign):  # XNOR: one per channel
-        signs = lq.quantizers.ste_sign(kernel, clip_value=quantizer.clip_value)
-        return signs, tf.stop_gradient(tf.reduce_mean(tf.abs(kernel), axis=[0, 1, 2]))
-    if type(quantizer) is lq.quantizers.SteSign:  # noqa: E721  (BinaryNet: no scale)
-        return quantizer(kernel), tf.ones([channels])
-    return None
-
 
 def groupable(binarization):
     """True if the binary convs of `binarization` can share one wide conv per source
@@ -63,18 +42,6 @@ def conv_op(dilation):
     """tf.nn.conv2d, or tf.nn.convolution (space-to-batch) for dilated convs when oneDNN
     is off: Eigen has no dilated conv2d gradient."""
     return tf.nn.convolution if dilation > 1 and binary.onednn_disabled() else tf.nn.conv2d
-
-
-def padding_bias(signs, pad_value):
-    """Per output channel, what a 'SAME' border of `pad_value` adds to a conv once its
-    input is shifted by -pad_value: conv(x padded with p) = conv((x - p) padded with 0)
-    + p * (sum of the kernel's taps), exactly, at every position, stride and
-    dilation. The search convs run in that form: no padded copy of the batch, and
-    a bias the conv takes in (oneDNN's graph rewrite fuses conv + bias + ReLU, and
-    the filter gradient with the bias gradient). None when the padding value is 0."""
-    if not pad_value:
-        return None
-    return float(pad_value) * tf.reduce_sum(signs, axis=[0, 1, 2])
 
 
 _UNIT_EPS = 2.0 ** -10  # with variance 1 - eps (exact): 1 / sqrt(var + eps) == 1

@@ -1,0 +1,146 @@
+"""The speed variant of the binary conv for training final networks.
+
+`binary.QuantConv2D` (Larq's QuantConv2D: sign(x), pad with +1, conv with the
+quantised kernel) is the readable layer, and the one every saved, evaluated and
+exported network holds. `FastQuantConv2D` computes the same function with the same
+variables, faster on CPUs with native bfloat16, and is used only while training
+(`TrainConfig.conv_dtype`, tools/train.py ``--train_conv_dtype``):
+
+* the +-1 operands run in bfloat16, which represents them exactly; oneDNN multiplies
+  them exactly and accumulates in float32; the conv's integer result is rounded to
+  bfloat16 (8 significant bits: a relative error <= 2^-9), then widened to float32;
+* the +1 padding as a shift: the conv reads ``sign(x) - 1`` (in {-2, 0}) with zero
+  padding, and a per-output-channel bias ``1 * sum(kernel taps)`` adds what the +1
+  border contributed (`padding_bias`: exact at every position, stride and
+  dilation), so no padded copy of the batch is made;
+* the kernel is quantised once per call into +-1 signs and a per-output-channel
+  scale (`kernel_signs`), the scale applied to the float32 result.
+
+Gradients are the readable layer's (straight-through sign of the input and kernel),
+up to the bfloat16 rounding of the incoming gradient and of the filter gradient
+(tests/test_fast_binary.py: within 2% of the largest entry), and up to ReLU's kink:
+where the exact conv result is 0 (4-9% of positions) the variant computes 0, while
+Larq's conv with the scaled kernel leaves +-1e-8 of rounding noise that a following
+ReLU passes the gradient through, or not, by chance.
+The same technique runs the BNAS search's fused cell (search/bnas/fused.py;
+measurements in docs/benchmark.md).
+
+`building(conv_dtype)` is the one switch: inside it `binary.quant_conv` makes
+`FastQuantConv2D` layers; `precision.float32_twin` rebuilds a network that has them
+(`uses_fast_convs`) with readable layers and the same weights: what training
+evaluates, saves and exports.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import bnas_tf  # noqa: F401
+import larq as lq
+import tensorflow as tf
+
+from bnas_tf import binary
+
+CONV_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def kernel_signs(quantizer, kernel, parts=1):
+    """(signs, scale): +-1 kernel and per-output-channel scale >= 0 (no gradient) with
+    ``quantizer(k) == scale * signs`` for each of the `parts` equal slices k of the
+    kernel along its output axis (each slice is one edge's kernel in a grouped conv),
+    with the quantizer's straight-through gradient. None for quantizers it does not
+    know (Larq's MagnitudeAwareSign: XNOR-Net, one scale per output channel;
+    `binary.TensorScaledSign`: BARS, one per kernel; SteSign: BinaryNet, none)."""
+    if quantizer is None:
+        return None
+    channels = kernel.shape[-1]
+    if isinstance(quantizer, binary.TensorScaledSign):  # one scale per edge's kernel
+        signs = lq.quantizers.ste_sign(kernel, clip_value=quantizer.clip_value)
+        per_part = tf.reduce_mean(tf.abs(tf.reshape(kernel, [-1, parts, channels // parts])),
+                                  axis=[0, 2])
+        return signs, tf.stop_gradient(tf.repeat(per_part, channels // parts))
+    if isinstance(quantizer, lq.quantizers.MagnitudeAwareSign):  # XNOR: one per channel
+        signs = lq.quantizers.ste_sign(kernel, clip_value=quantizer.clip_value)
+        return signs, tf.stop_gradient(tf.reduce_mean(tf.abs(kernel), axis=[0, 1, 2]))
+    if type(quantizer) is lq.quantizers.SteSign:  # noqa: E721  (BinaryNet: no scale)
+        return quantizer(kernel), tf.ones([channels])
+    return None
+
+
+def padding_bias(signs, pad_value):
+    """Per output channel, what a 'SAME' border of `pad_value` adds to a conv once its
+    input is shifted by -pad_value: conv(x padded with p) = conv((x - p) padded with 0)
+    + p * (sum of the kernel's taps), exactly, at every position, stride and
+    dilation. None when the padding value is 0."""
+    if not pad_value:
+        return None
+    return float(pad_value) * tf.reduce_sum(signs, axis=[0, 1, 2])
+
+
+def resolve(conv_dtype, precision="float32"):
+    """'auto' -> 'bfloat16' when training in float32 on a CPU that multiplies
+    bfloat16 natively (no GPU, oneDNN on), else 'float32'; 'float32' is returned as
+    is. ValueError for unknown names, and for 'bfloat16' where it cannot be honoured:
+    with TF_ENABLE_ONEDNN_OPTS=0 (Eigen lacks the bfloat16 conv gradients it needs)
+    or with a mixed `precision` (whose layers already compute in 16 bits)."""
+    if conv_dtype not in CONV_DTYPES:
+        raise ValueError(f"unknown train conv dtype {conv_dtype!r}; choose one of "
+                         f"{', '.join(CONV_DTYPES)}")
+    if conv_dtype == "auto":
+        from bnas_tf.search import engine
+        return "bfloat16" if precision == "float32" and engine.native_bfloat16() else "float32"
+    if conv_dtype == "bfloat16":
+        if precision != "float32":
+            raise ValueError(f"--train_conv_dtype=bfloat16 speeds up float32 training; "
+                             f"--precision={precision} already computes every conv in 16 bits")
+        if binary.onednn_disabled():
+            raise ValueError("--train_conv_dtype=bfloat16 needs TensorFlow's oneDNN kernels "
+                             "(TF_ENABLE_ONEDNN_OPTS=0 turns them off); use float32")
+    return conv_dtype
+
+
+@tf.keras.utils.register_keras_serializable(binary.SERIAL)
+class FastQuantConv2D(binary.QuantConv2D):
+    """`binary.QuantConv2D` computed as ``scale * (conv(sign(x) - p, signs) + bias)``
+    with bfloat16 operands (module doc). Same variables, config and output shape
+    (NHWC, float32) as the readable layer; layers it cannot compute exactly this way
+    (grouped convs, float convs, padding other than 'same' with p != 0, quantizers
+    `kernel_signs` does not know, non-float32 inputs) run the readable call."""
+
+    operand_dtype = tf.bfloat16  # tests set float32: the shift-and-bias rewrite alone
+
+    def _fast(self, inputs):
+        return (self.groups == 1 and not binary.onednn_disabled()
+                and self.padding == "same" and self.pad_values != 0
+                and isinstance(self.input_quantizer, lq.quantizers.SteSign)
+                and inputs.dtype == tf.float32
+                and kernel_signs(self.kernel_quantizer, tf.ones([1, 1, 1, 1])) is not None)
+
+    def call(self, inputs):
+        if not self._fast(inputs):
+            return super().call(inputs)
+        signs, scale = kernel_signs(self.kernel_quantizer, self.kernel.latent_variable)
+        pad = float(self.pad_values)
+        x = tf.cast(self.input_quantizer(inputs) - pad, self.operand_dtype)
+        y = tf.nn.conv2d(x, tf.cast(signs, self.operand_dtype), list(self.strides), "SAME",
+                         dilations=list(self.dilation_rate))
+        return (tf.cast(y, tf.float32) + padding_bias(signs, pad)) * scale
+
+
+@contextlib.contextmanager
+def building(conv_dtype, precision="float32"):
+    """Within: `binary.quant_conv` makes `FastQuantConv2D` when `conv_dtype` resolves
+    to 'bfloat16' (`resolve`), the readable `binary.QuantConv2D` when it resolves to
+    'float32'."""
+    previous = binary.CONV_CLASS[0]
+    variant = resolve(conv_dtype, precision) == "bfloat16"
+    binary.CONV_CLASS[0] = FastQuantConv2D if variant else None
+    try:
+        yield
+    finally:
+        binary.CONV_CLASS[0] = previous
+
+
+def uses_fast_convs(model):
+    """True if any layer of `model` (nested layers included) is a FastQuantConv2D."""
+    return any(isinstance(layer, FastQuantConv2D)
+               for layer in model._flatten_layers(include_self=False))

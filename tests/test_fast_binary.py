@@ -1,0 +1,172 @@
+"""The training speed variant of the binary conv (bnas_tf/fast_binary.py): the same
+function as Larq's readable QuantConv2D (outputs and gradients within the stated
+bfloat16 tolerance), one switch, and a trained network saved and exported with the
+readable layers only."""
+import bnas_tf  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnas_tf import binary, data, export, fast_binary, recipes, training
+from bnas_tf import model_dir as mdir
+from bnas_tf.models import bars, presets
+
+# bfloat16 rounds the conv's integer result and the incoming gradient to 8
+# significant bits (relative 2^-9 each): outputs within 2^-8 of the largest entry,
+# gradients (sums of many rounded terms) within 2% of the largest entry.
+OUT_TOL, GRAD_TOL = 2.0 ** -8, 2e-2
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def twins(build):
+    """(readable, fast) built by `build()`, the fast one carrying the readable's weights."""
+    readable = build()
+    with fast_binary.building("bfloat16"):
+        fast = build()
+    return readable, fast
+
+
+def outputs_and_grads(layer, x, variables):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        loss = tf.reduce_sum(y * tf.sin(y))  # a gradient that differs per element
+    return y, tape.gradient(loss, [x] + variables)
+
+
+@pytest.mark.parametrize("kernel,strides,dilation,scheme", [
+    (3, 1, 1, "xnor"), (3, 2, 1, "xnor"), (1, 1, 1, "xnor"), (3, 1, 2, "xnor"),
+    (3, 2, 2, "xnor"), (5, 1, 2, "bars"), (3, 2, 1, "binarynet")])
+def test_fast_binary_conv_equals_the_readable_one(kernel, strides, dilation, scheme):
+    """BinaryConv (BN -> sign -> conv -> ReLU) with FastQuantConv2D inside equals the
+    readable block: outputs, input and kernel gradients (every stride/dilation form
+    BinaryConv uses, each weight scale)."""
+    x = tf.random.stateless_normal([2, 9, 9, 24], seed=[kernel, strides])
+    readable, fast = twins(lambda: binary.BinaryConv(16, kernel, strides, dilation,
+                                                     binarization=scheme))
+    assert type(readable.conv) is binary.QuantConv2D  # noqa: E721
+    assert type(fast.conv) is fast_binary.FastQuantConv2D  # noqa: E721
+    readable(x)
+    fast(x)
+    fast.set_weights(readable.get_weights())
+    y0, g0 = outputs_and_grads(readable, x, [readable.conv.kernel.latent_variable])
+    y1, g1 = outputs_and_grads(fast, x, [fast.conv.kernel.latent_variable])
+    assert y0.shape == y1.shape and y1.dtype == tf.float32
+    assert rel_err(y0, y1) <= OUT_TOL
+    for name, a, b in zip(("input", "kernel"), g0, g1):
+        assert rel_err(a, b) <= GRAD_TOL, name
+        assert np.abs(np.asarray(b)).max() > 0, name
+
+
+BNAS_SMALL = presets.resolve(genotype="bnas_a", cells=3, channels=8)
+NETWORKS = {"bnas": BNAS_SMALL,
+            "bars": {"family": "bars", "genotype": bars.random_genotype(
+                seed=0, base_channels=(4, 8, 16), max_depth=1).to_dict()},
+            "xnor-resnet18": presets.resolve(preset="xnor-resnet18")}
+
+
+@pytest.mark.parametrize("operands", ["bfloat16", "float32"])
+def test_fast_network_equals_the_readable_network(operands, monkeypatch):
+    """A small BNAS-A built under the switch: same variables (names, shapes, order),
+    logits and gradients within tolerance; with float32 operands the rewrite alone
+    (shift, bias, scale), with bfloat16 ones the variant as trained. (Tiny BARS and
+    ResNet networks have channels that are all 0 after ReLU for the whole batch: there
+    Larq's float32 conv leaves +-1e-8 of rounding noise that BatchNorm scales up and
+    the next sign() reads at random, so their logits are compared layer by layer only:
+    test_fast_binary_conv_equals_the_readable_one, test_every_family_builds_the_variant.)"""
+    network = "bnas"
+    from bnas_tf import models
+    monkeypatch.setattr(fast_binary.FastQuantConv2D, "operand_dtype", tf.as_dtype(operands))
+    spec, size = NETWORKS[network], 16
+    readable, fast = twins(lambda: models.build(spec, 10, size))
+    assert [v.name for v in readable.weights] == [v.name for v in fast.weights]
+    assert fast_binary.uses_fast_convs(fast) and not fast_binary.uses_fast_convs(readable)
+    fast.set_weights(readable.get_weights())
+    x = tf.random.stateless_normal([4, size, size, 3], seed=[3, 4])
+    y0, g0 = outputs_and_grads(readable, x, readable.trainable_weights)
+    y1, g1 = outputs_and_grads(fast, x, fast.trainable_weights)
+    assert rel_err(y0, y1) <= 4 * OUT_TOL  # rounding passes through the layers
+    assert [g is None for g in g0] == [g is None for g in g1]
+    # The classifier's gradient agrees within tolerance. Deeper gradients differ by the
+    # subgradient at ReLU's kink: where a binary conv's exact result is 0, Larq's
+    # float32 conv returns rounding noise of +-1e-8 (4-9% of the entries) and ReLU
+    # passes the gradient or not by chance; the variant computes the exact 0. The
+    # whole gradient stays aligned.
+    for a, b in zip(g0[-2:], g1[-2:]):
+        assert rel_err(a, b) <= GRAD_TOL
+    flat0 = np.concatenate([np.ravel(g) for g in g0[1:] if g is not None])
+    flat1 = np.concatenate([np.ravel(g) for g in g1[1:] if g is not None])
+    cosine = flat0 @ flat1 / (np.linalg.norm(flat0) * np.linalg.norm(flat1))
+    assert cosine >= 0.8
+
+
+@pytest.mark.parametrize("network", ["bars", "xnor-resnet18"])
+def test_every_family_builds_the_variant(network):
+    """Every binary conv of the BARS and XNOR ResNet-18 benchmark networks becomes the
+    variant under the switch, over the same variables."""
+    from bnas_tf import models
+    readable, fast = twins(lambda: models.build(NETWORKS[network], 10, 16))
+    assert [v.name for v in readable.weights] == [v.name for v in fast.weights]
+    convs = [m for m in fast.submodules if isinstance(m, binary.QuantConv2D)]
+    assert len(convs) > 5
+    assert all(isinstance(c, fast_binary.FastQuantConv2D) for c in convs)
+    assert not fast_binary.uses_fast_convs(readable)
+
+
+def test_the_switch_resolves_and_refuses_what_it_cannot_honour(monkeypatch):
+    with fast_binary.building("float32"):
+        assert type(binary.quant_conv(4, 3, binary.XNOR)) is binary.QuantConv2D  # noqa: E721
+    with fast_binary.building("bfloat16"):
+        assert isinstance(binary.quant_conv(4, 3, binary.XNOR), fast_binary.FastQuantConv2D)
+    assert type(binary.quant_conv(4, 3, binary.XNOR)) is binary.QuantConv2D  # restored
+    from bnas_tf.search import engine
+    assert fast_binary.resolve("auto") == ("bfloat16" if engine.native_bfloat16()
+                                           else "float32")
+    assert fast_binary.resolve("auto", "mixed_bfloat16") == "float32"
+    assert recipes.recipe("cifar").conv_dtype == "auto"
+    with pytest.raises(ValueError, match="unknown train conv dtype 'int8'"):
+        recipes.recipe("cifar", conv_dtype="int8")
+    with pytest.raises(ValueError, match="--precision=mixed_bfloat16 already computes"):
+        recipes.recipe("cifar", conv_dtype="bfloat16", precision="mixed_bfloat16")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    with pytest.raises(ValueError, match="needs TensorFlow's oneDNN kernels"):
+        recipes.recipe("cifar", conv_dtype="bfloat16")
+    assert fast_binary.resolve("auto") == "float32"
+
+
+class KeepModel(tf.keras.callbacks.Callback):
+    """Keeps the model training trained (the fast one)."""
+
+    def on_train_end(self, logs=None):
+        self.trained = self.model
+
+
+def test_trained_with_the_fast_convs_saves_and_exports_the_readable_network(cifar_dir,
+                                                                          tmp_path):
+    """A network trained with --train_conv_dtype=bfloat16 is saved with Larq's
+    QuantConv2D only, with the trained weights (its outputs equal the training
+    model's within tolerance), and every binary conv exports as LceBconv2d."""
+    spec = presets.resolve(genotype="bnas_a", cells=3, channels=4)  # a small BNAS-A
+    config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=16,
+                             image_size=16, augment=False)
+    recipe = recipes.recipe("cifar", epochs=1, batch_size=8, validation_freq=0, verbose=0,
+                            conv_dtype="bfloat16")
+    keep = KeepModel()
+    training.train(spec, config, recipe, str(tmp_path), callbacks=[keep])
+    assert fast_binary.uses_fast_convs(keep.trained)
+    saved = mdir.load_model(str(tmp_path))
+    assert not fast_binary.uses_fast_convs(saved)
+    convs = [m for m in saved.submodules if isinstance(m, binary.QuantConv2D)]
+    assert convs and all(type(c) is binary.QuantConv2D for c in convs)  # noqa: E721
+    x = tf.random.stateless_normal([4, 16, 16, 3], seed=[5, 6])
+    trained = keep.trained(x, training=False)
+    assert rel_err(saved(x, training=False), trained) <= 4 * OUT_TOL
+    report = export.export(str(tmp_path), samples=8)
+    assert report.binary_convs == len(convs)
+    assert report.bconv_ops == report.live_binary_convs > 0  # Zeroise cuts 2 off the output
+    assert report.agreement == 1.0
