@@ -28,7 +28,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import data, distribute, files, genotypes, size_space, training
+from bnas_tf import data, distribute, fast_binary, files, genotypes, size_space, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import presets
 
@@ -227,7 +227,10 @@ def _check_state(project_dir, state):
     path = os.path.join(project_dir, STATE_FILE)
     if not os.path.isfile(path):
         return
-    files.refuse_other_run(project_dir, mdir.read_json(path, "sizing state"), state,
+    saved = mdir.read_json(path, "sizing state")
+    if isinstance(saved.get("train"), dict):  # a project from before --train_conv_dtype
+        saved["train"].setdefault("conv_dtype", "float32")
+    files.refuse_other_run(project_dir, saved, state,
                            "sizing run", "use another --project_name or --directory")
 
 
@@ -323,7 +326,9 @@ def _size(base_spec, data_config, train_config, sizing_config, directory, projec
     project_dir = os.path.join(directory, project_name)
     state = {"sizing": config.identity(),
              "candidates": {str(g): s for g, s in candidates.items()},
-             "train": dataclasses.asdict(dataclasses.replace(train_config, verbose=0)),
+             "train": dataclasses.asdict(dataclasses.replace(
+                 train_config, verbose=0,
+                 conv_dtype=fast_binary.resolve(train_config.conv_dtype, train_config.precision))),
              "data": {k: getattr(data_config, k) for k in DATA_IDENTITY},
              "num_classes": info.num_classes, "image_size": info.image_size}
     _check_state(project_dir, state)

@@ -205,6 +205,10 @@ def model_checkpoint(model, optimizer, epoch_var):
                                epoch=epoch_var)
 
 
+# what a model directory written before a record entry existed was trained with
+RECORD_LEGACY = {"conv_dtype": "float32"}
+
+
 def _check_output_dir(output_dir, record):
     """Refuse (ValueError) when output_dir holds outputs of a different run."""
     spec_path = mdir.path(output_dir, mdir.SPEC)
@@ -214,7 +218,8 @@ def _check_output_dir(output_dir, record):
                if os.path.exists(mdir.path(output_dir, n))]
     if outputs:
         old = mdir.read_json(spec_path, "model spec")
-        files.refuse_other_run(output_dir, {k: old.get(k) for k in record}, record)
+        files.refuse_other_run(output_dir, {k: old.get(k, RECORD_LEGACY.get(k)) for k in record},
+                               record)
 
 
 def spec_name(spec):
@@ -282,7 +287,9 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
     info = data.dataset_info(data_config)
     checks.check_data(spec, info.num_classes, info.image_size)  # a preset for other data
     record = {"spec": spec, "num_classes": info.num_classes, "image_size": info.image_size,
-              "dataset": data_config.dataset, "auxiliary": bool(config.auxiliary)}
+              "dataset": data_config.dataset, "auxiliary": bool(config.auxiliary),
+              # resumed epochs run the binary convs as the first ones did
+              "conv_dtype": fast_binary.resolve(config.conv_dtype, config.precision)}
     _check_output_dir(output_dir, record)
     dirs = distribute.WorkerDirs(strategy)
     try:

@@ -7,7 +7,7 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from bnas_tf import distribute, recipes, study
+from bnas_tf import distribute, fast_binary, recipes, study
 
 FLAGS = absl_flags.FLAGS
 _INT = ("seeds", "split_seed", "train_per_class", "test_per_class", "search_examples",
@@ -66,6 +66,11 @@ _DEFINITIONS = (
      "mirrored (all local GPUs / logical CPUs). multi_worker is refused: several machines "
      "share a study through keras-tuner's chief/worker mode."),
     # defined as flags/train.py defines it (one flag, one definition); applied only when given
+    (absl_flags.DEFINE_enum, "train_conv_dtype", "auto",
+     dict(enum_values=list(fast_binary.CONV_DTYPES)),
+     "Binary convs of every final network's training: float32 (the profile's: Larq's "
+     "numerics on any CPU) or bfloat16 (the speed variant; docs/training.md). 'auto' is "
+     "refused: a study records what its trainings computed."),
     (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(recipes.RECIPES)),
      "Training recipe of every final network (default: the profile's)."),
     *((absl_flags.DEFINE_integer, name, *_SHARED.get(name, (None, {})),
@@ -75,7 +80,8 @@ _DEFINITIONS = (
 define(_DEFINITIONS)
 
 OVERRIDES = ("data_dir", "test_dir", "arms", "bars_flops_budget", "bars_base_channels",
-             "recipe", "strategy", "search_a_lr", "search_diversity_tau") + _INT
+             "recipe", "strategy", "search_a_lr", "search_diversity_tau",
+             "train_conv_dtype") + _INT
 
 
 def study_config_from_flags(log=print):

@@ -2,6 +2,8 @@
 function as Larq's readable QuantConv2D (outputs and gradients within the stated
 bfloat16 tolerance), one switch, and a trained network saved and exported with the
 readable layers only."""
+import os
+
 import bnas_tf  # noqa: F401
 import numpy as np
 import pytest
@@ -170,3 +172,23 @@ def test_trained_with_the_fast_convs_saves_and_exports_the_readable_network(cifa
     assert report.binary_convs == len(convs)
     assert report.bconv_ops == report.live_binary_convs > 0  # Zeroise cuts 2 off the output
     assert report.agreement == 1.0
+
+
+def test_a_training_resumes_only_with_the_conv_dtype_it_started_with(tmp_path):
+    """A run started with float32 convs and resumed in bfloat16 (or the reverse) would
+    not equal an uninterrupted run: refused in one line. A model directory from before
+    the setting existed was trained in float32 (Larq's layer)."""
+    from bnas_tf import files, training
+    from bnas_tf import model_dir as mdir
+    spec = {"family": "bnas", "genotype": "bnas_a", "cells": 3, "channels": 4}
+    record = {"spec": spec, "num_classes": 10, "image_size": 32, "dataset": "folder",
+              "auxiliary": False}
+    mdir.write_spec(str(tmp_path), spec, 10, 32, dataset="folder", auxiliary=False)
+    os.makedirs(tmp_path / mdir.CKPT)
+    training._check_output_dir(str(tmp_path), dict(record, conv_dtype="float32"))
+    with pytest.raises(files.OtherRunError, match=r"differs in conv_dtype\)") as e:
+        training._check_output_dir(str(tmp_path), dict(record, conv_dtype="bfloat16"))
+    assert "\n" not in str(e.value)
+    mdir.write_spec(str(tmp_path), spec, 10, 32, dataset="folder", auxiliary=False,
+                    conv_dtype="bfloat16")
+    training._check_output_dir(str(tmp_path), dict(record, conv_dtype="bfloat16"))

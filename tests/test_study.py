@@ -185,6 +185,15 @@ def test_strategy_setting_is_checked():
         study.config_for("smoke", data_dir="x", strategy="tpu")
 
 
+def test_the_study_pins_the_conv_dtype_of_its_trainings():
+    """'auto' depends on the CPU: a study records float32 (the profiles') or bfloat16."""
+    assert study.config_for("cpu", data_dir="x").train_conv_dtype == "float32"
+    assert study.config_for("cpu", data_dir="x",
+                            train_conv_dtype="bfloat16").train_conv_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="train_conv_dtype must be float32 or bfloat16"):
+        study.config_for("cpu", data_dir="x", train_conv_dtype="auto")
+
+
 def test_profiles_and_overrides():
     assert study.config_for("cpu", data_dir="x") == study.StudyConfig(data_dir="x")
     c = study.config_for("cpu", data_dir="x", seeds=5)

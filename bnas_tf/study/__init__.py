@@ -66,6 +66,10 @@ class StudyConfig:
     # ("default" | "mirrored"; per-replica BatchNorm statistics make it part of the
     # experiment, so it is saved with the rest)
     strategy: str = "default"
+    # binary convs of every final network's training (bnas_tf.fast_binary): float32 =
+    # Larq's own numerics on any machine; bfloat16 = the speed variant (same function,
+    # products exact, results rounded to 8 bits); never 'auto', which depends on the CPU
+    train_conv_dtype: str = "float32"
 
     def __post_init__(self):
         self.arms = tuple(self.arms)
@@ -109,6 +113,9 @@ class StudyConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of "
                              f"{', '.join(STRATEGIES)}")
+        if self.train_conv_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"train_conv_dtype must be float32 or bfloat16 (a study records "
+                             f"what its trainings computed), got {self.train_conv_dtype!r}")
         if self.export_samples < 0 or self.latency_runs < 0:
             raise ValueError("export_samples and latency_runs must be >= 0")
         return self
@@ -122,7 +129,8 @@ class StudyConfig:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(StudyConfig))
 # What a study.json written before a setting existed ran with (it resumes as such).
-LEGACY = {"strategy": "default", "search_a_lr": 3e-4, "search_diversity_tau": 7.7}
+LEGACY = {"strategy": "default", "search_a_lr": 3e-4, "search_diversity_tau": 7.7,
+          "train_conv_dtype": "float32"}
 
 PROFILES = {
     # A few minutes on 2 cores: a handful of images, tiny networks, one epoch, one seed.

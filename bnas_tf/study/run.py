@@ -95,7 +95,8 @@ def prepare(config, output_dir, log=print):
     files.write_json(os.path.join(output_dir, "target.json"),
                      {"equivalent_ops": target, "spec": arms.target_spec(config)})
     train_config = recipes.recipe(config.recipe, epochs=config.train_epochs,
-                                   batch_size=config.train_batch, verbose=2, **RECIPE_SETTINGS)
+                                   batch_size=config.train_batch, verbose=2,
+                                   conv_dtype=config.train_conv_dtype, **RECIPE_SETTINGS)
     log(f"study: {len(config.arms)} arm(s) x {config.seeds} seed(s); pool "
         f"{record['pool_files']} images, held-out test {record['test_files']} images; "
         f"EqOPs target {target / 1e6:.3f}M (BNAS-A cell, {config.final_cells} cells x "
