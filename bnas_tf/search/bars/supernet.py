@@ -27,6 +27,9 @@ from bnas_tf.models import common
 from bnas_tf.search import alphas, bilevel
 from bnas_tf.search.bars import costs
 from bnas_tf.search.bars.cell import SearchCell
+from bnas_tf.search.bars.fused import FusedSearchCell
+
+CELLS = {"fused": FusedSearchCell, "reference": SearchCell}  # the names of engine.CELLS
 
 WIDTH_CHOICES = bars_models.WIDTH_CHOICES
 
@@ -44,12 +47,18 @@ class Architecture:
 class BarsSupernet(bilevel.SupernetBase):
     """The BARS supernet (see the module docstring). `arch_variables`: one op alpha
     per stage ([edges, ops]), `alpha_reduce`, `alpha_width` [stages, widths],
-    `alpha_depth` [stages, max_depth + 1]."""
+    `alpha_depth` [stages, max_depth + 1].
+
+    `cell`: 'fused' (default, `fused.FusedSearchCell`: the same variables and
+    function, computed faster) or 'reference' (`cell.SearchCell`, the specification);
+    `conv_dtype`: the fused cell's 'float32' or 'bfloat16' ('auto' is resolved by
+    `engine.EngineConfig`)."""
 
     def __init__(self, num_classes, image_size, base_channels=(48, 96, 192),
                  width_choices=WIDTH_CHOICES, max_depth=3, op_names=ops.BARS_OPS,
                  downsample="improved", op_shortcut=True, binarization=binary.BARS,
-                 stem="auto", seed=0, name="bars_supernet", **kwargs):
+                 stem="auto", seed=0, cell="fused", conv_dtype="float32",
+                 name="bars_supernet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.num_classes, self.image_size = int(num_classes), int(image_size)
         self.base_channels = tuple(int(c) for c in base_channels)
@@ -59,6 +68,12 @@ class BarsSupernet(bilevel.SupernetBase):
         self.downsample, self.op_shortcut = downsample, bool(op_shortcut)
         self.binarization = binary.scheme(binarization)
         self.stem_kind = common.resolve_stem(stem, image_size)
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        self.cell_kind = cell
+        self.conv_dtype = conv_dtype if cell == "fused" else "float32"
+        make_cell = CELLS[cell]
+        fused = {"conv_dtype": self.conv_dtype} if cell == "fused" else {}
         self.op_config = ops.OpConfig(binarization=self.binarization, affine=False,
                                       op_shortcut=self.op_shortcut)
         n_stages, n_edges = len(self.base_channels), len(genotypes.dense_edges())
@@ -74,10 +89,12 @@ class BarsSupernet(bilevel.SupernetBase):
         self.reduce_cells, self.stage_cells = [], []
         for i, c in enumerate(self.base_channels):
             if i > 0:
-                self.reduce_cells.append(SearchCell(self.op_names, c, True, downsample,
-                                                    self.op_config, name=f"stage{i}_reduce"))
-            self.stage_cells.append([SearchCell(self.op_names, c, False, downsample,
-                                                self.op_config, name=f"stage{i}_cell{k}")
+                self.reduce_cells.append(make_cell(self.op_names, c, True, downsample,
+                                                   self.op_config, name=f"stage{i}_reduce",
+                                                   **fused))
+            self.stage_cells.append([make_cell(self.op_names, c, False, downsample,
+                                               self.op_config, name=f"stage{i}_cell{k}",
+                                               **fused)
                                      for k in range(1 + self.max_depth)])
         self.head_bn = common.batchnorm("classifier_bn")  # as the final network (models/bars.py)
         self.pool = tf.keras.layers.GlobalAveragePooling2D(name="classifier_pool")

@@ -1,0 +1,163 @@
+"""The fused BARS search cell: `cell.SearchCell` computed with fewer, wider ops.
+
+Same variables (checkpoints and derivation are shared with the reference cell), the
+same function (tested equal, outputs and alpha/weight gradients, float32 and
+bfloat16: tests/test_bars_fused.py); the supernet's default
+(`BarsSupernet(cell="fused")`, `engine.EngineConfig.cell`). Measurements behind
+each choice: docs/benchmark.md, "BARS search".
+
+* The binary convs of all edges leaving one node read the same tensor through
+  non-affine BatchNorms (identical batch and moving statistics): one BN -> sign per
+  node, and per conv type ONE conv whose output channels concatenate the edges'
+  kernels (`kernel_signs` keeps one tensor-wide scale per edge). The other BNs of
+  the group get the shared BN's moving statistics (they are equal in the reference).
+* The width mask of the conv's input (`cell.masked_conv`: +1-padded signs times the
+  mask) is folded into the kernel: conv(pad_1(s) * m, W) = conv(pad_1(s), W * m);
+  the +1 padding is a -1 shift of the signs plus a per-channel bias
+  (`bnas.fused.padding_bias`). The activation operand stays +-1 (0/-2 after the
+  shift), so with ``conv_dtype='bfloat16'`` it is exact; the kernel operand
+  sign(W) * m rounds to 8 significant bits, as the conv's result does.
+* The op weight and the weight scale multiply the conv's output in one op
+  (`bnas.fused.widen_and_weight`); the op shortcut is added per edge.
+
+Ops of other kinds (the ``shortcut`` op, downsamples, pools) run as the reference
+cell runs them.
+"""
+from __future__ import annotations
+
+import bnas_tf  # noqa: F401
+import tensorflow as tf
+
+from bnas_tf import binary, genotypes
+from bnas_tf.search.bars.cell import MaskedBinaryConv, SearchCell, masked
+from bnas_tf.search.bnas.fused import conv_op, kernel_signs, padding_bias, widen_and_weight
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _fusable(layer):
+    """True for a masked binary conv the fused path computes: plain MaskedBinaryConv,
+    ungrouped, no activation scale, a weight quantizer `kernel_signs` knows, a
+    conv that reads every pixel (no strided dilated pick/subsample)."""
+    if type(layer) is not MaskedBinaryConv:  # noqa: E721  (subclasses may differ)
+        return False
+    b = layer.binarization
+    if not b.enabled or b.activation_scale or layer.conv.groups != 1:
+        return False
+    if layer.pick != 1 or layer.subsample != 1:
+        return False
+    quantizer = layer.conv.kernel_quantizer
+    return quantizer is not None and kernel_signs(quantizer, tf.ones([1, 1, 1, 2]), 2) is not None
+
+
+def _spec(layer):
+    return (layer.kernel_size, tuple(layer.conv.dilation_rate), layer.strides, layer.use_relu,
+            layer.use_shortcut)
+
+
+def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=None):
+    """sum-free grouped form of `cell.MaskedBinaryConv` calls: the outputs of
+    ``layers[t](x, channel_mask=channel_mask)`` (one spec, see `_spec`) without their
+    op shortcut, each multiplied by ``factors[t]`` (a scalar op weight), as ONE
+    [B, H', W', T * C] tensor (layer t in channels t*C..). x: [B, H, W, C_in] NHWC
+    float32; channel_mask: [C_in]. The layers' BNs share the first one's
+    statistics (moving statistics copied to the others in training)."""
+    first = layers[0]
+    h = first.bn(x, training=training)
+    if training:
+        for other in layers[1:]:
+            other.bn.moving_mean.assign(first.bn.moving_mean)
+            other.bn.moving_variance.assign(first.bn.moving_variance)
+    conv = first.conv
+    signed = conv.input_quantizer(h)
+    pad = float(conv.pad_values)
+    latent = [tf.convert_to_tensor(layer.conv.kernel.latent_variable) for layer in layers]
+    kernel = tf.concat(latent, axis=-1) if len(latent) > 1 else latent[0]
+    signs, scale = kernel_signs(conv.kernel_quantizer, kernel, len(layers))
+    folded = signs * channel_mask[None, None, :, None]
+    bias = padding_bias(folded, pad)
+    if pad:
+        signed = signed - pad
+    dilation = conv.dilation_rate[0]
+    y = conv_op(dilation)(tf.cast(signed, conv_dtype), tf.cast(folded, conv_dtype),
+                          list(conv.strides), "SAME", dilations=dilation)
+    if bias is not None:
+        y = tf.nn.bias_add(y, tf.cast(bias, conv_dtype))
+    if first.use_relu:  # scale > 0: relu(scale * y) = scale * relu(y)
+        y = tf.nn.relu(y)
+    channels = int(y.shape[-1]) // len(layers)
+    factor = tf.repeat(tf.stack(factors), channels) * scale
+    return widen_and_weight(y, factor)
+
+
+class FusedSearchCell(SearchCell):
+    """`cell.SearchCell` with its binary convs grouped per source node (see the module
+    docstring); `conv_dtype`: 'float32' or 'bfloat16' (resolved by
+    `engine.EngineConfig`). Falls back to the reference computation for layers
+    `_fusable` refuses, and for its first call (which builds the layers)."""
+
+    def __init__(self, *args, conv_dtype="float32", **kwargs):
+        if conv_dtype not in DTYPES:
+            raise ValueError(f"the fused BARS cell computes in float32 or bfloat16, not "
+                             f"{conv_dtype!r} (resolve 'auto' with engine.EngineConfig)")
+        super().__init__(*args, **kwargs)
+        self.conv_dtype = conv_dtype
+        self._ready = False
+
+    def _layers_built(self):
+        layers = [self.pre] + [op for edge in self.edges for op in edge.candidates
+                               if not isinstance(op, binary.Zeroise)]  # never called
+        return all(layer.built for layer in layers)
+
+    def _source_terms(self, x, src, op_weights, mask, training):
+        """{edge index: mixed-op output} of the edges leaving node `src`."""
+        edges = [k for k, (i, _) in enumerate(genotypes.dense_edges()) if i == src]
+        terms = {k: [] for k in edges}
+        groups = {}  # (op index, spec) -> edge indices
+        for k in edges:
+            for o, op in enumerate(self.edges[k].candidates):
+                if isinstance(op, binary.Zeroise):
+                    continue
+                if _fusable(op):
+                    groups.setdefault((o, _spec(op)), []).append(k)
+                    continue
+                y = (op(x, training=training, channel_mask=mask) if masked(op)
+                     else op(x, training=training))
+                terms[k].append(op_weights[k, o] * y)
+        for (o, spec), members in groups.items():
+            layers = [self.edges[k].candidates[o] for k in members]
+            weights = [op_weights[k, o] for k in members]
+            y = grouped_masked_conv(layers, x, mask, weights, self.conv_dtype, training)
+            parts = tf.split(y, len(members), axis=-1) if len(members) > 1 else [y]
+            shortcut = binary.shortcut(x, spec[2]) if spec[4] else None
+            for k, w, part in zip(members, weights, parts):
+                terms[k].append(part if shortcut is None else part + w * shortcut)
+        return terms
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, inputs, op_weights, in_mask, out_mask, training=None):
+        if not self._ready:
+            if not self._layers_built():  # the first call builds every layer
+                return super().call(inputs, op_weights, in_mask, out_mask, training=training)
+            self._ready = True
+        if _fusable(self.pre):
+            pre = grouped_masked_conv([self.pre], inputs, in_mask, [tf.constant(1.0)],
+                                      self.conv_dtype, training)
+        else:
+            pre = self.pre(inputs, training=training, channel_mask=in_mask)
+        nodes = [pre * out_mask]
+        incoming = [[] for _ in range(genotypes.NODES + 1)]
+        edges = genotypes.dense_edges()
+        for src in range(genotypes.NODES):
+            for k, outs in self._source_terms(nodes[src], src, op_weights, out_mask,
+                                              training).items():
+                incoming[edges[k][1]].extend(outs)
+            terms = incoming[src + 1]
+            node = (tf.add_n(terms) if terms else  # only 'none' ops: zeros
+                    binary.Zeroise(2 if self.reduction else 1)(nodes[0]))
+            nodes.append(node * out_mask)
+        if self.reduction:
+            skip = self.skip(inputs, training=training, channel_mask=in_mask)
+        else:
+            skip = inputs
+        return (nodes[-1] + skip) * out_mask
