@@ -11,12 +11,15 @@ each choice: docs/benchmark.md, "BARS search".
   node, and per conv type ONE conv whose output channels concatenate the edges'
   kernels (`kernel_signs` keeps one tensor-wide scale per edge). The other BNs of
   the group get the shared BN's moving statistics (they are equal in the reference).
-* The width mask of the conv's input (`cell.masked_conv`: +1-padded signs times the
-  mask) is folded into the kernel: conv(pad_1(s) * m, W) = conv(pad_1(s), W * m);
-  the +1 padding is a -1 shift of the signs plus a per-channel bias
-  (`bnas.fused.padding_bias`). The activation operand stays +-1 (0/-2 after the
-  shift), so with ``conv_dtype='bfloat16'`` it is exact; the kernel operand
-  sign(W) * m rounds to 8 significant bits, as the conv's result does.
+* The +1 padding of the masked signs (`cell.masked_conv`: pad_1(s) * m) is a -1
+  shift plus a per-output-channel bias: conv(pad_1(s) * m) = conv((s - 1) * m, zero
+  padding) + 1 * sum over taps and channels of sign(W) * m. The kernel operand is
+  +-1 (exact in bfloat16); the masked signs (s - 1) * m round only the mask (to 8
+  significant bits with ``conv_dtype='bfloat16'``, as the conv's result does;
+  `mask_and_cast`). The mask stays on the input side: its gradient is then a
+  reduction of the input gradient the alpha pass computes anyway (folded into the
+  kernel it needed a filter gradient in the alpha pass: one more conv pass, measured
+  slower, docs/benchmark.md).
 * The op weight and the weight scale multiply the conv's output in one op
   (`bnas.fused.widen_and_weight`); the op shortcut is added per edge.
 
@@ -30,7 +33,7 @@ import tensorflow as tf
 
 from bnas_tf import binary, genotypes
 from bnas_tf.search.bars.cell import MaskedBinaryConv, SearchCell, masked
-from bnas_tf.search.bnas.fused import conv_op, kernel_signs, padding_bias, widen_and_weight
+from bnas_tf.search.bnas.fused import conv_op, kernel_signs, widen_and_weight
 
 DTYPES = ("float32", "bfloat16")
 
@@ -55,6 +58,23 @@ def _spec(layer):
             layer.use_shortcut)
 
 
+def mask_and_cast(x, mask, dtype):
+    """dtype(x) * dtype(mask) per channel, for x whose values `dtype` holds exactly
+    (the shifted signs, 0 / -2): the product rounds only the mask (to 8 significant
+    bits in bfloat16). Its gradient keeps only the `dtype` copy of x (not a float32
+    one): d_x = g * mask, d_mask = sum over batch and pixels of g * x (float32)."""
+    low = tf.cast(x, dtype)
+
+    @tf.custom_gradient
+    def apply(low, mask):
+        def grad(g):
+            g = tf.cast(g, tf.float32)
+            return (tf.cast(g * mask, dtype),
+                    tf.reduce_sum(g * tf.cast(low, tf.float32), axis=[0, 1, 2]))
+        return low * tf.cast(mask, dtype), grad
+    return apply(low, mask)
+
+
 def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=None):
     """sum-free grouped form of `cell.MaskedBinaryConv` calls: the outputs of
     ``layers[t](x, channel_mask=channel_mask)`` (one spec, see `_spec`) without their
@@ -74,13 +94,15 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
     latent = [tf.convert_to_tensor(layer.conv.kernel.latent_variable) for layer in layers]
     kernel = tf.concat(latent, axis=-1) if len(latent) > 1 else latent[0]
     signs, scale = kernel_signs(conv.kernel_quantizer, kernel, len(layers))
-    folded = signs * channel_mask[None, None, :, None]
-    bias = padding_bias(folded, pad)
-    if pad:
+    bias = None
+    if pad:  # +1 padding as a shift: conv(pad_1(s) * m) = conv((s - 1) * m) + bias
         signed = signed - pad
+        bias = pad * tf.linalg.matvec(tf.reduce_sum(signs, axis=[0, 1]), channel_mask,
+                                      transpose_a=True)
     dilation = conv.dilation_rate[0]
-    y = conv_op(dilation)(tf.cast(signed, conv_dtype), tf.cast(folded, conv_dtype),
-                          list(conv.strides), "SAME", dilations=dilation)
+    y = conv_op(dilation)(mask_and_cast(signed, channel_mask, conv_dtype),
+                          tf.cast(signs, conv_dtype), list(conv.strides), "SAME",
+                          dilations=dilation)
     if bias is not None:
         y = tf.nn.bias_add(y, tf.cast(bias, conv_dtype))
     if first.use_relu:  # scale > 0: relu(scale * y) = scale * relu(y)
