@@ -39,7 +39,6 @@ def build_supernet(config, num_classes, image_size, engine):
     net.temperature_schedule = (s.temperature, s.temperature_decay, s.warmup_epochs)
     net.temperature.assign(s.temperature)
     net.entropy_coef.assign(s.entropy_start)
-    net.cost_tables()
     return net
 
 
@@ -55,9 +54,15 @@ def make_optimizers(config, steps_per_epoch):
 
 
 def build_model(net, config, steps_per_epoch, image_size, engine):
-    """The bilevel model with BARS' optimisers (the alpha loss is the net's)."""
-    return bilevel.build(net, config, steps_per_epoch, image_size, engine,
-                         optimizers=make_optimizers(config, steps_per_epoch))
+    """The bilevel model with BARS' optimisers (the alpha loss is the net's). The cost
+    tables are counted after the supernet's variables exist: counting builds
+    throwaway layers (cached per process), which would otherwise draw from the seeded
+    random state before the weights do, only in a process's first search, and make
+    two searches of one process start from different weights."""
+    model = bilevel.build(net, config, steps_per_epoch, image_size, engine,
+                          optimizers=make_optimizers(config, steps_per_epoch))
+    net.cost_tables()
+    return model
 
 
 def on_epoch_begin(net, epoch):
