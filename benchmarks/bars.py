@@ -22,10 +22,6 @@ processes, medians, comparable per multiply-accumulate with the BNAS supernet.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 
 import numpy as np
@@ -105,21 +101,7 @@ def bars_process(config, timeout=3600):
             "conv_dtype": config.conv_dtype, "image_size": config.image_size,
             "repeats": config.repeats, "warmup": config.warmup,
             "intra": config.intra_op_threads, "inter": config.inter_op_threads}
-    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-            "from benchmarks import bars; bars.child(json.loads(sys.argv[2]))")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        launched = time.time()
-        proc = subprocess.Popen([sys.executable, "-c", code, harness.REPO, json.dumps(args)],
-                                stdout=out, stderr=err, env=env, text=True)
-        status, usage = harness._wait(proc, timeout)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if status != 0:
-        raise RuntimeError(f"the BARS step child failed (exit status {status}): "
-                           f"{harness._error_line(stderr)}")
-    report = json.loads(stdout.strip().splitlines()[-1])
+    report, usage, launched = harness.run_child("bars.child", args, timeout)
     return {"first_step_s": report["first_done"] - launched,
             "first_call_s": report["first_call_s"],
             "median_s": float(np.median(report["step_times_s"])),

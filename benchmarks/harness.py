@@ -282,21 +282,7 @@ def search_process(config, conv_dtype=None, timeout=3600):
             "image_size": config.image_size, "repeats": config.repeats,
             "warmup": config.warmup,
             "intra": config.intra_op_threads, "inter": config.inter_op_threads}
-    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-            "from benchmarks import harness; harness.child_search(json.loads(sys.argv[2]))")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        launched = time.time()
-        proc = subprocess.Popen([sys.executable, "-c", code, REPO, json.dumps(args)],
-                                stdout=out, stderr=err, env=env, text=True)
-        status, usage = _wait(proc, timeout)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if status != 0:
-        tail = _error_line(stderr)
-        raise RuntimeError(f"the first-step child failed (exit status {status}): {tail}")
-    report = json.loads(stdout.strip().splitlines()[-1])
+    report, usage, launched = run_child("harness.child_search", args, timeout)
     start = report["process_start"] or launched
     return {"first_step_s": report["first_done"] - launched,
             "first_step_from_process_start_s": report["first_done"] - start,
@@ -308,6 +294,28 @@ def search_process(config, conv_dtype=None, timeout=3600):
             "cpu_s_per_step": report["cpu_s_per_step"],
             "conv_dtype": report["conv_dtype"],
             "peak_rss_mb": usage.ru_maxrss / 1024.0}  # Linux: ru_maxrss in KB
+
+
+def run_child(entry, args, timeout=3600):
+    """Run ``benchmarks.<entry>(args)`` in a fresh Python process: (its last stdout
+    line as JSON, its rusage, the launch wall time); RuntimeError naming the child's
+    error if it fails."""
+    module, function = entry.split(".")
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
+            f"from benchmarks import {module}; {module}.{function}(json.loads(sys.argv[2]))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        launched = time.time()
+        proc = subprocess.Popen([sys.executable, "-c", code, REPO, json.dumps(args)],
+                                stdout=out, stderr=err, env=env, text=True)
+        status, usage = _wait(proc, timeout)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if status != 0:
+        tail = _error_line(stderr)
+        raise RuntimeError(f"the {entry} child failed (exit status {status}): {tail}")
+    return json.loads(stdout.strip().splitlines()[-1]), usage, launched
 
 
 _MEDIAN_KEYS = ("first_step_s", "first_step_from_process_start_s", "startup_and_imports_s",

@@ -18,8 +18,8 @@ each choice: docs/benchmark.md, "BARS search".
   significant bits with ``conv_dtype='bfloat16'``, as the conv's result does;
   `mask_and_cast`). The mask stays on the input side: its gradient is then a
   reduction of the input gradient the alpha pass computes anyway (folded into the
-  kernel it needed a filter gradient in the alpha pass: one more conv pass, measured
-  slower, docs/benchmark.md).
+  kernel, its gradient needs a filter gradient in the alpha pass: one more conv
+  pass; docs/benchmark.md).
 * The op weight and the weight scale multiply the conv's output in one op
   (`bnas.fused.widen_and_weight`); the op shortcut is added per edge.
 
