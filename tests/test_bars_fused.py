@@ -157,3 +157,28 @@ def test_engine_switch_picks_the_cell_and_refuses_unknown_ones():
         bars_supernet.BarsSupernet(10, SIZE, base_channels=(4,), cell="other")
     with pytest.raises(ValueError, match="float32 or bfloat16, not 'auto'"):
         bars_supernet.BarsSupernet(10, SIZE, base_channels=(4,), conv_dtype="auto")
+
+
+def test_precomputed_kernels_give_the_same_step():
+    """The kernels quantised once per bilevel step (`BarsSupernet.precompute`, shared by
+    the alpha and the weight pass) give the logits and gradients of kernels
+    quantised inside the pass."""
+    _, fast = pair()
+    x, y = batch()
+    weights = decisions(fast)
+    arch = {v.ref() for v in fast.arch_variables}
+    variables = [v for v in fast.trainable_variables if v.ref() not in arch]
+    results = []
+    for share in (False, True):
+        with tf.GradientTape() as tape:
+            pre = fast.precompute() if share else None
+            logits = fast.forward(x, weights, training=True, precomputed=pre)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True))
+        results.append([logits] + tape.gradient(loss, variables))
+    assert len(fast.precompute()) == len(fast.reduce_cells) + sum(map(len, fast.stage_cells))
+    for a, b in zip(*results):
+        if a is not None or b is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
+                                       tf.convert_to_tensor(b).numpy(), rtol=1e-5, atol=1e-6)
+    assert make("reference").precompute() is None

@@ -75,13 +75,29 @@ def mask_and_cast(x, mask, dtype):
     return apply(low, mask)
 
 
-def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=None):
+def quantise(layers, conv_dtype):
+    """The binary kernels of `layers` (one spec) as one grouped conv reads them:
+    ``signs`` [k, k, C_in, T * C] +-1 in `conv_dtype`, ``scale`` [T * C] (each layer's
+    tensor-wide scale, no gradient) and ``taps`` [C_in, T * C] float32 (the signs
+    summed over the taps, for the padding bias); straight-through gradients to the
+    latent kernels. Nothing here depends on the batch or the masks: the supernet's
+    `precompute` runs it once per bilevel step for both passes."""
+    latent = [tf.convert_to_tensor(layer.conv.kernel.latent_variable) for layer in layers]
+    kernel = tf.concat(latent, axis=-1) if len(latent) > 1 else latent[0]
+    signs, scale = kernel_signs(layers[0].conv.kernel_quantizer, kernel, len(layers))
+    return {"signs": tf.cast(signs, conv_dtype), "scale": scale,
+            "taps": tf.reduce_sum(signs, axis=[0, 1])}
+
+
+def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=None,
+                        kernels=None):
     """sum-free grouped form of `cell.MaskedBinaryConv` calls: the outputs of
     ``layers[t](x, channel_mask=channel_mask)`` (one spec, see `_spec`) without their
     op shortcut, each multiplied by ``factors[t]`` (a scalar op weight), as ONE
     [B, H', W', T * C] tensor (layer t in channels t*C..). x: [B, H, W, C_in] NHWC
-    float32; channel_mask: [C_in]. The layers' BNs share the first one's
-    statistics (moving statistics copied to the others in training)."""
+    float32; channel_mask: [C_in]; kernels: their `quantise` (computed here when
+    None). The layers' BNs share the first one's statistics (moving statistics
+    copied to the others in training)."""
     first = layers[0]
     h = first.bn(x, training=training)
     if training:
@@ -91,24 +107,20 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
     conv = first.conv
     signed = conv.input_quantizer(h)
     pad = float(conv.pad_values)
-    latent = [tf.convert_to_tensor(layer.conv.kernel.latent_variable) for layer in layers]
-    kernel = tf.concat(latent, axis=-1) if len(latent) > 1 else latent[0]
-    signs, scale = kernel_signs(conv.kernel_quantizer, kernel, len(layers))
+    q = kernels if kernels is not None else quantise(layers, conv_dtype)
     bias = None
     if pad:  # +1 padding as a shift: conv(pad_1(s) * m) = conv((s - 1) * m) + bias
         signed = signed - pad
-        bias = pad * tf.linalg.matvec(tf.reduce_sum(signs, axis=[0, 1]), channel_mask,
-                                      transpose_a=True)
+        bias = pad * tf.linalg.matvec(q["taps"], channel_mask, transpose_a=True)
     dilation = conv.dilation_rate[0]
-    y = conv_op(dilation)(mask_and_cast(signed, channel_mask, conv_dtype),
-                          tf.cast(signs, conv_dtype), list(conv.strides), "SAME",
-                          dilations=dilation)
+    y = conv_op(dilation)(mask_and_cast(signed, channel_mask, conv_dtype), q["signs"],
+                          list(conv.strides), "SAME", dilations=dilation)
     if bias is not None:
         y = tf.nn.bias_add(y, tf.cast(bias, conv_dtype))
     if first.use_relu:  # scale > 0: relu(scale * y) = scale * relu(y)
         y = tf.nn.relu(y)
     channels = int(y.shape[-1]) // len(layers)
-    factor = tf.repeat(tf.stack(factors), channels) * scale
+    factor = tf.repeat(tf.stack(factors), channels) * q["scale"]
     return widen_and_weight(y, factor)
 
 
@@ -125,31 +137,57 @@ class FusedSearchCell(SearchCell):
         super().__init__(*args, **kwargs)
         self.conv_dtype = conv_dtype
         self._ready = False
+        self._structure = {}
 
     def _layers_built(self):
         layers = [self.pre] + [op for edge in self.edges for op in edge.candidates
                                if not isinstance(op, binary.Zeroise)]  # never called
         return all(layer.built for layer in layers)
 
-    def _source_terms(self, x, src, op_weights, mask, training):
-        """{edge index: mixed-op output} of the edges leaving node `src`."""
-        edges = [k for k, (i, _) in enumerate(genotypes.dense_edges()) if i == src]
-        terms = {k: [] for k in edges}
-        groups = {}  # (op index, spec) -> edge indices
-        for k in edges:
-            for o, op in enumerate(self.edges[k].candidates):
-                if isinstance(op, binary.Zeroise):
+    def _groups(self, src):
+        """(per-edge ops [(edge, op index, op)], grouped convs {(op index, spec): [edge
+        indices]}) of the edges leaving node `src` (static: cached)."""
+        if src not in self._structure:
+            singles, groups = [], {}
+            for k, (i, _) in enumerate(genotypes.dense_edges()):
+                if i != src:
                     continue
-                if _fusable(op):
-                    groups.setdefault((o, _spec(op)), []).append(k)
-                    continue
-                y = (op(x, training=training, channel_mask=mask) if masked(op)
-                     else op(x, training=training))
-                terms[k].append(op_weights[k, o] * y)
+                for o, op in enumerate(self.edges[k].candidates):
+                    if isinstance(op, binary.Zeroise):
+                        continue
+                    if _fusable(op):
+                        groups.setdefault((o, _spec(op)), []).append(k)
+                    else:
+                        singles.append((k, o, op))
+            self._structure[src] = (singles, groups)
+        return self._structure[src]
+
+    def precompute(self):
+        """{"pre": ..., "from{src}_op{o}": ...}: every grouped conv's `quantise`
+        (None before the first call has built the layers)."""
+        if not (self._ready or self._layers_built()):
+            return None
+        out = {"pre": quantise([self.pre], self.conv_dtype) if _fusable(self.pre) else None}
+        for src in range(genotypes.NODES):
+            for (o, spec), members in self._groups(src)[1].items():
+                out[f"from{src}_op{o}"] = quantise([self.edges[k].candidates[o] for k in members],
+                                               self.conv_dtype)
+        return out
+
+    def _source_terms(self, x, src, op_weights, mask, training, precomputed):
+        """{edge index: mixed-op outputs} of the edges leaving node `src`."""
+        singles, groups = self._groups(src)
+        terms = {k: [] for k, (i, _) in enumerate(genotypes.dense_edges()) if i == src}
+        for k, o, op in singles:
+            y = (op(x, training=training, channel_mask=mask) if masked(op)
+                 else op(x, training=training))
+            terms[k].append(op_weights[k, o] * y)
         for (o, spec), members in groups.items():
             layers = [self.edges[k].candidates[o] for k in members]
             weights = [op_weights[k, o] for k in members]
-            y = grouped_masked_conv(layers, x, mask, weights, self.conv_dtype, training)
+            kernels = precomputed[f"from{src}_op{o}"] if precomputed is not None else None
+            y = grouped_masked_conv(layers, x, mask, weights, self.conv_dtype, training,
+                                    kernels)
             parts = tf.split(y, len(members), axis=-1) if len(members) > 1 else [y]
             shortcut = binary.shortcut(x, spec[2]) if spec[4] else None
             for k, w, part in zip(members, weights, parts):
@@ -157,14 +195,17 @@ class FusedSearchCell(SearchCell):
         return terms
 
     @tf.autograph.experimental.do_not_convert
-    def call(self, inputs, op_weights, in_mask, out_mask, training=None):
+    def call(self, inputs, op_weights, in_mask, out_mask, training=None, precomputed=None):
+        """As `cell.SearchCell.call`; `precomputed`: this cell's `precompute()` of the
+        current weights (computed here when None)."""
         if not self._ready:
             if not self._layers_built():  # the first call builds every layer
                 return super().call(inputs, op_weights, in_mask, out_mask, training=training)
             self._ready = True
         if _fusable(self.pre):
             pre = grouped_masked_conv([self.pre], inputs, in_mask, [tf.constant(1.0)],
-                                      self.conv_dtype, training)
+                                      self.conv_dtype, training,
+                                      precomputed["pre"] if precomputed else None)
         else:
             pre = self.pre(inputs, training=training, channel_mask=in_mask)
         nodes = [pre * out_mask]
@@ -172,7 +213,7 @@ class FusedSearchCell(SearchCell):
         edges = genotypes.dense_edges()
         for src in range(genotypes.NODES):
             for k, outs in self._source_terms(nodes[src], src, op_weights, out_mask,
-                                              training).items():
+                                              training, precomputed).items():
                 incoming[edges[k][1]].extend(outs)
             terms = incoming[src + 1]
             node = (tf.add_n(terms) if terms else  # only 'none' ops: zeros

@@ -188,31 +188,48 @@ class BarsSupernet(bilevel.SupernetBase):
                 for i, mask in enumerate(self.width_masks)]
 
     @tf.autograph.experimental.do_not_convert
-    def forward(self, inputs, arch_weights, training=None):
+    def forward(self, inputs, arch_weights, training=None, precomputed=None):
         masks = self.channel_masks(arch_weights["width"])
         x = self.stem(inputs, training=training) * masks[0]
         for i in range(len(self.stage_cells)):
-            x, _ = self.run_stage(i, x, arch_weights, masks, training=training)
+            x, _ = self.run_stage(i, x, arch_weights, masks, training=training,
+                                  precomputed=precomputed)
         x = self.head_bn(x, training=training) * masks[-1]
         return self.fc(self.pool(x))
 
-    def run_stage(self, i, x, arch_weights, masks, training=None):
+    def run_stage(self, i, x, arch_weights, masks, training=None, precomputed=None):
         """Stage i on `x` (the previous stage's output): (output, [y0, y1, ...]) with
         output = sum_d m_d * y_d over the depth decision (BARS Eq. 4)."""
+        def extra(cell):
+            part = precomputed.get(cell.name) if precomputed else None
+            return {} if part is None else {"precomputed": part}
         if i > 0:
-            x = self.reduce_cells[i - 1](x, arch_weights["reduce"], masks[i - 1], masks[i],
-                                         training=training)
+            cell = self.reduce_cells[i - 1]
+            x = cell(x, arch_weights["reduce"], masks[i - 1], masks[i], training=training,
+                     **extra(cell))
         outs = []
         for cell in self.stage_cells[i]:
-            x = cell(x, arch_weights["ops"][i], masks[i], masks[i], training=training)
+            x = cell(x, arch_weights["ops"][i], masks[i], masks[i], training=training,
+                     **extra(cell))
             outs.append(x)
         depth_w = arch_weights["depth"][i]
         return tf.add_n([depth_w[d] * y for d, y in enumerate(outs)]), outs
 
+    def precompute(self):
+        """The fused cells' quantised kernels (`FusedSearchCell.precompute`) by cell
+        name: computed once per bilevel step and shared by its two passes (the weights
+        do not change in between; `bilevel.BilevelModel.train_step`). None for the
+        reference cell."""
+        if self.cell_kind != "fused":
+            return None
+        parts = {cell.name: cell.precompute()
+                 for cell in self.reduce_cells + [c for s in self.stage_cells for c in s]}
+        return None if any(part is None for part in parts.values()) else parts
+
     @tf.autograph.experimental.do_not_convert
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, precomputed=None):
         weights = self.sampled_weights() if training else self.relaxed_weights()
-        return self.forward(inputs, weights, training=training)
+        return self.forward(inputs, weights, training=training, precomputed=precomputed)
 
     # ------------------------------------------------------------------ costs
     def cost_tables(self):
