@@ -28,6 +28,8 @@ cell runs them.
 """
 from __future__ import annotations
 
+import types
+
 import bnas_tf  # noqa: F401
 import tensorflow as tf
 
@@ -137,7 +139,7 @@ class FusedSearchCell(SearchCell):
         super().__init__(*args, **kwargs)
         self.conv_dtype = conv_dtype
         self._ready = False
-        self._structure = {}
+        self._static = types.SimpleNamespace(groups={})  # not tracked (not checkpointed)
 
     def _layers_built(self):
         layers = [self.pre] + [op for edge in self.edges for op in edge.candidates
@@ -147,7 +149,7 @@ class FusedSearchCell(SearchCell):
     def _groups(self, src):
         """(per-edge ops [(edge, op index, op)], grouped convs {(op index, spec): [edge
         indices]}) of the edges leaving node `src` (static: cached)."""
-        if src not in self._structure:
+        if src not in self._static.groups:
             singles, groups = [], {}
             for k, (i, _) in enumerate(genotypes.dense_edges()):
                 if i != src:
@@ -159,8 +161,8 @@ class FusedSearchCell(SearchCell):
                         groups.setdefault((o, _spec(op)), []).append(k)
                     else:
                         singles.append((k, o, op))
-            self._structure[src] = (singles, groups)
-        return self._structure[src]
+            self._static.groups[src] = (singles, groups)
+        return self._static.groups[src]
 
     def precompute(self):
         """{"pre": ..., "from{src}_op{o}": ...}: every grouped conv's `quantise`
