@@ -95,7 +95,7 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
                         kernels=None):
     """sum-free grouped form of `cell.MaskedBinaryConv` calls: the outputs of
     ``layers[t](x, channel_mask=channel_mask)`` (one spec, see `_spec`) without their
-    op shortcut, each multiplied by ``factors[t]`` (a scalar op weight), as ONE
+    op shortcut, each multiplied by ``factors[t]`` (factors: [T] op weights), as ONE
     [B, H', W', T * C] tensor (layer t in channels t*C..). x: [B, H, W, C_in] NHWC
     float32; channel_mask: [C_in]; kernels: their `quantise` (computed here when
     None). The layers' BNs share the first one's statistics (moving statistics
@@ -122,7 +122,8 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
     if first.use_relu:  # scale > 0: relu(scale * y) = scale * relu(y)
         y = tf.nn.relu(y)
     channels = int(y.shape[-1]) // len(layers)
-    factor = tf.repeat(tf.stack(factors), channels) * q["scale"]
+    factor = tf.reshape(tf.broadcast_to(factors[:, None], [len(layers), channels]), [-1])
+    factor = factor * q["scale"]
     return widen_and_weight(y, factor)
 
 
@@ -186,13 +187,13 @@ class FusedSearchCell(SearchCell):
             terms[k].append(op_weights[k, o] * y)
         for (o, spec), members in groups.items():
             layers = [self.edges[k].candidates[o] for k in members]
-            weights = [op_weights[k, o] for k in members]
+            weights = tf.gather_nd(op_weights, [[k, o] for k in members])  # [T]
             kernels = precomputed[f"from{src}_op{o}"] if precomputed is not None else None
             y = grouped_masked_conv(layers, x, mask, weights, self.conv_dtype, training,
                                     kernels)
             parts = tf.split(y, len(members), axis=-1) if len(members) > 1 else [y]
             shortcut = binary.shortcut(x, spec[2]) if spec[4] else None
-            for k, w, part in zip(members, weights, parts):
+            for k, w, part in zip(members, tf.unstack(weights), parts):
                 terms[k].append(part if shortcut is None else part + w * shortcut)
         return terms
 
@@ -205,7 +206,7 @@ class FusedSearchCell(SearchCell):
                 return super().call(inputs, op_weights, in_mask, out_mask, training=training)
             self._ready = True
         if _fusable(self.pre):
-            pre = grouped_masked_conv([self.pre], inputs, in_mask, [tf.constant(1.0)],
+            pre = grouped_masked_conv([self.pre], inputs, in_mask, tf.ones([1]),
                                       self.conv_dtype, training,
                                       precomputed["pre"] if precomputed else None)
         else:
