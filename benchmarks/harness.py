@@ -64,6 +64,9 @@ TARGETS = {
     "peak_rss_mb": ("<", 4096.0),
     "size_ratio_binres": (">=", 20.0),   # binary .tflite <= 1/20 of its float twin
     "all_binary_convs_converted": ("==", True),
+    "bars_first_step_s": ("<=", 20.0),         # BARS: benchmarks/bars.py (issue 17)
+    "bars_peak_rss_mb": ("<=", 3000.0),
+    "bars_ms_per_gmac_vs_bnas": ("<=", 1.0),   # BARS ms/GMAC <= the BNAS supernet's
 }
 PARTS = ("search", "bars", "train", "input", "export")
 KEYS = ("search_step_s", "bars_search_step_s", "first_step_s", "peak_rss_mb", "train_step_s",
@@ -73,7 +76,9 @@ KEYS = ("search_step_s", "bars_search_step_s", "first_step_s", "peak_rss_mb", "t
         "bconv_ops", "binary_convs", "live_binary_convs", "latency_binary_ms",
         "latency_float_ms", "tflite_binary_bytes_binres", "tflite_float_bytes_binres",
         "size_ratio_binres", "bconv_ops_binres", "binary_convs_binres",
-        "latency_binary_binres_ms")
+        "latency_binary_binres_ms", "bars_first_step_s", "bars_peak_rss_mb",
+        "bars_gmac_per_step", "bars_ms_per_gmac", "gmac_per_step", "ms_per_gmac",
+        "bars_ms_per_gmac_vs_bnas")  # the BARS ones: benchmarks/bars.py
 
 
 @dataclasses.dataclass
@@ -516,11 +521,12 @@ def run(config: BenchConfig, progress=print) -> dict:
             r = details["search_float32"] = search_processes(config, "float32", processes=1)
             out["search_step_float32_s"] = r["median_s"]
             _report_search(progress, r)
-    if "bars" in config.parts:
-        progress("[benchmark] BARS search step ...")
-        r = details["bars"] = search_step("bars", bars_search_config(config), config)
-        out["bars_search_step_s"] = r["median_s"]
-        _report_step(progress, "BARS search step", r)
+    if "bars" in config.parts:  # benchmarks/bars.py
+        from benchmarks import bars
+        progress(f"[benchmark] BARS search step, first step, peak RSS, GMAC "
+                 f"({config.search_processes} fresh process(es)) ...")
+        figures, details["bars"] = bars.measure(config, out.get("search_step_s"), progress)
+        out.update(figures)
     if "train" in config.parts:
         from benchmarks import train
         details["train"] = train.measure(config, progress)
@@ -576,6 +582,13 @@ ROWS = (
     ("search_step_s", "BNAS search step (s)", "{:.3f}"),
     ("search_step_float32_s", "BNAS search step, float32 convs (s)", "{:.3f}"),
     ("bars_search_step_s", "BARS search step (s)", "{:.3f}"),
+    ("bars_first_step_s", "BARS first search step from launch (s)", "{:.1f}"),
+    ("bars_peak_rss_mb", "peak RSS of the BARS search (MB)", "{:.0f}"),
+    ("bars_gmac_per_step", "BARS supernet GMAC per bilevel step", "{:.1f}"),
+    ("gmac_per_step", "BNAS supernet GMAC per bilevel step", "{:.1f}"),
+    ("bars_ms_per_gmac", "BARS step ms per GMAC", "{:.2f}"),
+    ("ms_per_gmac", "BNAS step ms per GMAC", "{:.2f}"),
+    ("bars_ms_per_gmac_vs_bnas", "BARS / BNAS ms per GMAC", "{:.2f}"),
     ("first_step_s", "first search step from process start (s)", "{:.1f}"),
     ("peak_rss_mb", "peak RSS of the search (MB)", "{:.0f}"),
     ("train_step_s", "BNAS-A train step (s)", "{:.3f}"),

@@ -68,9 +68,9 @@ HELP = {
     "downsample": "BARS: downsampling block (improved binary, plain binary, float).",
     "op_shortcut": "BARS: op-level shortcut around each binary conv.",
     # engine (engine.EngineConfig)
-    "cell_implementation": "BNAS engine: fused (the fast grouped cell) or reference (the "
-                           "DARTS-shaped specification, bnas/cell.py; slower).",
-    "conv_dtype": "BNAS engine: dtype of the fused cell's +-1 conv products (auto: "
+    "cell_implementation": "Search engine: fused (the fast grouped cell) or reference (the "
+                           "specification: bnas/cell.py, bars/cell.py; slower).",
+    "conv_dtype": "Search engine: dtype of the fused cell's +-1 conv products (auto: "
                   "bfloat16 on CPUs with native bfloat16, else float32; "
                   "docs/benchmark.md).",
 }
@@ -84,7 +84,7 @@ COMMON = ("epochs", "ops", "order", "binarization", "w_lr", "w_lr_min", "w_wd", 
           "a_wd", "eval_batches")
 # flag name -> (owner, field): owner 'common' (SearchConfig), a method name (its
 # settings), methods joined by '+' (a setting of each, e.g. warmup_epochs) or
-# 'engine' (engine.EngineConfig, BNAS only)
+# 'engine' (engine.EngineConfig, ENGINE_METHODS)
 _SETTING_OWNERS = {}
 for _method, _kind in SETTINGS.items():
     for _field in dataclasses.fields(_kind):
@@ -92,9 +92,9 @@ for _method, _kind in SETTINGS.items():
 FIELDS = {**{name: ("common", name) for name in COMMON},
           **{name: ("+".join(methods), name) for name, methods in _SETTING_OWNERS.items()},
           "cell_implementation": ("engine", "cell"), "conv_dtype": ("engine", "conv_dtype")}
-ENGINE_METHODS = ("bnas",)
+ENGINE_METHODS = ("bnas", "bars")
 # the flags of one method only (grouped apart in --help)
-BNAS_FLAGS = tuple(n for n, (owner, _) in FIELDS.items() if owner in ("bnas", "engine"))
+BNAS_FLAGS = tuple(n for n, (owner, _) in FIELDS.items() if owner == "bnas")
 BARS_FLAGS = tuple(n for n, (owner, _) in FIELDS.items() if owner == "bars")
 
 
@@ -189,7 +189,7 @@ def search_config_from_flags(**overrides) -> SearchConfig:
 
 
 def engine_from_flags() -> engine.EngineConfig:
-    """engine.EngineConfig of --cell_implementation and --conv_dtype (BNAS only)."""
+    """engine.EngineConfig of --cell_implementation and --conv_dtype."""
     values = {}
     for name, (owner, field) in FIELDS.items():
         if owner == "engine" and _given(name):

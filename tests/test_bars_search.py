@@ -154,3 +154,31 @@ def test_two_stage_search_with_budget_trains_and_exports(cifar_dir, tmp_path):
     model = train_one_step({"family": "bars", "genotype": path}, cifar_dir)
     names = lce_op_names(lce.convert_keras_model(model))
     assert names.count("LceBconv2d") == len(binary_convs(model))
+
+
+def checkpoint_tensors(directory):
+    """Every tensor of the latest checkpoint of a search directory, by key."""
+    reader = tf.train.load_checkpoint(os.path.join(directory, runner.search_dir.CKPT_DIR))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if "save_counter" not in k and "CHECKPOINTABLE_OBJECT_GRAPH" not in k}
+
+
+@pytest.mark.slow
+def test_resumed_bars_search_equals_an_uninterrupted_one(cifar_dir, tmp_path):
+    """Stopped after epoch 1 (its checkpoint: weights, alphas, both Adams' slots, the
+    epoch counter and the Gumbel generator's state) and resumed, a BARS search ends
+    where the uninterrupted one ends: every checkpoint tensor, the genotype."""
+    config = dataclasses.replace(search_config(), epochs=2)
+    straight = runner.run_search("bars", data_config(cifar_dir), config,
+                                 str(tmp_path / "straight"), verbose=0)
+    resumed_dir = str(tmp_path / "resumed")
+    runner.run_search("bars", data_config(cifar_dir), config, resumed_dir, stop_after=1,
+                      verbose=0)
+    resumed = runner.run_search("bars", data_config(cifar_dir), config, resumed_dir,
+                                verbose=0)
+    want, got = checkpoint_tensors(tmp_path / "straight"), checkpoint_tensors(resumed_dir)
+    assert sorted(want) == sorted(got)
+    assert any("rng" in k for k in want) and any("alpha_width" in k for k in want)
+    differ = [k for k in want if not np.allclose(want[k], got[k], rtol=1e-5, atol=1e-6)]
+    assert not differ, f"{len(differ)} of {len(want)} tensors differ, e.g. {differ[:3]}"
+    assert resumed["epochs"][-1]["genotype"] == straight["epochs"][-1]["genotype"]

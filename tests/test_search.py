@@ -444,9 +444,10 @@ def test_flags_give_method_defaults_then_command_line_values():
         engine = search_flags.engine_from_flags()
     assert engine == EngineConfig(cell="reference", conv_dtype="float32")
     with flagsaver.flagsaver():
-        search_flags.FLAGS(["search.py", "--method=bars", "--conv_dtype=bfloat16"])
-        with pytest.raises(ValueError, match="--conv_dtype applies to --method=bnas only"):
-            search_flags.engine_from_flags()
+        search_flags.FLAGS(["search.py", "--method=bars", "--conv_dtype=bfloat16",
+                            "--cell_implementation=reference"])
+        engine = search_flags.engine_from_flags()  # BARS has both cells too
+    assert engine == EngineConfig(cell="reference", conv_dtype="bfloat16")
 
 
 @pytest.mark.parametrize("method,flag", [("bars", "--cells=5"), ("bars", "--channels=8"),

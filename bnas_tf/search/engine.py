@@ -3,8 +3,8 @@ are `SearchConfig`'s). Resolved once, by `EngineConfig.resolve`, before the supe
 is built; not part of a search directory's identity, except the cell implementation
 (the two cells hold their variables differently).
 
-* ``cell``: ``fused`` (default; bnas/fused.py, the grouped fast cell) or ``reference``
-  (bnas/cell.py, the DARTS-shaped specification, slower); BNAS only.
+* ``cell``: ``fused`` (default; bnas/fused.py and bars/fused.py, the grouped fast
+  cells) or ``reference`` (bnas/cell.py, bars/cell.py, the specifications, slower).
 * ``conv_dtype``: dtype of the fused cell's +-1 conv products: ``auto`` (bfloat16 on
   CPUs that multiply it natively, else float32), ``float32`` or ``bfloat16``.
 * ``lean_grappler``: optimise the traced step with `grappler.lean` (docs/benchmark.md).

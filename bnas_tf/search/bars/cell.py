@@ -109,7 +109,8 @@ def search_op(name, channels, stride, config):
     return proto
 
 
-def _masked(layer):
+def masked(layer):
+    """True for the layers whose call takes a `channel_mask`."""
     return isinstance(layer, (MaskedBinaryConv, SearchDownsample))
 
 
@@ -127,7 +128,7 @@ class MixedOp(tf.keras.layers.Layer):
         for k, op in enumerate(self.candidates):
             if isinstance(op, binary.Zeroise):
                 continue
-            if _masked(op):
+            if masked(op):
                 y = op(inputs, training=training, channel_mask=channel_mask)
             else:
                 y = op(inputs, training=training)

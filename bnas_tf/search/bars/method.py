@@ -23,21 +23,22 @@ def search_binarization(config):
 
 
 def build_supernet(config, num_classes, image_size, engine):
-    """The BARS supernet of a SearchConfig (`engine` has no BARS knob yet)."""
-    del engine
+    """The BARS supernet of a SearchConfig; `engine` (a resolved engine.EngineConfig,
+    default: the fused cell in float32) picks the cell and its conv dtype."""
     s = config.settings
+    cell, conv_dtype = ("fused", "float32") if engine is None else (engine.cell,
+                                                                     engine.conv_dtype)
     net = BarsSupernet(num_classes, image_size, base_channels=s.base_channels,
                        width_choices=s.width_choices, max_depth=s.max_depth,
                        op_names=config.ops, downsample=s.downsample,
                        op_shortcut=s.op_shortcut, binarization=search_binarization(config),
-                       seed=config.seed)
+                       seed=config.seed, cell=cell, conv_dtype=conv_dtype)
     net.flops_budget = s.flops_budget
     net.budget_theta = (s.budget_theta_above, s.budget_theta_below)
     net.entropy_schedule = (s.entropy_start, s.entropy_step)
     net.temperature_schedule = (s.temperature, s.temperature_decay, s.warmup_epochs)
     net.temperature.assign(s.temperature)
     net.entropy_coef.assign(s.entropy_start)
-    net.cost_tables()
     return net
 
 
@@ -53,9 +54,15 @@ def make_optimizers(config, steps_per_epoch):
 
 
 def build_model(net, config, steps_per_epoch, image_size, engine):
-    """The bilevel model with BARS' optimisers (the alpha loss is the net's)."""
-    return bilevel.build(net, config, steps_per_epoch, image_size, engine,
-                         optimizers=make_optimizers(config, steps_per_epoch))
+    """The bilevel model with BARS' optimisers (the alpha loss is the net's). The cost
+    tables are counted after the supernet's variables exist: counting builds
+    throwaway layers (cached per process), which would otherwise draw from the seeded
+    random state before the weights do, only in a process's first search, and make
+    two searches of one process start from different weights."""
+    model = bilevel.build(net, config, steps_per_epoch, image_size, engine,
+                          optimizers=make_optimizers(config, steps_per_epoch))
+    net.cost_tables()
+    return model
 
 
 def on_epoch_begin(net, epoch):

@@ -27,6 +27,9 @@ from bnas_tf.models import common
 from bnas_tf.search import alphas, bilevel
 from bnas_tf.search.bars import costs
 from bnas_tf.search.bars.cell import SearchCell
+from bnas_tf.search.bars.fused import FusedSearchCell
+
+CELLS = {"fused": FusedSearchCell, "reference": SearchCell}  # the names of engine.CELLS
 
 WIDTH_CHOICES = bars_models.WIDTH_CHOICES
 
@@ -44,12 +47,18 @@ class Architecture:
 class BarsSupernet(bilevel.SupernetBase):
     """The BARS supernet (see the module docstring). `arch_variables`: one op alpha
     per stage ([edges, ops]), `alpha_reduce`, `alpha_width` [stages, widths],
-    `alpha_depth` [stages, max_depth + 1]."""
+    `alpha_depth` [stages, max_depth + 1].
+
+    `cell`: 'fused' (default, `fused.FusedSearchCell`: the same variables and
+    function, computed faster) or 'reference' (`cell.SearchCell`, the specification);
+    `conv_dtype`: the fused cell's 'float32' or 'bfloat16' ('auto' is resolved by
+    `engine.EngineConfig`)."""
 
     def __init__(self, num_classes, image_size, base_channels=(48, 96, 192),
                  width_choices=WIDTH_CHOICES, max_depth=3, op_names=ops.BARS_OPS,
                  downsample="improved", op_shortcut=True, binarization=binary.BARS,
-                 stem="auto", seed=0, name="bars_supernet", **kwargs):
+                 stem="auto", seed=0, cell="fused", conv_dtype="float32",
+                 name="bars_supernet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.num_classes, self.image_size = int(num_classes), int(image_size)
         self.base_channels = tuple(int(c) for c in base_channels)
@@ -59,6 +68,12 @@ class BarsSupernet(bilevel.SupernetBase):
         self.downsample, self.op_shortcut = downsample, bool(op_shortcut)
         self.binarization = binary.scheme(binarization)
         self.stem_kind = common.resolve_stem(stem, image_size)
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        self.cell_kind = cell
+        self.conv_dtype = conv_dtype if cell == "fused" else "float32"
+        make_cell = CELLS[cell]
+        fused = {"conv_dtype": self.conv_dtype} if cell == "fused" else {}
         self.op_config = ops.OpConfig(binarization=self.binarization, affine=False,
                                       op_shortcut=self.op_shortcut)
         n_stages, n_edges = len(self.base_channels), len(genotypes.dense_edges())
@@ -74,10 +89,12 @@ class BarsSupernet(bilevel.SupernetBase):
         self.reduce_cells, self.stage_cells = [], []
         for i, c in enumerate(self.base_channels):
             if i > 0:
-                self.reduce_cells.append(SearchCell(self.op_names, c, True, downsample,
-                                                    self.op_config, name=f"stage{i}_reduce"))
-            self.stage_cells.append([SearchCell(self.op_names, c, False, downsample,
-                                                self.op_config, name=f"stage{i}_cell{k}")
+                self.reduce_cells.append(make_cell(self.op_names, c, True, downsample,
+                                                   self.op_config, name=f"stage{i}_reduce",
+                                                   **fused))
+            self.stage_cells.append([make_cell(self.op_names, c, False, downsample,
+                                               self.op_config, name=f"stage{i}_cell{k}",
+                                               **fused)
                                      for k in range(1 + self.max_depth)])
         self.head_bn = common.batchnorm("classifier_bn")  # as the final network (models/bars.py)
         self.pool = tf.keras.layers.GlobalAveragePooling2D(name="classifier_pool")
@@ -171,31 +188,48 @@ class BarsSupernet(bilevel.SupernetBase):
                 for i, mask in enumerate(self.width_masks)]
 
     @tf.autograph.experimental.do_not_convert
-    def forward(self, inputs, arch_weights, training=None):
+    def forward(self, inputs, arch_weights, training=None, precomputed=None):
         masks = self.channel_masks(arch_weights["width"])
         x = self.stem(inputs, training=training) * masks[0]
         for i in range(len(self.stage_cells)):
-            x, _ = self.run_stage(i, x, arch_weights, masks, training=training)
+            x, _ = self.run_stage(i, x, arch_weights, masks, training=training,
+                                  precomputed=precomputed)
         x = self.head_bn(x, training=training) * masks[-1]
         return self.fc(self.pool(x))
 
-    def run_stage(self, i, x, arch_weights, masks, training=None):
+    def run_stage(self, i, x, arch_weights, masks, training=None, precomputed=None):
         """Stage i on `x` (the previous stage's output): (output, [y0, y1, ...]) with
         output = sum_d m_d * y_d over the depth decision (BARS Eq. 4)."""
+        def extra(cell):
+            part = precomputed.get(cell.name) if precomputed else None
+            return {} if part is None else {"precomputed": part}
         if i > 0:
-            x = self.reduce_cells[i - 1](x, arch_weights["reduce"], masks[i - 1], masks[i],
-                                         training=training)
+            cell = self.reduce_cells[i - 1]
+            x = cell(x, arch_weights["reduce"], masks[i - 1], masks[i], training=training,
+                     **extra(cell))
         outs = []
         for cell in self.stage_cells[i]:
-            x = cell(x, arch_weights["ops"][i], masks[i], masks[i], training=training)
+            x = cell(x, arch_weights["ops"][i], masks[i], masks[i], training=training,
+                     **extra(cell))
             outs.append(x)
         depth_w = arch_weights["depth"][i]
         return tf.add_n([depth_w[d] * y for d, y in enumerate(outs)]), outs
 
+    def precompute(self):
+        """The fused cells' quantised kernels (`FusedSearchCell.precompute`) by cell
+        name: computed once per bilevel step and shared by its two passes (the weights
+        do not change in between; `bilevel.BilevelModel.train_step`). None for the
+        reference cell."""
+        if self.cell_kind != "fused":
+            return None
+        parts = {cell.name: cell.precompute()
+                 for cell in self.reduce_cells + [c for s in self.stage_cells for c in s]}
+        return None if any(part is None for part in parts.values()) else parts
+
     @tf.autograph.experimental.do_not_convert
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, precomputed=None):
         weights = self.sampled_weights() if training else self.relaxed_weights()
-        return self.forward(inputs, weights, training=training)
+        return self.forward(inputs, weights, training=training, precomputed=precomputed)
 
     # ------------------------------------------------------------------ costs
     def cost_tables(self):

@@ -1,0 +1,184 @@
+"""The fused BARS cell (search/bars/fused.py) computes what the reference cell
+(search/bars/cell.py, the specification) computes: outputs, alpha gradients, weight
+gradients and BatchNorm moving statistics, with the same Gumbel noise, in float32
+and (within bfloat16 rounding) in bfloat16; it holds the same variables."""
+import bnas_tf  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnas_tf.search import SearchConfig
+from bnas_tf.search.bars import fused as bars_fused
+from bnas_tf.search.bars import method as bars_method
+from bnas_tf.search.bars import supernet as bars_supernet
+from bnas_tf.search.engine import EngineConfig
+
+SIZE = 8
+
+
+def make(cell, conv_dtype="float32", **kwargs):
+    settings = dict(base_channels=(8, 12), max_depth=1, width_choices=(0.5, 1.0), seed=3)
+    settings.update(kwargs)
+    tf.keras.utils.set_random_seed(0)
+    net = bars_supernet.BarsSupernet(10, SIZE, cell=cell, conv_dtype=conv_dtype, **settings)
+    net(tf.zeros([2, SIZE, SIZE, 3]), training=False)
+    return net
+
+
+def pair(conv_dtype="float32", **kwargs):
+    """A reference and a fused net with the same variables. The binary kernels are
+    +-0.5 (weight scale 0.5): with dyadic width weights every binary conv sum is then
+    exact in both nets, so ReLU ties (sums that are 0, computed as +-1e-8 by one
+    rounding and -1e-8 by another) cannot make their gradients differ."""
+    ref, fast = make("reference", **kwargs), make("fused", conv_dtype, **kwargs)
+    assert [v.name for v in ref.variables] == [v.name for v in fast.variables]
+    rng = np.random.default_rng(1)
+    for v in ref.trainable_variables:
+        if "stage" in v.name and v.name.endswith("kernel:0"):
+            v.assign(np.where(rng.normal(size=v.shape) > 0, 0.5, -0.5).astype(np.float32))
+    fast.set_weights(ref.get_weights())
+    return ref, fast
+
+
+def decisions(net):
+    """Soft decision weights (as Gumbel-softmax samples are), dyadic widths."""
+    rng = np.random.default_rng(2)
+
+    def soft(shape):
+        return tf.nn.softmax(tf.constant(rng.normal(size=shape), tf.float32))
+    stages = len(net.base_channels)
+    return {"ops": [soft(a.shape) for a in net.alpha_ops], "reduce": soft(net.alpha_reduce.shape),
+            "width": tf.constant([[0.75, 0.25], [0.5, 0.5]][:stages], tf.float32),
+            "depth": soft(net.alpha_depth.shape)}
+
+
+def step(net, x, y, weights):
+    """Logits, CE gradients w.r.t. the decision weights (the alphas' gradients are these
+    through the shared softmax code) and the weights, BN moving statistics, after one
+    training-mode forward pass."""
+    arch = {v.ref() for v in net.arch_variables}
+    variables = [v for v in net.trainable_variables if v.ref() not in arch]
+    flat = tf.nest.flatten(weights)
+    with tf.GradientTape() as tape:
+        tape.watch(flat)
+        logits = net.forward(x, tf.nest.pack_sequence_as(weights, flat), training=True)
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+            y, logits, from_logits=True))
+    grads = tape.gradient(loss, flat + variables)
+    stats = [v.numpy() for v in net.non_trainable_variables if "moving" in v.name]
+    return (logits.numpy(), [g.numpy() for g in grads[:len(flat)]],
+            [None if g is None else tf.convert_to_tensor(g).numpy()
+             for g in grads[len(flat):]], stats)
+
+
+def batch():
+    x = tf.random.stateless_normal([4, SIZE, SIZE, 3], [5, 6])
+    return x, tf.constant([1, 2, 3, 4])
+
+
+def close(got, want, rtol, atol, what):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert (a is None) == (b is None), f"{what} {i}"
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{what} {i}")
+
+
+def test_fused_cell_equals_the_reference_float32():
+    ref, fast = pair()
+    x, y = batch()
+    weights = decisions(ref)
+    want, got = step(ref, x, y, weights), step(fast, x, y, weights)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+    # (the sums after the convs round differently: 1e-2 of each tensor's largest value)
+    for what, g_got, g_want in (("decision-weight", got[1], want[1]),
+                                ("weight", got[2], want[2])):
+        for a, b in zip(g_got, g_want):
+            scale = np.abs(b).max() if b is not None else 0.0
+            close([a], [b], 1e-2, 1e-2 * scale, f"{what} gradient")
+    close(got[3], want[3], 1e-5, 1e-5, "moving statistic")
+    assert all(np.abs(g).sum() > 0 for g in got[1])  # every decision gets a gradient
+
+
+def cosine(a, b):
+    a, b = np.concatenate([g.ravel() for g in a]), np.concatenate([g.ravel() for g in b])
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_fused_cell_equals_the_reference_bfloat16():
+    """bfloat16 operands (+-1 signs, kernels sign(W) * mask) with float32 accumulation,
+    results rounded to 8 significant bits: equal within that rounding."""
+    ref, fast = pair("bfloat16")
+    x, y = batch()
+    weights = decisions(ref)
+    want, got = step(ref, x, y, weights), step(fast, x, y, weights)
+    np.testing.assert_allclose(got[0], want[0], atol=0.02 * np.abs(want[0]).max())
+    assert cosine(got[1], want[1]) > 0.99
+    assert cosine(got[2], want[2]) > 0.99
+    close(got[3], want[3], 1e-2, 1e-2, "moving statistic")
+
+
+def test_fused_net_samples_the_same_gumbel_noise():
+    """The whole step's way in: net(x, training=True) draws the same Gumbel samples
+    from the same generator state and gives the same logits."""
+    ref, fast = pair()
+    for net in (ref, fast):
+        net.rng.reset_from_seed(7)
+    x, _ = batch()
+    np.testing.assert_allclose(fast(x, training=True).numpy(), ref(x, training=True).numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_fused_cell_with_one_hot_widths_computes_the_narrow_network():
+    """At a one-hot narrow width the fused cell's dead channels stay zero (the mask
+    folded into the kernel keeps sign(0) = +1 of dead channels out)."""
+    _, fast = pair()
+    arch = bars_supernet.Architecture(ops=((0,) * 10, (0,) * 10), reduce=(1,) * 10,
+                                      widths=(0, 0), depths=(1, 1))
+    weights = fast.onehot_weights(arch)
+    masks = fast.channel_masks(weights["width"])
+    x = fast.stem(batch()[0]) * masks[0]
+    out, _ = fast.run_stage(0, x, weights, masks, training=True)
+    out = out.numpy()
+    assert np.all(out[..., 4:] == 0) and np.abs(out[..., :4]).sum() > 0
+
+
+def test_engine_switch_picks_the_cell_and_refuses_unknown_ones():
+    config = SearchConfig.create("bars", base_channels=[4], max_depth=0,
+                                 width_choices=[1.0])
+    for cell, kind in (("fused", bars_fused.FusedSearchCell),
+                       ("reference", bars_supernet.SearchCell)):
+        net = bars_method.build_supernet(config, 10, SIZE, EngineConfig(cell=cell).resolve())
+        assert type(net.stage_cells[0][0]) is kind and net.cell_kind == cell
+    net = bars_method.build_supernet(config, 10, SIZE,
+                                     EngineConfig(conv_dtype="bfloat16").resolve())
+    assert net.conv_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="unknown cell 'other'"):
+        bars_supernet.BarsSupernet(10, SIZE, base_channels=(4,), cell="other")
+    with pytest.raises(ValueError, match="float32 or bfloat16, not 'auto'"):
+        bars_supernet.BarsSupernet(10, SIZE, base_channels=(4,), conv_dtype="auto")
+
+
+def test_precomputed_kernels_give_the_same_step():
+    """The kernels quantised once per bilevel step (`BarsSupernet.precompute`, shared by
+    the alpha and the weight pass) give the logits and gradients of kernels
+    quantised inside the pass."""
+    _, fast = pair()
+    x, y = batch()
+    weights = decisions(fast)
+    arch = {v.ref() for v in fast.arch_variables}
+    variables = [v for v in fast.trainable_variables if v.ref() not in arch]
+    results = []
+    for share in (False, True):
+        with tf.GradientTape() as tape:
+            pre = fast.precompute() if share else None
+            logits = fast.forward(x, weights, training=True, precomputed=pre)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True))
+        results.append([logits] + tape.gradient(loss, variables))
+    assert len(fast.precompute()) == len(fast.reduce_cells) + sum(map(len, fast.stage_cells))
+    for a, b in zip(*results):
+        if a is not None or b is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
+                                       tf.convert_to_tensor(b).numpy(), rtol=1e-5, atol=1e-6)
+    assert make("reference").precompute() is None
