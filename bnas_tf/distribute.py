@@ -56,9 +56,16 @@ def _new_strategy(name):
         raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
                          "(cluster spec and this worker's task)")
     try:
-        json.loads(os.environ["TF_CONFIG"])
+        tf_config = json.loads(os.environ["TF_CONFIG"])
     except json.JSONDecodeError as e:
         raise ValueError(f"TF_CONFIG is not valid JSON ({e.msg})") from None
+    task = tf_config.get("task", {}) if isinstance(tf_config, dict) else {}
+    cluster = tf_config.get("cluster", {}) if isinstance(tf_config, dict) else {}
+    tasks = sum(len(v) for v in cluster.values() if isinstance(v, list))
+    # the strategy blocks until every task has joined: say so (a missing worker is
+    # otherwise a silent wait)
+    print(f"multi_worker: task {task.get('type')} {task.get('index')} of {tasks} in "
+          f"TF_CONFIG; waiting for all of them to join", file=sys.stderr, flush=True)
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 

@@ -76,6 +76,24 @@ def padding_bias(signs, pad_value):
     return float(pad_value) * tf.reduce_sum(signs, axis=[0, 1, 2])
 
 
+# families whose binary convs are Larq's own layers (Bi-Real's, ReActNet's and
+# QuickNet's blocks), not made by binary.quant_conv: they have no speed variant
+WITHOUT_VARIANT = ("birealnet", "reactnet", "quicknet")
+
+
+def resolve_for(family, conv_dtype, precision="float32"):
+    """`resolve`, for a network of `family`: what its binary convs compute while
+    training. 'auto' is 'float32' for a family without the variant; an explicit
+    'bfloat16' for one is refused (ValueError, one line)."""
+    if family in WITHOUT_VARIANT:
+        if conv_dtype == "bfloat16":
+            raise ValueError(f"--train_conv_dtype=bfloat16: the {family} network's binary "
+                             "convs have no speed variant (Larq's layers); use float32 or auto")
+        resolve(conv_dtype, precision)  # still refuses unknown names
+        return "float32"
+    return resolve(conv_dtype, precision)
+
+
 def resolve(conv_dtype, precision="float32"):
     """'auto' -> 'bfloat16' when training in float32 on a CPU that multiplies
     bfloat16 natively (no GPU, oneDNN on), else 'float32'; 'float32' is returned as

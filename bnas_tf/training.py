@@ -209,17 +209,35 @@ def model_checkpoint(model, optimizer, epoch_var):
 RECORD_LEGACY = {"conv_dtype": "float32"}
 
 
-def _check_output_dir(output_dir, record):
-    """Refuse (ValueError) when output_dir holds outputs of a different run."""
+# training settings a rerun may change: more epochs continue the run; the others
+# change what is shown or kept, not what is computed (conv_dtype: compared resolved,
+# in the record)
+RERUN_MAY_CHANGE = ("epochs", "verbose", "keep_checkpoints", "validation_freq", "jit_compile",
+                    "conv_dtype")
+
+
+def _check_output_dir(output_dir, record, config=None):
+    """Refuse (ValueError) when output_dir holds outputs of a different run: another
+    network record, or (with `config`) other training settings than its
+    train_config.json, but for `RERUN_MAY_CHANGE` (a setting its file lacks, from an
+    older version, is not compared)."""
     spec_path = mdir.path(output_dir, mdir.SPEC)
     if not os.path.isfile(spec_path):
         return
     outputs = [n for n in (mdir.CKPT, mdir.WEIGHTS, mdir.METRICS, mdir.SAVED_MODEL)
                if os.path.exists(mdir.path(output_dir, n))]
-    if outputs:
-        old = mdir.read_json(spec_path, "model spec")
-        files.refuse_other_run(output_dir, {k: old.get(k, RECORD_LEGACY.get(k)) for k in record},
-                               record)
+    if not outputs:
+        return
+    old = mdir.read_json(spec_path, "model spec")
+    files.refuse_other_run(output_dir, {k: old.get(k, RECORD_LEGACY.get(k)) for k in record},
+                           record)
+    config_path = mdir.path(output_dir, TRAIN_CONFIG)
+    if config is not None and os.path.isfile(config_path):
+        saved = mdir.read_json(config_path, "training config").get("train", {})
+        current = {k: v for k, v in dataclasses.asdict(config).items()
+                   if k in saved and k not in RERUN_MAY_CHANGE}
+        files.refuse_other_run(output_dir, {k: saved[k] for k in current}, current,
+                               "training run")
 
 
 def spec_name(spec):
@@ -289,8 +307,9 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
     record = {"spec": spec, "num_classes": info.num_classes, "image_size": info.image_size,
               "dataset": data_config.dataset, "auxiliary": bool(config.auxiliary),
               # resumed epochs run the binary convs as the first ones did
-              "conv_dtype": fast_binary.resolve(config.conv_dtype, config.precision)}
-    _check_output_dir(output_dir, record)
+              "conv_dtype": fast_binary.resolve_for(spec.get("family"), config.conv_dtype,
+                                                    config.precision)}
+    _check_output_dir(output_dir, record, config)
     dirs = distribute.WorkerDirs(strategy)
     try:
         return _train(spec, data_config, config, output_dir, strategy, info, record, dirs,

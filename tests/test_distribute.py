@@ -335,6 +335,7 @@ def test_two_worker_search_equals_one_process_at_the_same_global_batch(method, t
                      lambda p: finished(p, SEARCH_TIMEOUT))
     for _, err in outputs:
         assert "2 replica(s), global batch 16, per-replica batch 8" in err
+        assert "of 2 in TF_CONFIG; waiting for all of them to join" in err
     reported = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert [r["epochs_done"] for r in reported] == [1, 1]
     assert not os.listdir(tmp_path / "tmp"), "the non-chief left its temporary files"

@@ -2,6 +2,7 @@
 function as Larq's readable QuantConv2D (outputs and gradients within the stated
 bfloat16 tolerance), one switch, and a trained network saved and exported with the
 readable layers only."""
+import dataclasses
 import os
 
 import bnas_tf  # noqa: F401
@@ -192,3 +193,33 @@ def test_a_training_resumes_only_with_the_conv_dtype_it_started_with(tmp_path):
     mdir.write_spec(str(tmp_path), spec, 10, 32, dataset="folder", auxiliary=False,
                     conv_dtype="bfloat16")
     training._check_output_dir(str(tmp_path), dict(record, conv_dtype="bfloat16"))
+
+
+def test_families_without_the_variant_record_what_they_computed():
+    """Bi-Real, ReActNet and QuickNet keep Larq's layers: 'auto' trains (and records)
+    float32 convs for them, an explicit bfloat16 is refused."""
+    assert fast_binary.resolve_for("birealnet", "auto") == "float32"
+    assert fast_binary.resolve_for("reactnet", "float32") == "float32"
+    with pytest.raises(ValueError, match="birealnet network's binary convs have no speed"):
+        fast_binary.resolve_for("birealnet", "bfloat16")
+    assert fast_binary.resolve_for("bnas", "float32") == "float32"
+
+
+def test_a_rerun_with_other_training_settings_is_refused(tmp_path):
+    """A finished or interrupted run re-run with another learning rate used to be
+    accepted and its train_config.json rewritten to a value it never trained with."""
+    from bnas_tf import files, training
+    spec = {"family": "bnas", "genotype": "bnas_a", "cells": 3, "channels": 4}
+    record = {"spec": spec, "num_classes": 10, "image_size": 32, "dataset": "folder",
+              "auxiliary": False, "conv_dtype": "float32"}
+    mdir.write_spec(str(tmp_path), spec, 10, 32, dataset="folder", auxiliary=False,
+                    conv_dtype="float32")
+    os.makedirs(tmp_path / mdir.CKPT)
+    config = recipes.recipe("cifar", epochs=2)
+    mdir.write_json(mdir.path(str(tmp_path), training.TRAIN_CONFIG),
+                    {"train": dataclasses.asdict(config), "data": {}})
+    training._check_output_dir(str(tmp_path), record, dataclasses.replace(config, epochs=4,
+                                                                          verbose=0))
+    with pytest.raises(files.OtherRunError, match=r"differs in learning_rate\)"):
+        training._check_output_dir(str(tmp_path), record,
+                                   dataclasses.replace(config, learning_rate=0.3))

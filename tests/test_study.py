@@ -143,6 +143,10 @@ def test_the_warmup_arm_trains_the_weights_alone_for_half_the_search():
     assert search.settings.warmup_epochs == config.search_epochs // 2 == 6
     assert arms.search_config(arms.get("bnas"), config, 0).settings.warmup_epochs == 0
     assert ("bnas-warmup", "bnas-random") in arms.PAIRS
+    with pytest.raises(ValueError, match="bnas-warmup arm warms up for half"):
+        study.config_for("smoke", data_dir="x", arms=("bnas", "bnas-warmup"))
+    assert study.config_for("smoke", data_dir="x", arms=("bnas", "bnas-warmup"),
+                            search_epochs=2).arms[-1] == "bnas-warmup"
 
 
 def test_a_study_written_before_a_setting_existed_resumes(cifar_dir, tmp_path):

@@ -105,6 +105,10 @@ class StudyConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.bars_flops_budget > 0:
             raise ValueError(f"bars_flops_budget must be > 0, got {self.bars_flops_budget}")
+        if "bnas-warmup" in self.arms and self.search_epochs < 2:
+            raise ValueError(f"the bnas-warmup arm warms up for half the search epochs: "
+                             f"search_epochs={self.search_epochs} leaves none (it would be "
+                             f"the bnas arm); use --search_epochs >= 2 or drop the arm")
         if self.strategy == "multi_worker":
             raise ValueError("the study does not run under --strategy=multi_worker: its "
                              "trials are independent, so several machines share a study "
