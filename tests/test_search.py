@@ -824,3 +824,15 @@ def test_mirrored_search_with_a_validation_remainder_finishes(tmp_path, cifar_di
     correct = result["val_accuracy"] * result["n_val"]  # each image counted exactly once
     assert correct == pytest.approx(round(correct), abs=1e-4)
     assert genotypes.load(str(tmp_path / "m" / "genotype.json"))
+
+
+def test_the_best_epoch_is_never_a_warmup_epoch():
+    """A warm-up epoch's genotype is read from alphas no step has updated: it must
+    not become genotype.json however well its weights validated."""
+    from bnas_tf.search import runner
+    entries = [{"epoch": 1, "val_accuracy": 0.9, "alphas_updated": False},
+               {"epoch": 2, "val_accuracy": 0.5, "alphas_updated": True},
+               {"epoch": 3, "val_accuracy": 0.4, "alphas_updated": True}]
+    assert runner._best(entries)["epoch"] == 2
+    assert runner._best(entries[:1]) is None
+    assert runner._best([{"epoch": 1, "val_accuracy": 0.3}])["epoch"] == 1  # older summaries

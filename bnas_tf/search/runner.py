@@ -95,8 +95,12 @@ def _scalars(logs):
 
 
 def _best(entries):
+    """The entry of the best validation accuracy (ties: the later), among the epochs
+    whose alphas were updated: a warm-up epoch's genotype reads untrained alphas."""
     best = None
     for entry in entries:
+        if not entry.get("alphas_updated", True):
+            continue
         acc = entry.get("val_accuracy")
         if acc is None or (isinstance(acc, float) and math.isnan(acc)):
             continue
@@ -190,7 +194,8 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
     end = config.epochs if stop_after is None else min(config.epochs, start + int(stop_after))
     for epoch in range(start, end):
         model.set_epoch(epoch)
-        model.set_alpha_update(method.on_epoch_begin(net, epoch))
+        alphas_updated = bool(method.on_epoch_begin(net, epoch))
+        model.set_alpha_update(alphas_updated)
         w_lr = float(model._w_lr().numpy())  # this epoch's, read before its steps run
         guard = lr_callbacks.StopOnNonFinite()
         logs_dir = os.path.join(output_dir, search_dir.LOGS_DIR)
@@ -211,7 +216,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         logs["learnable_ops"] = learnable_ops(genotype)
         logs["w_lr"] = w_lr
         entry = {"epoch": epoch + 1, **fit_logs, **_scalars(logs),  # counted from 1
-                 "genotype": genotype.to_dict()}
+                 "alphas_updated": alphas_updated, "genotype": genotype.to_dict()}
         warning = genotype_warning(genotype)
         if warning:
             entry["warning"] = warning
