@@ -131,7 +131,10 @@ def test_bfloat16_fused_cell_follows_the_reference_cell(op_names, reduction):
     for a, b in zip(*results):
         a, b = a.numpy(), b.numpy()
         assert np.abs(b).max() > 0
-        assert np.abs(a - b).max() <= 0.03 * np.abs(b).max()
+        # 5%: the full suite once saw 3.3% (passing alone at < 3%): the conv's float32
+        # sum order follows oneDNN's thread partition, and a pre-activation near 0
+        # rounded to bfloat16 flips a ReLU; a wrong cell is off by O(100%)
+        assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
 
 
 def test_supernets_of_either_cell_compute_the_same_logits():
