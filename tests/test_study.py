@@ -123,16 +123,16 @@ def test_changed_configuration_is_refused_with_one_line(cifar_dir, tmp_path):
 
 def test_arms_can_be_added_to_a_study_but_not_removed(cifar_dir, tmp_path):
     said = []
-    run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas", "bnas-random")))
-    run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas", "bnas-random",
+    run.check_dir(str(tmp_path), _config(cifar_dir, search_epochs=2, arms=("bnas", "bnas-random")))
+    run.check_dir(str(tmp_path), _config(cifar_dir, search_epochs=2, arms=("bnas", "bnas-random",
                                                           "bnas-warmup")), said.append)
     assert json.loads((tmp_path / run.STUDY_FILE).read_text())["arms"] == [
         "bnas", "bnas-random", "bnas-warmup"]
     assert "bnas-warmup added" in said[0]
     with pytest.raises(run.StudyDirError, match="arms"):
-        run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas",)))
+        run.check_dir(str(tmp_path), _config(cifar_dir, search_epochs=2, arms=("bnas",)))
     with pytest.raises(run.StudyDirError, match="seeds"):  # other settings still refused
-        run.check_dir(str(tmp_path), _config(cifar_dir, arms=("bnas", "bnas-random",
+        run.check_dir(str(tmp_path), _config(cifar_dir, search_epochs=2, arms=("bnas", "bnas-random",
                                                               "bnas-warmup", "bnas-a"),
                                              seeds=2))
 
