@@ -229,7 +229,7 @@ def _check_state(project_dir, state):
         return
     saved = mdir.read_json(path, "sizing state")
     if isinstance(saved.get("train"), dict):  # a project from before --train_conv_dtype
-        saved["train"].setdefault("conv_dtype", "float32")
+        saved["train"].setdefault("conv_dtype", training.RECORD_LEGACY["conv_dtype"])
     files.refuse_other_run(project_dir, saved, state,
                            "sizing run", "use another --project_name or --directory")
 
@@ -324,11 +324,12 @@ def _size(base_spec, data_config, train_config, sizing_config, directory, projec
     candidates = candidate_specs(base_spec, search_dir, config.gammas)
     info = data.dataset_info(data_config)
     project_dir = os.path.join(directory, project_name)
+    conv_dtype = fast_binary.resolve_for(base_spec.get("family"), train_config.conv_dtype,
+                                         train_config.precision)  # what the trials compute
     state = {"sizing": config.identity(),
              "candidates": {str(g): s for g, s in candidates.items()},
-             "train": dataclasses.asdict(dataclasses.replace(
-                 train_config, verbose=0,
-                 conv_dtype=fast_binary.resolve(train_config.conv_dtype, train_config.precision))),
+             "train": dataclasses.asdict(dataclasses.replace(train_config, verbose=0,
+                                                             conv_dtype=conv_dtype)),
              "data": {k: getattr(data_config, k) for k in DATA_IDENTITY},
              "num_classes": info.num_classes, "image_size": info.image_size}
     _check_state(project_dir, state)
