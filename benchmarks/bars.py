@@ -80,8 +80,8 @@ def gmac_per_step(method, search_config, image_size, num_classes=10):
 def child(args):
     """Body of the fresh process of `bars_process` (prints one JSON line)."""
     import bnas_tf  # noqa: F401
-    from bnas_tf.search import SearchConfig, engine
-    engine.configure_threads(args.get("intra", 0), args.get("inter", 0))
+    from bnas_tf.search import SearchConfig
+    harness.child_threads(args)
     search_config = SearchConfig.from_dict(args["search"])
     _, model = harness.build_search_model("bars", search_config, args["image_size"],
                                           conv_dtype=args["conv_dtype"])
@@ -99,14 +99,13 @@ def bars_process(config, timeout=3600):
     step, peak RSS (MB)."""
     args = {"search": harness.bars_search_config(config).to_dict(),
             "conv_dtype": config.conv_dtype, "image_size": config.image_size,
-            "repeats": config.repeats, "warmup": config.warmup,
-            "intra": config.intra_op_threads, "inter": config.inter_op_threads}
-    report, usage, launched = harness.run_child("bars", "child", args, timeout)
+            "repeats": config.repeats, "warmup": config.warmup}
+    report, peak_rss_mb, launched = harness.run_child("bars", "child", args, config, timeout)
     return {"first_step_s": report["first_done"] - launched,
             "first_call_s": report["first_call_s"],
             "median_s": float(np.median(report["step_times_s"])),
             "times_s": report["step_times_s"], "conv_dtype": report["conv_dtype"],
-            "peak_rss_mb": usage.ru_maxrss / 1024.0}
+            "peak_rss_mb": peak_rss_mb}
 
 
 def measure(config, bnas_step_s=None, progress=print):

@@ -230,8 +230,7 @@ def child_search(args):
     started = time.time()
     import bnas_tf  # noqa: F401
     import tensorflow as tf
-    from bnas_tf.search import engine
-    engine.configure_threads(args.get("intra", 0), args.get("inter", 0))
+    child_threads(args)
     imported = time.time()
     from bnas_tf.search import SearchConfig
     search_config = SearchConfig.from_dict(args["search"])
@@ -283,9 +282,8 @@ def search_process(config, conv_dtype=None, timeout=3600):
     args = {"search": bnas_search_config(config).to_dict(),
             "conv_dtype": conv_dtype or config.conv_dtype,
             "image_size": config.image_size, "repeats": config.repeats,
-            "warmup": config.warmup,
-            "intra": config.intra_op_threads, "inter": config.inter_op_threads}
-    report, usage, launched = run_child("harness", "child_search", args, timeout)
+            "warmup": config.warmup}
+    report, peak_rss_mb, launched = run_child("harness", "child_search", args, config, timeout)
     start = report["process_start"] or launched
     return {"first_step_s": report["first_done"] - launched,
             "first_step_from_process_start_s": report["first_done"] - start,
@@ -296,13 +294,15 @@ def search_process(config, conv_dtype=None, timeout=3600):
             "times_s": report["step_times_s"],
             "cpu_s_per_step": report["cpu_s_per_step"],
             "conv_dtype": report["conv_dtype"],
-            "peak_rss_mb": usage.ru_maxrss / 1024.0}  # Linux: ru_maxrss in KB
+            "peak_rss_mb": peak_rss_mb}
 
 
-def run_child(module, function, args, timeout=3600):
-    """Run ``benchmarks.<module>.<function>(args)`` in a fresh Python process; (its
-    last stdout line as JSON, its rusage, the launch time). RuntimeError naming the
-    child's error when it fails."""
+def run_child(module, function, args, config, timeout=3600):
+    """Run ``benchmarks.<module>.<function>(args)`` in a fresh Python process, `args`
+    given the thread settings of `config` (``intra``, ``inter``: `child_threads`);
+    (its last stdout line as JSON, its peak resident memory in MB, the launch time).
+    RuntimeError naming the child's error when it fails."""
+    args = dict(args, intra=config.intra_op_threads, inter=config.inter_op_threads)
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
             f"from benchmarks import {module}; {module}.{function}(json.loads(sys.argv[2]))")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
@@ -317,7 +317,14 @@ def run_child(module, function, args, timeout=3600):
     if status != 0:
         raise RuntimeError(f"the {function} child failed (exit status {status}): "
                            f"{_error_line(stderr)}")
-    return json.loads(stdout.strip().splitlines()[-1]), usage, launched
+    peak_rss_mb = usage.ru_maxrss / 1024.0  # Linux: ru_maxrss in KB
+    return json.loads(stdout.strip().splitlines()[-1]), peak_rss_mb, launched
+
+
+def child_threads(args):
+    """In a `run_child` process: TensorFlow's thread pools as the parent's config says."""
+    from bnas_tf.search import engine
+    engine.configure_threads(args.get("intra", 0), args.get("inter", 0))
 
 
 _MEDIAN_KEYS = ("first_step_s", "first_step_from_process_start_s", "startup_and_imports_s",

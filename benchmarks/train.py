@@ -79,8 +79,7 @@ def child_train(args):
     started = time.time()
     import json
     import bnas_tf  # noqa: F401
-    from bnas_tf.search import engine
-    engine.configure_threads(args.get("intra", 0), args.get("inter", 0))
+    harness.child_threads(args)
     config = harness.BenchConfig(**args["config"])
     r = train_step(config, args["network"], args["conv_dtype"])
     print(json.dumps({**r, "started": started}), flush=True)
@@ -92,10 +91,9 @@ def train_process(config, network="bnas-a", conv_dtype=None, timeout=3600):
     fields = dataclasses.asdict(config)
     fields["parts"] = list(fields["parts"])
     args = {"config": fields, "network": network,
-            "conv_dtype": conv_dtype or config.conv_dtype,
-            "intra": config.intra_op_threads, "inter": config.inter_op_threads}
-    report, usage, _ = harness.run_child("train", "child_train", args, timeout)
-    report["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+            "conv_dtype": conv_dtype or config.conv_dtype}
+    report, peak_rss_mb, _ = harness.run_child("train", "child_train", args, config, timeout)
+    report["peak_rss_mb"] = peak_rss_mb
     return report
 
 
