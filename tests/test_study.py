@@ -149,6 +149,34 @@ def test_the_warmup_arm_trains_the_weights_alone_for_half_the_search():
                             search_epochs=2).arms[-1] == "bnas-warmup"
 
 
+def test_the_perturbation_arm_reuses_only_a_finished_search_of_the_same_config(
+        cifar_dir, tmp_path):
+    import dataclasses
+    import types
+
+    from bnas_tf import data
+    from bnas_tf.search import runner
+
+    config = _config(cifar_dir)
+    pt, bnas = arms.get("bnas-pt"), arms.get("bnas")
+    search = arms.search_config(pt, config, 0)
+    assert search.to_dict() == arms.search_config(bnas, config, 0).to_dict()
+    owner = tmp_path / "trials" / "bnas" / "seed0" / "search"
+    fake = types.SimpleNamespace(output_dir=str(tmp_path), config=config)
+    assert trial._shared_search(fake, pt, 0, search) is None  # nothing there yet
+    runner.run_search("bnas", data.DataConfig(dataset="folder", data_dir=str(cifar_dir),
+                                              max_examples=40, image_size=16),
+                      search, str(owner), verbose=0)
+    assert trial._shared_search(fake, pt, 0, search) == str(owner)
+    assert trial._shared_search(fake, pt, 1, search) is None  # another seed's trial
+    assert trial._shared_search(fake, bnas, 0, search) is None  # an arm that shares none
+    other = dataclasses.replace(search, a_lr=search.a_lr * 2)
+    assert trial._shared_search(fake, pt, 0, other) is None  # another supernet
+    longer = dataclasses.replace(search, epochs=search.epochs + 1)
+    assert trial._shared_search(fake, pt, 0, longer) is None  # not finished for it
+    assert ("bnas-pt", "bnas-random") in arms.PAIRS and "bnas-pt" in study.ARMS
+
+
 def test_a_study_written_before_a_setting_existed_resumes(cifar_dir, tmp_path):
     """study.json from before `strategy`, `search_a_lr`, `search_diversity_tau` existed:
     each missing setting counts as the value that study ran with (study.LEGACY), so it
@@ -455,6 +483,28 @@ def test_matching_finds_the_closest_width_of_a_quadratic_cost():
         best = min(range(2, 513), key=lambda c: abs(1000 * c * c + 5000 * c - target))
         assert spec["channels"] == best
         assert row["equivalent_ops"] == Quadratic().equivalent_ops(spec)
+
+
+@pytest.mark.slow
+def test_the_perturbation_arm_selects_on_the_bnas_arms_supernet(cifar_dir, tmp_path):
+    from bnas_tf.search.bnas import perturbation
+
+    out = tmp_path / "study"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "study.py"), "--profile=smoke",
+           f"--data_dir={cifar_dir}", f"--output_dir={out}", "--arms=bnas,bnas-pt"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_arm = {t["arm"]: t for t in json.loads((out / "results.json").read_text())["trials"]}
+    shared = out / "trials" / "bnas" / "seed0" / "search"
+    pt = by_arm["bnas-pt"]
+    assert pt["search_shared_with"] == "bnas" and pt["selection"]["rule"] == "perturbation"
+    assert not (out / "trials" / "bnas-pt" / "seed0" / "search").exists()
+    assert pt["alphas"] == by_arm["bnas"]["alphas"]
+    selected = perturbation.select(str(shared), arms.PERTURBATION_BATCHES, progress=False)
+    assert pt["genotype"] == selected.to_dict()
+    assert pt["bconv_ops"] > 0 and 0 <= pt["top1"] <= 1
+    assert abs(pt["equivalent_ops"] / pt["target_equivalent_ops"] - 1) <= 0.10
+    assert "bnas-pt vs bnas" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -320,3 +320,28 @@ def _finish_summary(summary, output_dir):
 
 def _log(message):
     print(message, file=sys.stderr, flush=True)
+
+
+def restore_supernet(output_dir):
+    """(net, search_config, data_config) of a search directory: its supernet rebuilt from
+    search_config.json (method, settings, data, engine cell) with the weights and alphas
+    of its latest checkpoint, outside any strategy, and the data it searched on. For
+    selection on a trained supernet (bnas/perturbation.py). FileNotFoundError /
+    one-line ValueError when `output_dir` holds no search or no checkpoint."""
+    config = search_dir.read_config(output_dir)
+    with open(search_dir.path(output_dir, CONFIG_FILE), encoding="utf-8") as f:
+        record = search_dir.upgrade_identity(json.load(f))
+    latest = tf.train.latest_checkpoint(search_dir.path(output_dir, search_dir.CKPT_DIR))
+    if latest is None:
+        raise ValueError(f"{output_dir} holds no search checkpoint (no epoch finished)")
+    data_config = data.DataConfig(**record.get("data", {}), batch_size=config.batch_size,
+                                  seed=config.seed)
+    engine = EngineConfig(cell=record["engine"]["cell"]).resolve()
+    method = get_method(config.method)
+    info = data.dataset_info(data_config)
+    steps = max(1, info.split_sizes.get("search_train", 0) // config.batch_size)
+    tf.keras.utils.set_random_seed(config.seed)
+    net = method.build_supernet(config, info.num_classes, info.image_size, engine)
+    model = method.build_model(net, config, steps, info.image_size, engine)
+    _checkpoint(model, net).restore(latest).assert_existing_objects_matched()
+    return net, config, data_config

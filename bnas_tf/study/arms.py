@@ -5,6 +5,10 @@
   (Table 5/6): the same search with ``derive="darts"`` (Zeroise never picked),
   ``cell_template="darts"`` (no inter-cell skips, in search and final network) or
   ``diversity_lambda=0`` (no diversity regulariser);
+* ``bnas-pt``: the ``bnas`` search's supernet (its directory reused when that trial's
+  search is complete, else the same search run again in its own directory), its ops
+  and inputs selected by perturbation (`bnas_tf.search.bnas.perturbation`, DARTS-PT)
+  instead of by alpha magnitude;
 * ``bnas-random``: `genotypes.random_bnas`, uniform over the same space (ops incl.
   Zeroise, inputs), seeded by the trial's seed;
 * ``bnas-a``: the released BNAS-A cell;
@@ -39,6 +43,8 @@ class Arm:
     search: tuple = ()          # SearchConfig overrides of the ablations
     preset: str | None = None
     matched: bool = True
+    selection: str | None = None  # 'perturbation': ops picked on the trained supernet
+    shares_search: str | None = None  # the arm whose finished search it may reuse
 
 
 ARMS = {a.name: a for a in (
@@ -49,6 +55,8 @@ ARMS = {a.name: a for a in (
     # the literature's fix when parameter-free ops win early (P-DARTS, PC-DARTS, BARS):
     # the first half of the search epochs train the weights only
     Arm("bnas-warmup", "search", "bnas", (("warmup_epochs", "half"),)),
+    # DARTS-PT (Wang et al. 2021): alpha magnitude does not measure op strength
+    Arm("bnas-pt", "search", "bnas", selection="perturbation", shares_search="bnas"),
     Arm("bnas-random", "random", "bnas"),
     Arm("bnas-a", "released", "bnas"),
     Arm("bars", "search", "bars"),
@@ -62,7 +70,8 @@ PAIRS = (("bnas", "bnas-random"), ("bars", "bars-random"), ("bnas", "bnas-a"),
          ("bnas", "xnor-resnet18-matched"), ("bnas", "birealnet18-cifar"),
          ("bars", "xnor-resnet18-matched"), ("bnas", "bnas-no-zeroise"),
          ("bnas", "bnas-no-skip"), ("bnas", "bnas-no-div"), ("bnas-warmup", "bnas-random"),
-         ("bnas-warmup", "bnas"))
+         ("bnas-warmup", "bnas"), ("bnas-pt", "bnas-random"), ("bnas-pt", "bnas"))
+PERTURBATION_BATCHES = 4  # search_val batches scoring each removal (bnas-pt)
 RANDOM_SALT = 7919  # random draws use seed * RANDOM_SALT + 1, not the search's seed
 
 

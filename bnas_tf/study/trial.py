@@ -17,6 +17,8 @@ import time
 from bnas_tf import export, files, genotypes, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.search import runner
+from bnas_tf.search import search_dir as search_files
+from bnas_tf.search.bnas import perturbation
 from bnas_tf.study import arms, matching
 
 TRIAL_FILE = "trial.json"
@@ -106,11 +108,25 @@ def run_trial(study, arm_name, seed, log=print):
     if arm.kind in ("search", "random") or arm.method == "bars":
         search = arms.search_config(arm, config, seed)
     if arm.kind == "search":
-        search_dir = os.path.join(directory, "search")
-        log(f"{tag} {arm.method} search: {config.search_epochs} epoch(s) -> {search_dir}")
-        summary = stages.run("search", lambda: runner.run_search(
-            arm.method, study.search_data, search, search_dir, verbose=2), search_dir)
+        search_dir = _shared_search(study, arm, seed, search)
+        if search_dir:
+            log(f"{tag} {arm.method} search: the finished search of {arm.shares_search} "
+                f"seed {seed} ({search_dir})")
+            record["search_shared_with"] = arm.shares_search
+            summary = stages.run("search", lambda: mdir.read_json(
+                os.path.join(search_dir, runner.SUMMARY_FILE)))
+        else:
+            search_dir = os.path.join(directory, "search")
+            log(f"{tag} {arm.method} search: {config.search_epochs} epoch(s) -> {search_dir}")
+            summary = stages.run("search", lambda: runner.run_search(
+                arm.method, study.search_data, search, search_dir, verbose=2), search_dir)
         genotype = genotypes.load(os.path.join(search_dir, runner.GENOTYPE_FILE))
+        if arm.selection == "perturbation":
+            log(f"{tag} selecting ops by perturbation on the trained supernet")
+            genotype = genotypes.from_dict(stages.run("select", lambda: perturbation.select(
+                search_dir, arms.PERTURBATION_BATCHES).to_dict()))
+            record["selection"] = {"rule": "perturbation", "search_dir": search_dir,
+                                   "batches": arms.PERTURBATION_BATCHES}
         record["alphas"] = alpha_report(summary, search)
         if record["alphas"]["indistinguishable"]:
             log(f"{tag} WARNING: the genotype comes from alphas indistinguishable from their "
@@ -172,6 +188,20 @@ def run_trial(study, arm_name, seed, log=print):
     })
     files.write_json(os.path.join(directory, TRIAL_FILE), record)
     return record
+
+
+def _shared_search(study, arm, seed, search):
+    """The finished search directory of the arm `arm` shares its search with, for this
+    seed, when it ran the same SearchConfig `search` (then it holds the same supernet:
+    searches are deterministic and resume bit-identically); read only. None otherwise
+    (the trial runs the search in its own directory)."""
+    if not arm.shares_search:
+        return None
+    shared = os.path.join(trial_dir(study.output_dir, arm.shares_search, seed), "search")
+    if not os.path.isfile(os.path.join(shared, runner.SUMMARY_FILE)) or \
+            search_files.epochs_done(shared) < search.epochs:
+        return None
+    return shared if search_files.read_config(shared).to_dict() == search.to_dict() else None
 
 
 def _export(study, train_dir, tflite):

@@ -61,13 +61,19 @@ def derive_cell(alpha, op_names, gamma=1.0, mode="bnas", nodes=genotypes.NODES):
         raise ValueError(f"alpha has {np.shape(alpha)[0]} edge rows, a {nodes}-node cell "
                          f"has {n_rows}")
     scores = scored_weights(alpha, op_names, gamma, mode)
+    return select_pairs(np.argmax(scores, axis=1), scores.max(axis=1), op_names, nodes)
+
+
+def select_pairs(choice, strength, op_names, nodes=genotypes.NODES):
+    """The (op, input) pairs of one cell from per-edge-row decisions: `choice[r]` the
+    op index and `strength[r]` the strength of row r (rows as `edge_offsets`); each
+    node keeps its two strongest rows, strongest first (ties: lower input index)."""
+    offsets, _ = edge_offsets(nodes)
     pairs = []
     for node, start in enumerate(offsets):
-        rows = scores[start:start + 2 + node]
-        strength = rows.max(axis=1)
-        order = sorted(range(len(rows)), key=lambda j: (-strength[j], j))[:2]
-        for j in order:
-            pairs.append((op_names[int(np.argmax(rows[j]))], j))
+        rows = range(start, start + 2 + node)
+        order = sorted(rows, key=lambda r: (-strength[r], r))[:2]
+        pairs.extend((op_names[int(choice[r])], r - start) for r in order)
     return pairs
 
 

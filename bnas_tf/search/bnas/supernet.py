@@ -120,13 +120,15 @@ class Supernet(bilevel.SupernetBase):
         return [cell.precompute() for cell in self.cells]
 
     @no_autograph
-    def call(self, x, training=None, precomputed=None):
+    def call(self, x, training=None, precomputed=None, mix=None):
+        """Logits [N, classes] of images x [N, H, W, 3]; `mix`: (normal, reduce) mixing
+        weights [14, n_ops] to use instead of softmax(alpha) (perturbation.py)."""
         if self.stem is None:
             s0 = s1 = self.stem_bn(self.stem_conv(x), training=training)
         else:
             s0, s1 = self.stem(x, training=training)
-        mix_normal, mix_reduce = (tf.nn.softmax(alpha, axis=-1)
-                                  for alpha in self.arch_variables)
+        mix_normal, mix_reduce = mix if mix is not None else (
+            tf.nn.softmax(alpha, axis=-1) for alpha in self.arch_variables)
         for i, cell in enumerate(self.cells):
             mix = mix_reduce if cell.reduction else mix_normal
             s0, s1 = s1, cell([s0, s1], mix, training=training,
