@@ -254,6 +254,10 @@ def test_ablation_arms_set_the_search_settings():
     base = arms.search_config(arms.get("bnas"), c, 1)
     assert (base.settings.derive, base.settings.cell_template, base.seed) == ("bnas", "bnas", 1)
     assert base.settings.diversity_lambda > 0
+    no_pool = arms.search_config(arms.get("bnas-no-pool"), c, 1)
+    assert no_pool.ops == ("none", "bin_dil_conv_3x3", "bin_dil_conv_5x5", "bin_conv_3x3",
+                           "bin_conv_5x5")
+    assert {**no_pool.to_dict(), "ops": None} == {**base.to_dict(), "ops": None}
 
 
 # ----------------------------------------------------------------------------- report

@@ -21,7 +21,7 @@ import dataclasses
 # Arm names (see bnas_tf.study.arms for what each builds).
 ARMS = ("bnas", "bnas-random", "bnas-a", "bars", "bars-random", "xnor-resnet18",
         "xnor-resnet18-matched", "birealnet18-cifar", "bnas-no-zeroise", "bnas-no-skip",
-        "bnas-no-div", "bnas-warmup", "bnas-pt")
+        "bnas-no-div", "bnas-warmup", "bnas-pt", "bnas-no-pool")
 
 STRATEGIES = ("default", "mirrored")  # multi_worker: scale out through keras-tuner instead
 
@@ -34,7 +34,7 @@ class StudyConfig:
     data_dir: str | None = None        # image folder root/<class>/*.jpg (train + hold-out)
     test_dir: str | None = None        # external labelled test folder (<class>/*.jpg)
     arms: tuple = ("bnas", "bnas-random", "bnas-a", "xnor-resnet18-matched", "bnas-warmup",
-                   "bnas-pt")
+                   "bnas-pt", "bnas-no-pool")
     seeds: int = 3
     split_seed: int = 0                # which files form the subset and the hold-out
     train_per_class: int | None = 800  # images per class searches/trainings may read
@@ -148,7 +148,7 @@ PROFILES = {
                   export_samples=4, latency_runs=2),
     # The whole study within ~2.5 h on 2 CPU cores (reasons in docs/results.md).
     "cpu": dict(arms=("bnas", "bnas-random", "bnas-a", "xnor-resnet18-matched", "bnas-warmup",
-                      "bnas-pt"),
+                      "bnas-pt", "bnas-no-pool"),
                 seeds=3,
                 train_per_class=800, test_per_class=300, search_examples=4000,
                 search_epochs=12, search_cells=5, search_channels=8, search_batch=64,

@@ -9,6 +9,8 @@
   search is complete, else the same search run again in its own directory), its ops
   and inputs selected by perturbation (`bnas_tf.search.bnas.perturbation`, DARTS-PT)
   instead of by alpha magnitude;
+* ``bnas-no-pool``: the BNAS search over the space without its pooling ops (Zeroise
+  and the binary convs);
 * ``bnas-random``: `genotypes.random_bnas`, uniform over the same space (ops incl.
   Zeroise, inputs), seeded by the trial's seed;
 * ``bnas-a``: the released BNAS-A cell;
@@ -57,6 +59,9 @@ ARMS = {a.name: a for a in (
     Arm("bnas-warmup", "search", "bnas", (("warmup_epochs", "half"),)),
     # DARTS-PT (Wang et al. 2021): alpha magnitude does not measure op strength
     Arm("bnas-pt", "search", "bnas", selection="perturbation", shares_search="bnas"),
+    # the space without the parameter-free ops that win (pools): Zeroise and convs only
+    Arm("bnas-no-pool", "search", "bnas",
+        (("ops", tuple(o for o in ops.BNAS_OPS if "pool" not in o)),)),
     Arm("bnas-random", "random", "bnas"),
     Arm("bnas-a", "released", "bnas"),
     Arm("bars", "search", "bars"),
@@ -70,7 +75,8 @@ PAIRS = (("bnas", "bnas-random"), ("bars", "bars-random"), ("bnas", "bnas-a"),
          ("bnas", "xnor-resnet18-matched"), ("bnas", "birealnet18-cifar"),
          ("bars", "xnor-resnet18-matched"), ("bnas", "bnas-no-zeroise"),
          ("bnas", "bnas-no-skip"), ("bnas", "bnas-no-div"), ("bnas-warmup", "bnas-random"),
-         ("bnas-warmup", "bnas"), ("bnas-pt", "bnas-random"), ("bnas-pt", "bnas"))
+         ("bnas-warmup", "bnas"), ("bnas-pt", "bnas-random"), ("bnas-pt", "bnas"),
+         ("bnas-no-pool", "bnas-random"), ("bnas-no-pool", "bnas"))
 PERTURBATION_BATCHES = 4  # search_val batches scoring each removal (bnas-pt)
 RANDOM_SALT = 7919  # random draws use seed * RANDOM_SALT + 1, not the search's seed
 
