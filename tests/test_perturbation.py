@@ -108,7 +108,10 @@ def test_derive_on_a_supernet_gives_a_valid_genotype_and_counts_its_evaluations(
     genotypes.BnasGenotype.from_dict(genotype.to_dict())
     assert set(genotype.ops_used()) <= set(OPS)
     out = capsys.readouterr().out
-    assert "113 supernet evaluations on 1 validation batches" in out  # 1 + 2*14*(3+1)
+    assert "113 supernet evaluations on 1 validation batches" in out
+    again, scores = perturbation.derive(net, batches, OPS, progress=False, with_scores=True)
+    assert again == genotype
+    assert np.shape(scores["normal"]["op"]) == (14, len(OPS)) and len(scores["reduce"]["edge"]) == 14  # 1 + 2*14*(3+1)
     net.alpha_normal.assign(tf.fill([14, len(OPS)], np.nan))
     try:
         with pytest.raises(ValueError, match="alpha_normal"):

@@ -506,6 +506,7 @@ def test_the_perturbation_arm_selects_on_the_bnas_arms_supernet(cifar_dir, tmp_p
     assert pt["alphas"] == by_arm["bnas"]["alphas"]
     selected = perturbation.select(str(shared), arms.PERTURBATION_BATCHES, progress=False)
     assert pt["genotype"] == selected.to_dict()
+    assert np.shape(pt["selection"]["scores"]["reduce"]["op"]) == (14, 7)
     assert pt["bconv_ops"] > 0 and 0 <= pt["top1"] <= 1
     assert abs(pt["equivalent_ops"] / pt["target_equivalent_ops"] - 1) <= 0.10
     assert "bnas-pt vs bnas" in (out / "results.md").read_text()

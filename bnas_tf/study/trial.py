@@ -123,10 +123,13 @@ def run_trial(study, arm_name, seed, log=print):
         genotype = genotypes.load(os.path.join(search_dir, runner.GENOTYPE_FILE))
         if arm.selection == "perturbation":
             log(f"{tag} selecting ops by perturbation on the trained supernet")
-            genotype = genotypes.from_dict(stages.run("select", lambda: perturbation.select(
-                search_dir, arms.PERTURBATION_BATCHES).to_dict()))
+            selected = stages.run("select", lambda: _select(search_dir))
+            if "genotype" not in selected:  # a trial selected before scores were kept
+                selected = {"genotype": selected, "scores": None}
+            genotype = genotypes.from_dict(selected["genotype"])
             record["selection"] = {"rule": "perturbation", "search_dir": search_dir,
-                                   "batches": arms.PERTURBATION_BATCHES}
+                                   "batches": arms.PERTURBATION_BATCHES,
+                                   "scores": selected["scores"]}
         record["alphas"] = alpha_report(summary, search)
         if record["alphas"]["indistinguishable"]:
             log(f"{tag} WARNING: the genotype comes from alphas indistinguishable from their "
@@ -188,6 +191,12 @@ def run_trial(study, arm_name, seed, log=print):
     })
     files.write_json(os.path.join(directory, TRIAL_FILE), record)
     return record
+
+
+def _select(search_dir):
+    genotype, scores = perturbation.select(search_dir, arms.PERTURBATION_BATCHES,
+                                           with_scores=True)
+    return {"genotype": genotype.to_dict(), "scores": scores}
 
 
 def _shared_search(study, arm, seed, search):

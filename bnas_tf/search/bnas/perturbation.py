@@ -96,11 +96,14 @@ def validation_loss_fn(net, batches):
     return loss_of
 
 
-def derive(net, batches, op_names, template="bnas", max_batches=None, progress=True):
+def derive(net, batches, op_names, template="bnas", max_batches=None, progress=True,
+           with_scores=False):
     """The perturbation-selected genotype of the trained supernet `net` on the first
     `max_batches` (None: all) batches of `batches` (a tf.data Dataset or iterable of
     (images, labels)); `progress` prints one line and a Keras progress bar over the
-    supernet evaluations. ValueError (one line) for non-finite alphas or no batch."""
+    supernet evaluations. `with_scores`: return (genotype, scores), scores[kind] =
+    {"op": [14][n_ops], "edge": [14]} loss increases in nats (`removal_scores`).
+    ValueError (one line) for non-finite alphas or no batch."""
     for v in net.arch_variables:
         alphas.check_finite(v.numpy(), f"BNAS {v.name.split(':')[0]}")
     if isinstance(batches, tf.data.Dataset) and max_batches:
@@ -112,8 +115,8 @@ def derive(net, batches, op_names, template="bnas", max_batches=None, progress=T
     calls = 1 + len(KINDS) * mix["normal"].shape[0] * (
         len(op_names) - (ops.ZERO in op_names) + 1)
     if progress:
-        print(f"deriving by perturbation: {calls} supernet evaluations on {len(batches)} "
-              "validation batches (--perturbation_batches)", flush=True)
+        print(f"selecting by perturbation: {calls} supernet evaluations on {len(batches)} "
+              "validation batches", flush=True)
         bar = tf.keras.utils.Progbar(calls, unit_name="evaluation",
                                      verbose=1 if sys.stdout.isatty() else 2)
 
@@ -123,10 +126,14 @@ def derive(net, batches, op_names, template="bnas", max_batches=None, progress=T
             return loss
     op_scores, edge_scores = removal_scores(counted if progress else loss_of, mix,
                                             list(op_names))
-    return genotype_from_scores(op_scores, edge_scores, op_names, template)
+    genotype = genotype_from_scores(op_scores, edge_scores, op_names, template)
+    if not with_scores:
+        return genotype
+    return genotype, {kind: {"op": op_scores[kind].tolist(), "edge": edge_scores[kind].tolist()}
+                      for kind in KINDS}
 
 
-def select(search_dir, max_batches=4, progress=True):
+def select(search_dir, max_batches=4, progress=True, with_scores=False):
     """The perturbation-selected genotype of a finished (or interrupted) BNAS search
     directory's latest supernet, scored on the first `max_batches` batches of the
     search_val split it validated on. ValueError (one line) for a BARS directory or
@@ -137,4 +144,4 @@ def select(search_dir, max_batches=4, progress=True):
                          "selection is defined for BNAS supernets")
     batches = data.load(data_config, "search_val", training=False)
     return derive(net, batches, config.ops, template=config.settings.cell_template,
-                  max_batches=max_batches, progress=progress)
+                  max_batches=max_batches, progress=progress, with_scores=with_scores)
