@@ -76,6 +76,18 @@ def padding_bias(signs, pad_value):
     return float(pad_value) * tf.reduce_sum(signs, axis=[0, 1, 2])
 
 
+def clipped_gradient(x, dy, clip_value):
+    """``dy`` where ``|x| <= clip_value``, else 0 (Larq's ste_sign gradient; float32
+    NHWC `x`, `dy`), in one pass instead of Larq's three (abs, compare, select):
+    TensorFlow's fake-quantisation gradient passes ``dy`` where ``min <= x <= max``,
+    and with 2 bits, narrow range, the range [-c, c] is its own nudged range exactly
+    (scale c, zero point 2), so the mask is Larq's bit for bit (but the sign of
+    zeros)."""
+    c = float(clip_value)
+    return tf.raw_ops.FakeQuantWithMinMaxArgsGradient(gradients=dy, inputs=x, min=-c, max=c,
+                                                      num_bits=2, narrow_range=True)
+
+
 def shifted_sign_conv(x, signs, clip_value, strides, dilations, dtype=tf.bfloat16):
     """``conv(sign(x) - 1, signs)`` ('SAME', zero padding; NHWC float32 `x`, HWIO +-1
     `signs`; result in `dtype`) with Larq's ste_sign gradient, in fewer passes over the
@@ -100,7 +112,7 @@ def shifted_sign_conv(x, signs, clip_value, strides, dilations, dtype=tf.bfloat1
                 input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides,
                 padding="SAME", dilations=dilations), x.dtype)
             if clip_value is not None:
-                dx = tf.where(tf.abs(x) <= clip_value, dx, tf.zeros_like(dx))
+                dx = clipped_gradient(x, dx, clip_value)
             dk = tf.raw_ops.Conv2DBackpropFilter(
                 input=negative, filter_sizes=tf.shape(signs), out_backprop=dy,
                 strides=strides, padding="SAME", dilations=dilations)

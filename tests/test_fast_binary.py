@@ -100,6 +100,31 @@ def test_the_fused_sign_conv_is_the_shifted_form_bit_for_bit_in_fewer_passes(
             and t not in ("Placeholder", "Identity")]
     assert not {"Sign", "Sub", "AddV2", "Abs"} & set(full), full
 
+    def backward(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = layer.conv(t)
+        return tape.gradient(y, t, output_gradients=tf.sin(y))
+    full = [t for t, shape in graph_ops(backward, normalised)
+            if shape == tuple(normalised.shape)]
+    assert not {"Abs", "LessEqual", "SelectV2", "Select"} & set(full), full
+
+
+def test_the_clipped_gradient_is_larqs_in_one_op():
+    """`clipped_gradient` passes dy exactly where Larq's ste_sign gradient does
+    (|x| <= clip, the bounds included), for several clip values."""
+    import larq as lq
+    edge = np.float32([1, -1, np.nextafter(1, 2), -np.nextafter(1, 2), np.nextafter(1, 0),
+                       0, 0.5, 1.25, -1.25, 2, -2, np.inf, -np.inf])
+    x = tf.constant(np.concatenate([edge, np.random.default_rng(0).normal(
+        size=4000).astype(np.float32) * 1.5]).reshape([1, 1, -1, 1]))
+    dy = tf.random.stateless_normal(x.shape, seed=[7, 8])
+    for clip in (1.0, 1.25, 0.5, 2.0):
+        want = lq.quantizers._clipped_gradient(x, dy, clip)
+        assert np.array_equal(fast_binary.clipped_gradient(x, dy, clip), want), clip
+    ops = {t for t, _ in graph_ops(lambda a, b: fast_binary.clipped_gradient(a, b, 1.0), x, dy)}
+    assert ops == {"Placeholder", "FakeQuantWithMinMaxArgsGradient", "Identity"}, ops
+
 
 BNAS_SMALL = presets.resolve(genotype="bnas_a", cells=3, channels=8)
 NETWORKS = {"bnas": BNAS_SMALL,
