@@ -14,7 +14,11 @@ variables, faster on CPUs with native bfloat16, and is used only while training
   border contributed (`padding_bias`: exact at every position, stride and
   dilation), so no padded copy of the batch is made;
 * the kernel is quantised once per call into +-1 signs and a per-output-channel
-  scale (`kernel_signs`), the scale applied to the float32 result.
+  scale (`kernel_signs`), the scale applied to the float32 result;
+* with +1 padding the shifted signs ``sign(x) - 1`` are ``-2 * [x < 0]``: the conv
+  reads the indicator (one comparison, no sign, add, sign and subtraction) against
+  ``-2 * signs``, its gradient written out (`shifted_sign_conv`), the
+  straight-through mask in one op (`clipped_gradient`); bit for bit the same values.
 
 Gradients are the readable layer's (straight-through sign of the input and kernel),
 up to the bfloat16 rounding of the incoming gradient and of the filter gradient
