@@ -244,7 +244,8 @@ def test_bars_search_killed_9_then_rerun_equals_an_uninterrupted_one(cifar_dir, 
     latest = tf.train.latest_checkpoint(ckpt_dir)
     assert latest.endswith("ckpt-1"), f"killed too late to test a resume: {latest}"
     summary = json.loads((resumed_dir / runner.SUMMARY_FILE).read_text())
-    assert [e["epoch"] for e in summary["epochs"]] == [1]
+    # [1, 2] if the kill fell between epoch 2's summary and its checkpoint
+    assert [e["epoch"] for e in summary["epochs"]] in ([1], [1, 2])
     rerun = run(resumed_dir)
     assert "resuming" in rerun.stderr and "after epoch 1/3" in rerun.stderr
 
