@@ -182,3 +182,78 @@ def test_resumed_bars_search_equals_an_uninterrupted_one(cifar_dir, tmp_path):
     differ = [k for k in want if not np.allclose(want[k], got[k], rtol=1e-5, atol=1e-6)]
     assert not differ, f"{len(differ)} of {len(want)} tensors differ, e.g. {differ[:3]}"
     assert resumed["epochs"][-1]["genotype"] == straight["epochs"][-1]["genotype"]
+
+
+def search_command(cifar_dir, output_dir):
+    """tools/search.py --method=bars at tiny shapes (~50 steps of batch 8 per epoch)."""
+    import sys
+    return [sys.executable, "tools/search.py", "--method=bars", "--dataset=folder",
+            f"--data_dir={cifar_dir}", f"--image_size={SIZE}", "--max_examples=800",
+            "--batch_size=8", "--epochs=3", "--warmup_epochs=0", "--base_channels=8",
+            "--max_depth=1", "--num_samples=2", "--eval_batches=1", "--progress=none",
+            f"--output_dir={output_dir}"]
+
+
+def search_results(directory):
+    """What a finished search directory reports: checkpoint tensors, genotype files,
+    the summary (every epoch's metrics, alpha statistics and genotype)."""
+    genotype_files = sorted(p.name for p in (directory / runner.search_dir.GENOTYPES_DIR)
+                            .iterdir())
+    return (checkpoint_tensors(directory), (directory / runner.GENOTYPE_FILE).read_text(),
+            {name: (directory / runner.search_dir.GENOTYPES_DIR / name).read_text()
+             for name in genotype_files},
+            json.loads((directory / runner.SUMMARY_FILE).read_text()))
+
+
+@pytest.mark.slow
+def test_bars_search_killed_9_then_rerun_equals_an_uninterrupted_one(cifar_dir, tmp_path):
+    """Issue 17: `tools/search.py --method=bars` SIGKILLed in its second epoch (its first
+    epoch's checkpoint written) and rerun with the same command, in fresh processes,
+    ends bit for bit where an uninterrupted run in another fresh process ends: every
+    checkpoint tensor (weights, alphas, both Adams' slots, counters, the Gumbel
+    generator), the genotype files and the summary's per-epoch metrics."""
+    import signal
+    import subprocess
+    import time
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo)
+
+    def run(directory):
+        done = subprocess.run(search_command(cifar_dir, directory), cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    run(straight_dir)
+    ckpt_dir = str(resumed_dir / runner.search_dir.CKPT_DIR)
+    killed = subprocess.Popen(search_command(cifar_dir, resumed_dir), cwd=repo, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while tf.train.latest_checkpoint(ckpt_dir) is None:  # poll for epoch 1's
+            assert killed.poll() is None, "the search ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 600 s"
+            time.sleep(0.02)
+        time.sleep(0.5)  # into epoch 2's steps (~50 of them)
+        os.kill(killed.pid, signal.SIGKILL)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    assert latest.endswith("ckpt-1"), f"killed too late to test a resume: {latest}"
+    summary = json.loads((resumed_dir / runner.SUMMARY_FILE).read_text())
+    # [1, 2] if the kill fell between epoch 2's summary and its checkpoint
+    assert [e["epoch"] for e in summary["epochs"]] in ([1], [1, 2])
+    rerun = run(resumed_dir)
+    assert "resuming" in rerun.stderr and "after epoch 1/3" in rerun.stderr
+
+    want, got = search_results(straight_dir), search_results(resumed_dir)
+    assert sorted(want[0]) == sorted(got[0])
+    assert any("rng" in k for k in want[0]) and any("alpha_width" in k for k in want[0])
+    assert any("OPTIMIZER_SLOT" in k for k in want[0])
+    differ = [k for k in want[0] if not np.array_equal(want[0][k], got[0][k])]
+    assert not differ, f"{len(differ)} of {len(want[0])} tensors differ, e.g. {differ[:3]}"
+    assert got[1:] == want[1:]
+    assert len(got[3]["epochs"]) == 3

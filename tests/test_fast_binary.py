@@ -66,6 +66,66 @@ def test_fast_binary_conv_equals_the_readable_one(kernel, strides, dilation, sch
         assert np.abs(np.asarray(b)).max() > 0, name
 
 
+def graph_ops(fn, *args):
+    """(type, output shape) of every op of the graph `fn` traces on `args`."""
+    graph = tf.function(fn).get_concrete_function(*args).graph
+    return [(op.type, tuple(op.outputs[0].shape) if op.outputs else ())
+            for op in graph.get_operations()]
+
+
+@pytest.mark.parametrize("kernel,strides,dilation,scheme", [
+    (3, 1, 1, "xnor"), (3, 2, 1, "xnor"), (1, 1, 1, "xnor"), (3, 1, 2, "xnor"),
+    (5, 1, 2, "bars"), (3, 2, 1, "binarynet")])
+def test_the_fused_sign_conv_is_the_shifted_form_bit_for_bit_in_fewer_passes(
+        kernel, strides, dilation, scheme, monkeypatch):
+    """`shifted_sign_conv` (the indicator [x < 0] against -2 * signs, its gradient
+    written out) gives the outputs and the input and kernel gradients of the
+    straightforward form (Larq's ste_sign, minus 1, cast) bit for bit, and its
+    training step makes fewer passes over the activations: no Sign, Sub or Abs
+    of the activations in the forward pass."""
+    x = tf.random.stateless_normal([2, 9, 9, 24], seed=[kernel, strides])
+    with fast_binary.building("bfloat16"):
+        layer = binary.BinaryConv(16, kernel, strides, dilation, binarization=scheme)
+    layer(x)
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(fast_binary.FastQuantConv2D, "FUSED_SIGN", fused, raising=False)
+        y, grads = outputs_and_grads(layer, x, [layer.conv.kernel.latent_variable])
+        results.append([y, *grads])
+    for name, a, b in zip(("output", "input gradient", "kernel gradient"), *results):
+        assert np.array_equal(a, b), name
+    normalised = layer.bn(x, training=True)
+    forward = graph_ops(lambda t: layer.conv(t), normalised)
+    full = [t for t, shape in forward if shape == tuple(normalised.shape)
+            and t not in ("Placeholder", "Identity")]
+    assert not {"Sign", "Sub", "AddV2", "Abs"} & set(full), full
+
+    def backward(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = layer.conv(t)
+        return tape.gradient(y, t, output_gradients=tf.sin(y))
+    full = [t for t, shape in graph_ops(backward, normalised)
+            if shape == tuple(normalised.shape)]
+    assert not {"Abs", "LessEqual", "SelectV2", "Select"} & set(full), full
+
+
+def test_the_clipped_gradient_is_larqs_in_one_op():
+    """`clipped_gradient` passes dy exactly where Larq's ste_sign gradient does
+    (|x| <= clip, the bounds included), for several clip values."""
+    import larq as lq
+    edge = np.float32([1, -1, np.nextafter(1, 2), -np.nextafter(1, 2), np.nextafter(1, 0),
+                       0, 0.5, 1.25, -1.25, 2, -2, np.inf, -np.inf])
+    x = tf.constant(np.concatenate([edge, np.random.default_rng(0).normal(
+        size=4000).astype(np.float32) * 1.5]).reshape([1, 1, -1, 1]))
+    dy = tf.random.stateless_normal(x.shape, seed=[7, 8])
+    for clip in (1.0, 1.25, 0.5, 2.0):
+        want = lq.quantizers._clipped_gradient(x, dy, clip)
+        assert np.array_equal(fast_binary.clipped_gradient(x, dy, clip), want), clip
+    ops = {t for t, _ in graph_ops(lambda a, b: fast_binary.clipped_gradient(a, b, 1.0), x, dy)}
+    assert ops == {"Placeholder", "FakeQuantWithMinMaxArgsGradient", "Identity"}, ops
+
+
 BNAS_SMALL = presets.resolve(genotype="bnas_a", cells=3, channels=8)
 NETWORKS = {"bnas": BNAS_SMALL,
             "bars": {"family": "bars", "genotype": bars.random_genotype(

@@ -97,3 +97,36 @@ def test_binary_residual_makes_reduction_cells_float_free():
     assert model(tf.zeros((1, 32, 32, 3))).shape == (1, 10)
     with pytest.raises(ValueError, match="unknown residual 'half'"):
         models.build({**spec, "residual": "half"}, 10, 32)
+
+
+def test_drop_path_is_one_pass_and_draws_the_masks_it_drew():
+    """DropPath's training output is ``inputs / keep * mask`` bit for bit (values and
+    gradient; the masks a resumed run must redraw), as ONE pass over the batch: no
+    full-size Select or second multiply (it ran three before)."""
+    import zlib
+    from bnas_tf.models import common
+    layer = common.DropPath(name="drop3")
+    x = tf.random.stateless_normal([64, 4, 4, 8], seed=[1, 2])
+    layer(x)
+    for rate in (0.0, 0.3):
+        layer.rate.assign(rate)
+        keep = 1.0 - rate
+        seed = tf.stack([tf.constant(zlib.crc32(b"drop3") & 0x7FFFFFFF),
+                         tf.bitcast(tf.reduce_sum(x), tf.int32)])
+        mask = tf.floor(keep + tf.random.stateless_uniform([64, 1, 1, 1], seed))
+        results = []
+        for fn in (lambda t: layer(t, training=True), lambda t: t / keep * mask):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = fn(x)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            results.append((y, tape.gradient(loss, x)))
+        (y, g), (want_y, want_g) = results
+        assert np.array_equal(y, want_y) and np.array_equal(g, want_g)
+        assert (0 < float(tf.reduce_mean(tf.cast(tf.reduce_all(y == 0, [1, 2, 3]),
+                                                tf.float32))) < 0.6) == (rate > 0)
+    graph = tf.function(lambda t: layer(t, training=True)).get_concrete_function(x).graph
+    full = [op.type for op in graph.get_operations()
+            if op.outputs and tuple(op.outputs[0].shape) == tuple(x.shape)
+            and op.type not in ("Placeholder", "Identity")]
+    assert full == ["RealDiv"], full

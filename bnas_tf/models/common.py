@@ -99,7 +99,11 @@ class DropPath(tf.keras.layers.Layer):
         content = tf.bitcast(tf.reduce_sum(tf.cast(inputs, tf.float32)), tf.int32)
         seed = tf.stack([tf.constant(zlib.crc32(self.name.encode()) & 0x7FFFFFFF), content])
         mask = tf.floor(keep + tf.random.stateless_uniform(shape, seed, dtype=inputs.dtype))
-        return tf.where(self.rate > 0.0, inputs / keep * mask, inputs)
+        # inputs / keep * mask as ONE pass over the batch (forward and backward): the
+        # divisor keep / mask is keep for a kept sample, inf (a 0 result) for a dropped
+        # one, so the values are those of the two-op form bit for bit; at rate 0 the
+        # mask is 1 and keep 1, the identity.
+        return inputs / (keep / mask)
 
 
 def set_drop_path(model, rate):
