@@ -292,6 +292,18 @@ def _fake(arm, seed, top1):
             "latency_ms": 1.0, "search_cpu_s": 3600.0, "train_cpu_s": 0.0, "matched": True}
 
 
+def test_an_arm_reusing_a_search_is_charged_for_it():
+    owner = dict(_fake("bnas", 0, 0.4), search_cpu_s=1000.0, train_cpu_s=200.0)
+    reuser = dict(_fake("bnas-pt", 0, 0.4), search_cpu_s=0.0, train_cpu_s=300.0,
+                  search_shared_with="bnas", stages={"select": {"cpu_s": 50.0}})
+    trials = [owner, reuser]
+    assert report.cpu_seconds(owner, trials) == 1200.0
+    assert report.cpu_seconds(reuser, trials) == 1350.0
+    config = study.config_for("smoke", data_dir="x", arms=("bnas", "bnas-pt"))
+    rows = {r["arm"]: r for r in report.arm_rows(trials, config)}
+    assert rows["bnas-pt"]["cpu_hours"] == pytest.approx(1350.0 / 3600)
+
+
 def test_paired_comparison_and_arm_statistics():
     c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=3)
     trials = [_fake("bnas", s, t) for s, t in enumerate((0.50, 0.52, 0.51))]

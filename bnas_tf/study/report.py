@@ -32,6 +32,18 @@ def _stats(values):
     return float(np.mean(values)), std
 
 
+def cpu_seconds(trial, trials):
+    """A trial's CPU seconds of search (with its op selection) and training; a trial
+    that reused another arm's search (``search_shared_with``) counts that search's."""
+    own = trial["search_cpu_s"] + trial["train_cpu_s"]
+    own += trial.get("stages", {}).get("select", {}).get("cpu_s", 0.0)
+    owner = trial.get("search_shared_with")
+    if owner:
+        shared = [t for t in trials if t and t["arm"] == owner and t["seed"] == trial["seed"]]
+        own += shared[0]["search_cpu_s"] if shared else float("nan")
+    return own
+
+
 def arm_rows(trials, config):
     rows = []
     for arm in config.arms:
@@ -39,7 +51,7 @@ def arm_rows(trials, config):
         if not ts:
             continue
         top1 = _stats([100 * t["top1"] for t in ts])
-        cpu_h = [(t["search_cpu_s"] + t["train_cpu_s"]) / 3600 for t in ts]
+        cpu_h = [cpu_seconds(t, trials) / 3600 for t in ts]
         rows.append({
             "arm": arm, "n": len(ts), "top1_mean": top1[0], "top1_std": top1[1],
             "top5_mean": _stats([100 * t["top5"] for t in ts])[0],
@@ -160,7 +172,7 @@ def markdown(study, trials, rows, comparisons):
             f"| {t['arm']} | {t['seed']} | {100 * t['top1']:.2f} | "
             f"{t['equivalent_ops'] / 1e6:.3f} | {t['width']} | {t['bytes']:,} | "
             f"{t['bconv_ops']} | {_fmt(t['latency_ms'])} | {t['search_wall_s']:.0f} | "
-            f"{t['train_wall_s']:.0f} | {t['search_cpu_s'] + t['train_cpu_s']:.0f} | "
+            f"{t['train_wall_s']:.0f} | {cpu_seconds(t, done):.0f} | "
             f"{'yes' if t['resumed'] else 'no'} | {check} |")
     lines += ["", f"Plot: `{PLOT}`. Every trial: `{RESULTS_JSON}`.", ""]
     return "\n".join(lines)
