@@ -31,6 +31,7 @@ from __future__ import annotations
 import types
 
 import bnas_tf  # noqa: F401
+import larq as lq
 import tensorflow as tf
 
 from bnas_tf import binary, genotypes
@@ -51,6 +52,8 @@ def _fusable(layer):
         return False
     if layer.pick != 1 or layer.subsample != 1:
         return False
+    if type(layer.conv.input_quantizer) is not lq.quantizers.SteSign:  # noqa: E721
+        return False  # (`sign_mask_cast` is its function and gradient)
     quantizer = layer.conv.kernel_quantizer
     return quantizer is not None and kernel_signs(quantizer, tf.ones([1, 1, 1, 2]), 2) is not None
 
@@ -60,21 +63,30 @@ def _spec(layer):
             layer.use_shortcut)
 
 
-def mask_and_cast(x, mask, dtype):
-    """dtype(x) * dtype(mask) per channel, for x whose values `dtype` holds exactly
-    (the shifted signs, 0 / -2): the product rounds only the mask (to 8 significant
-    bits in bfloat16). Its gradient keeps only the `dtype` copy of x (not a float32
-    one): d_x = g * mask, d_mask = sum over batch and pixels of g * x (float32)."""
-    low = tf.cast(x, dtype)
+def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
+    """(sign(h) - pad) * mask per channel in `dtype` (h: [B, H, W, C] float32, the
+    BN output; mask: [C]): `cell.masked_conv`'s masked signs shifted by the padding
+    value (larq's SteSign: sign(0) = +1), rounding only the mask (to 8 significant
+    bits in bfloat16). Its gradient keeps two boolean tensors (1 byte a value) instead
+    of the float32 `h` (for the sign's straight-through gradient) and the `dtype`
+    result (for the mask's gradient): d_h = dtype(g * mask) where |h| <= `clip`
+    (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and pixels of g * (sign(h) - pad), float32."""
+    high, low = 1.0 - pad, -1.0 - pad
 
     @tf.custom_gradient
-    def apply(low, mask):
+    def apply(h, mask):
+        negative = tf.less(h, 0.0)
+        inside = None if clip is None else tf.less_equal(tf.abs(h), float(clip))
+
         def grad(g):
             g = tf.cast(g, tf.float32)
-            return (tf.cast(g * mask, dtype),
-                    tf.reduce_sum(g * tf.cast(low, tf.float32), axis=[0, 1, 2]))
-        return low * tf.cast(mask, dtype), grad
-    return apply(low, mask)
+            d_h = tf.cast(tf.cast(g * mask, dtype), tf.float32)
+            d_h = d_h if inside is None else tf.where(inside, d_h, 0.0)
+            shifted = tf.where(negative, low, high)
+            return d_h, tf.reduce_sum(g * shifted, axis=[0, 1, 2])
+        signs = tf.where(negative, tf.constant(low, dtype), tf.constant(high, dtype))
+        return signs * tf.cast(mask, dtype), grad
+    return apply(h, mask)
 
 
 def quantise(layers, conv_dtype):
@@ -95,11 +107,11 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
                         kernels=None):
     """sum-free grouped form of `cell.MaskedBinaryConv` calls: the outputs of
     ``layers[t](x, channel_mask=channel_mask)`` (one spec, see `_spec`) without their
-    op shortcut, each multiplied by ``factors[t]`` (factors: [T] op weights), as ONE
-    [B, H', W', T * C] tensor (layer t in channels t*C..). x: [B, H, W, C_in] NHWC
-    float32; channel_mask: [C_in]; kernels: their `quantise` (computed here when
-    None). The layers' BNs share the first one's statistics (moving statistics
-    copied to the others in training)."""
+    op shortcut, times ``factors`` ([T * C]: per output channel, e.g. layer t's op
+    weight times the mask of the node it feeds), as ONE [B, H', W', T * C] tensor
+    (layer t in channels t*C..). x: [B, H, W, C_in] NHWC float32; channel_mask:
+    [C_in]; kernels: their `quantise` (computed here when None). The layers' BNs share
+    the first one's statistics (moving statistics copied to the others in training)."""
     first = layers[0]
     h = first.bn(x, training=training)
     if training:
@@ -107,24 +119,27 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
             other.bn.moving_mean.assign(first.bn.moving_mean)
             other.bn.moving_variance.assign(first.bn.moving_variance)
     conv = first.conv
-    signed = conv.input_quantizer(h)
     pad = float(conv.pad_values)
     q = kernels if kernels is not None else quantise(layers, conv_dtype)
-    bias = None
-    if pad:  # +1 padding as a shift: conv(pad_1(s) * m) = conv((s - 1) * m) + bias
-        signed = signed - pad
-        bias = pad * tf.linalg.matvec(q["taps"], channel_mask, transpose_a=True)
+    # +1 padding as a shift: conv(pad_1(s) * m) = conv((s - 1) * m) + bias
+    bias = pad * tf.linalg.matvec(q["taps"], channel_mask, transpose_a=True) if pad else None
     dilation = conv.dilation_rate[0]
-    y = conv_op(dilation)(mask_and_cast(signed, channel_mask, conv_dtype), q["signs"],
+    signed = sign_mask_cast(h, channel_mask, pad, conv_dtype, conv.input_quantizer.clip_value)
+    y = conv_op(dilation)(signed, q["signs"],
                           list(conv.strides), "SAME", dilations=dilation)
     if bias is not None:
         y = tf.nn.bias_add(y, tf.cast(bias, conv_dtype))
     if first.use_relu:  # scale > 0: relu(scale * y) = scale * relu(y)
         y = tf.nn.relu(y)
-    channels = int(y.shape[-1]) // len(layers)
-    factor = tf.reshape(tf.broadcast_to(factors[:, None], [len(layers), channels]), [-1])
-    factor = factor * q["scale"]
-    return widen_and_weight(y, factor)
+    return widen_and_weight(y, factors * q["scale"])
+
+
+def per_channel(weights, masks):
+    """[T * C]: weights[t] * masks[t] (weights: [T], masks: T tensors [C]), the factor
+    of a grouped conv whose layer t feeds a node masked by masks[t]."""
+    if len(masks) == 1:
+        return weights[0] * masks[0]
+    return tf.reshape(weights[:, None] * tf.stack(masks), [-1])
 
 
 class FusedSearchCell(SearchCell):
@@ -177,53 +192,76 @@ class FusedSearchCell(SearchCell):
                                                self.conv_dtype)
         return out
 
-    def _source_terms(self, x, src, op_weights, mask, training, precomputed):
-        """{edge index: mixed-op outputs} of the edges leaving node `src`."""
+    def _source_terms(self, x, src, op_weights, mask, node_masks, training, precomputed):
+        """{edge index: terms} of the edges leaving node `src`, each term already times
+        the mask of the edge's target node (``node_masks[target]``: the reference cell
+        masks each node's sum; here the masks ride on the per-channel factors)."""
         singles, groups = self._groups(src)
-        terms = {k: [] for k, (i, _) in enumerate(genotypes.dense_edges()) if i == src}
+        edges = genotypes.dense_edges()
+        terms = {k: [] for k, (i, _) in enumerate(edges) if i == src}
+        identity = {k: [] for k in terms}  # op weights of the ops whose output is x
         for k, o, op in singles:
+            if type(op) is binary.SkipConnect:  # noqa: E721
+                identity[k].append(op_weights[k, o])
+                continue
             y = (op(x, training=training, channel_mask=mask) if masked(op)
                  else op(x, training=training))
-            terms[k].append(op_weights[k, o] * y)
+            terms[k].append((op_weights[k, o] * node_masks[edges[k][1]]) * y)
         for (o, spec), members in groups.items():
             layers = [self.edges[k].candidates[o] for k in members]
             weights = tf.gather_nd(op_weights, [[k, o] for k in members])  # [T]
+            targets = [node_masks[edges[k][1]] for k in members]
             kernels = precomputed[f"from{src}_op{o}"] if precomputed is not None else None
-            y = grouped_masked_conv(layers, x, mask, weights, self.conv_dtype, training,
-                                    kernels)
+            y = grouped_masked_conv(layers, x, mask, per_channel(weights, targets),
+                                    self.conv_dtype, training, kernels)
             parts = tf.split(y, len(members), axis=-1) if len(members) > 1 else [y]
-            shortcut = binary.shortcut(x, spec[2]) if spec[4] else None
             for k, w, part in zip(members, tf.unstack(weights), parts):
-                terms[k].append(part if shortcut is None else part + w * shortcut)
+                terms[k].append(part)
+                if spec[4] and spec[2] == 1:  # the op shortcut: x at stride 1
+                    identity[k].append(w)
+                elif spec[4]:
+                    shortcut = binary.shortcut(x, spec[2])
+                    terms[k].append((w * node_masks[edges[k][1]]) * shortcut)
+        for k, weights in identity.items():
+            if weights:
+                terms[k].append((_sum(weights) * node_masks[edges[k][1]]) * x)
         return terms
 
     @tf.autograph.experimental.do_not_convert
     def call(self, inputs, op_weights, in_mask, out_mask, training=None, precomputed=None):
         """As `cell.SearchCell.call`; `precomputed`: this cell's `precompute()` of the
-        current weights (computed here when None)."""
+        current weights (computed here when None). The reference masks every node's
+        sum and then the output ((node_4 + skip) * mask); here each term carries its
+        node's mask in its factor (node 4's terms mask^2), which keeps no float32 sum
+        for the mask's gradient and adds no pass over the node."""
         if not self._ready:
             if not self._layers_built():  # the first call builds every layer
                 return super().call(inputs, op_weights, in_mask, out_mask, training=training)
             self._ready = True
+        last = out_mask * out_mask
+        node_masks = [out_mask] * genotypes.NODES + [last]  # by node 0..4
         if _fusable(self.pre):
-            pre = grouped_masked_conv([self.pre], inputs, in_mask, tf.ones([1]),
-                                      self.conv_dtype, training,
-                                      precomputed["pre"] if precomputed else None)
+            pre = grouped_masked_conv([self.pre], inputs, in_mask, out_mask, self.conv_dtype,
+                                      training, precomputed["pre"] if precomputed else None)
         else:
-            pre = self.pre(inputs, training=training, channel_mask=in_mask)
-        nodes = [pre * out_mask]
+            pre = self.pre(inputs, training=training, channel_mask=in_mask) * out_mask
+        nodes = [pre]
         incoming = [[] for _ in range(genotypes.NODES + 1)]
         edges = genotypes.dense_edges()
         for src in range(genotypes.NODES):
             for k, outs in self._source_terms(nodes[src], src, op_weights, out_mask,
-                                              training, precomputed).items():
+                                              node_masks, training, precomputed).items():
                 incoming[edges[k][1]].extend(outs)
             terms = incoming[src + 1]
-            node = (tf.add_n(terms) if terms else  # only 'none' ops: zeros
-                    binary.Zeroise(2 if self.reduction else 1)(nodes[0]))
-            nodes.append(node * out_mask)
+            if src + 1 < genotypes.NODES:
+                nodes.append(_sum(terms) if terms else  # only 'none' ops: zeros
+                             binary.Zeroise(2 if self.reduction else 1)(nodes[0]))
         if self.reduction:
             skip = self.skip(inputs, training=training, channel_mask=in_mask)
         else:
             skip = inputs
-        return (nodes[-1] + skip) * out_mask
+        return _sum(incoming[genotypes.NODES] + [skip * out_mask])
+
+
+def _sum(tensors):
+    return tf.add_n(tensors) if len(tensors) > 1 else tensors[0]
