@@ -70,8 +70,10 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
     bits in bfloat16). Its gradient keeps two boolean tensors (1 byte a value) instead
     of the float32 `h` (for the sign's straight-through gradient) and the `dtype`
     result (for the mask's gradient): d_h = dtype(g * mask) where |h| <= `clip`
-    (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and pixels of g * (sign(h) - pad), float32."""
-    high, low = 1.0 - pad, -1.0 - pad
+    (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and
+    pixels of g * (sign(h) - pad), float32. (Selects and products of equal shapes
+    or with per-channel vectors only: broadcast selects run a slow generic path.)"""
+    high, step = 1.0 - pad, -2.0  # sign(h) - pad = high + step * [h < 0]
 
     @tf.custom_gradient
     def apply(h, mask):
@@ -81,11 +83,14 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
         def grad(g):
             g = tf.cast(g, tf.float32)
             d_h = tf.cast(tf.cast(g * mask, dtype), tf.float32)
-            d_h = d_h if inside is None else tf.where(inside, d_h, 0.0)
-            shifted = tf.where(negative, low, high)
-            return d_h, tf.reduce_sum(g * shifted, axis=[0, 1, 2])
-        signs = tf.where(negative, tf.constant(low, dtype), tf.constant(high, dtype))
-        return signs * tf.cast(mask, dtype), grad
+            d_h = d_h if inside is None else tf.where(inside, d_h, tf.zeros_like(d_h))
+            d_mask = step * tf.reduce_sum(g * tf.cast(negative, tf.float32), axis=[0, 1, 2])
+            if high:
+                d_mask += high * tf.reduce_sum(g, axis=[0, 1, 2])
+            return d_h, d_mask
+        low_mask = tf.cast(mask, dtype)
+        out = tf.cast(negative, dtype) * (tf.constant(step, dtype) * low_mask)
+        return (out + tf.constant(high, dtype) * low_mask if high else out), grad
     return apply(h, mask)
 
 
