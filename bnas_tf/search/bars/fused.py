@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
+
 import bnas_tf  # noqa: F401
 import larq as lq
 import tensorflow as tf
@@ -55,7 +57,10 @@ def _fusable(layer):
     if type(layer.conv.input_quantizer) is not lq.quantizers.SteSign:  # noqa: E721
         return False  # (`sign_mask_cast` is its function and gradient)
     quantizer = layer.conv.kernel_quantizer
-    return quantizer is not None and kernel_signs(quantizer, tf.ones([1, 1, 1, 2]), 2) is not None
+    if quantizer is None:
+        return False
+    with tf.init_scope():  # a probe: eager, no ops in a traced step
+        return kernel_signs(quantizer, tf.ones([1, 1, 1, 2]), 2) is not None
 
 
 def _spec(layer):
@@ -119,10 +124,12 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
     the first one's statistics (moving statistics copied to the others in training)."""
     first = layers[0]
     h = first.bn(x, training=training)
-    if training:
+    if training and len(layers) > 1:
+        mean, variance = (tf.convert_to_tensor(v) for v in (first.bn.moving_mean,
+                                                             first.bn.moving_variance))
         for other in layers[1:]:
-            other.bn.moving_mean.assign(first.bn.moving_mean)
-            other.bn.moving_variance.assign(first.bn.moving_variance)
+            other.bn.moving_mean.assign(mean)
+            other.bn.moving_variance.assign(variance)
     conv = first.conv
     pad = float(conv.pad_values)
     q = kernels if kernels is not None else quantise(layers, conv_dtype)
@@ -137,14 +144,6 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
     if first.use_relu:  # scale > 0: relu(scale * y) = scale * relu(y)
         y = tf.nn.relu(y)
     return widen_and_weight(y, factors * q["scale"])
-
-
-def per_channel(weights, masks):
-    """[T * C]: weights[t] * masks[t] (weights: [T], masks: T tensors [C]), the factor
-    of a grouped conv whose layer t feeds a node masked by masks[t]."""
-    if len(masks) == 1:
-        return weights[0] * masks[0]
-    return tf.reshape(weights[:, None] * tf.stack(masks), [-1])
 
 
 class FusedSearchCell(SearchCell):
@@ -166,6 +165,12 @@ class FusedSearchCell(SearchCell):
         layers = [self.pre] + [op for edge in self.edges for op in edge.candidates
                                if not isinstance(op, binary.Zeroise)]  # never called
         return all(layer.built for layer in layers)
+
+    def _pre_fusable(self):
+        """`_fusable(self.pre)`, cached (its probe would add ops to every trace)."""
+        if "pre" not in self._static.groups:
+            self._static.groups["pre"] = _fusable(self.pre)
+        return self._static.groups["pre"]
 
     def _groups(self, src):
         """(per-edge ops [(edge, op index, op)], grouped convs {(op index, spec): [edge
@@ -190,46 +195,61 @@ class FusedSearchCell(SearchCell):
         (None before the first call has built the layers)."""
         if not (self._ready or self._layers_built()):
             return None
-        out = {"pre": quantise([self.pre], self.conv_dtype) if _fusable(self.pre) else None}
+        out = {"pre": quantise([self.pre], self.conv_dtype) if self._pre_fusable() else None}
         for src in range(genotypes.NODES):
             for (o, spec), members in self._groups(src)[1].items():
                 out[f"from{src}_op{o}"] = quantise([self.edges[k].candidates[o] for k in members],
                                                self.conv_dtype)
         return out
 
-    def _source_terms(self, x, src, op_weights, mask, node_masks, training, precomputed):
+    def _identity_ops(self):
+        """[edges, ops] 0/1 constant: 1 where the op's output is the edge's input itself
+        (the ``shortcut`` op at stride 1, and a grouped conv's op shortcut at stride
+        1), whose terms `_source_terms` adds as one (sum of their weights) * x."""
+        if "identity" not in self._static.groups:
+            edges = genotypes.dense_edges()
+            table = np.zeros([len(edges), len(self.edges[0].candidates)], np.float32)
+            for src in range(genotypes.NODES):
+                singles, groups = self._groups(src)
+                for k, o, op in singles:
+                    table[k, o] = float(type(op) is binary.SkipConnect)  # noqa: E721
+                for (o, spec), members in groups.items():
+                    for k in members:
+                        table[k, o] = float(spec[4] and spec[2] == 1)
+            self._static.groups["identity"] = table
+        return self._static.groups["identity"]
+
+    def _source_terms(self, x, src, op_weights, mask, edge_masks, factors, training,
+                      precomputed):
         """{edge index: terms} of the edges leaving node `src`, each term already times
-        the mask of the edge's target node (``node_masks[target]``: the reference cell
-        masks each node's sum; here the masks ride on the per-channel factors)."""
+        the mask of the edge's target node (``edge_masks[k]``: the reference cell
+        masks each node's sum; here the masks ride on the per-channel factors).
+        factors: {"identity": per edge its identity terms' weight times the mask,
+        op index o: [edges, C] op o's weight times the mask}."""
         singles, groups = self._groups(src)
-        edges = genotypes.dense_edges()
-        terms = {k: [] for k, (i, _) in enumerate(edges) if i == src}
-        identity = {k: [] for k in terms}  # op weights of the ops whose output is x
+        identity = self._identity_ops()
+        terms = {k: [] for k, (i, _) in enumerate(genotypes.dense_edges()) if i == src}
         for k, o, op in singles:
-            if type(op) is binary.SkipConnect:  # noqa: E721
-                identity[k].append(op_weights[k, o])
+            if identity[k, o]:
                 continue
             y = (op(x, training=training, channel_mask=mask) if masked(op)
                  else op(x, training=training))
-            terms[k].append((op_weights[k, o] * node_masks[edges[k][1]]) * y)
+            terms[k].append((op_weights[k, o] * edge_masks[k]) * y)
         for (o, spec), members in groups.items():
             layers = [self.edges[k].candidates[o] for k in members]
-            weights = tf.gather_nd(op_weights, [[k, o] for k in members])  # [T]
-            targets = [node_masks[edges[k][1]] for k in members]
+            factor = tf.reshape(tf.gather(factors[o], members), [-1])  # [T * C]
             kernels = precomputed[f"from{src}_op{o}"] if precomputed is not None else None
-            y = grouped_masked_conv(layers, x, mask, per_channel(weights, targets),
-                                    self.conv_dtype, training, kernels)
+            y = grouped_masked_conv(layers, x, mask, factor, self.conv_dtype, training,
+                                    kernels)
             parts = tf.split(y, len(members), axis=-1) if len(members) > 1 else [y]
-            for k, w, part in zip(members, tf.unstack(weights), parts):
+            for k, part in zip(members, parts):
                 terms[k].append(part)
-                if spec[4] and spec[2] == 1:  # the op shortcut: x at stride 1
-                    identity[k].append(w)
-                elif spec[4]:
-                    shortcut = binary.shortcut(x, spec[2])
-                    terms[k].append((w * node_masks[edges[k][1]]) * shortcut)
-        for k, weights in identity.items():
-            if weights:
-                terms[k].append((_sum(weights) * node_masks[edges[k][1]]) * x)
+                if spec[4] and spec[2] != 1:  # the op shortcut: identity at stride 1
+                    terms[k].append((op_weights[k, o] * edge_masks[k])
+                                    * binary.shortcut(x, spec[2]))
+        for k in terms:
+            if identity[k].any():
+                terms[k].append(factors["identity"][k] * x)
         return terms
 
     @tf.autograph.experimental.do_not_convert
@@ -243,19 +263,26 @@ class FusedSearchCell(SearchCell):
             if not self._layers_built():  # the first call builds every layer
                 return super().call(inputs, op_weights, in_mask, out_mask, training=training)
             self._ready = True
-        last = out_mask * out_mask
-        node_masks = [out_mask] * genotypes.NODES + [last]  # by node 0..4
-        if _fusable(self.pre):
+        edges = genotypes.dense_edges()
+        # per edge the mask of its target node (node 4: mask^2, see above), [edges, C]
+        edge_masks = tf.gather(tf.stack([out_mask, out_mask * out_mask]),
+                               [int(j == genotypes.NODES) for _, j in edges])
+        factors = {"identity": tf.unstack(tf.reduce_sum(
+            op_weights * self._identity_ops(), axis=1, keepdims=True) * edge_masks)}
+        for o in sorted({o for src in range(genotypes.NODES) for o, _ in self._groups(src)[1]}):
+            factors[o] = op_weights[:, o:o + 1] * edge_masks
+        edge_masks = tf.unstack(edge_masks)
+        if self._pre_fusable():
             pre = grouped_masked_conv([self.pre], inputs, in_mask, out_mask, self.conv_dtype,
                                       training, precomputed["pre"] if precomputed else None)
         else:
             pre = self.pre(inputs, training=training, channel_mask=in_mask) * out_mask
         nodes = [pre]
         incoming = [[] for _ in range(genotypes.NODES + 1)]
-        edges = genotypes.dense_edges()
         for src in range(genotypes.NODES):
             for k, outs in self._source_terms(nodes[src], src, op_weights, out_mask,
-                                              node_masks, training, precomputed).items():
+                                              edge_masks, factors, training,
+                                              precomputed).items():
                 incoming[edges[k][1]].extend(outs)
             terms = incoming[src + 1]
             if src + 1 < genotypes.NODES:
