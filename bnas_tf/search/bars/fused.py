@@ -37,7 +37,9 @@ import larq as lq
 import tensorflow as tf
 
 from bnas_tf import binary, genotypes
-from bnas_tf.search.bars.cell import MaskedBinaryConv, SearchCell, masked
+from bnas_tf.models import bars as bars_models
+from bnas_tf.search.bars.cell import (MaskedBinaryConv, SearchCell, SearchDownsample,
+                                     interleave, masked)
 from bnas_tf.search.bnas.fused import conv_op, kernel_signs, widen_and_weight
 
 DTYPES = ("float32", "bfloat16")
@@ -146,6 +148,35 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
     return widen_and_weight(y, factors * q["scale"])
 
 
+def _downsample_fusable(layer):
+    """True for a `cell.SearchDownsample` of kind 'improved' whose halves `_fusable`
+    accepts (`grouped_downsample` computes it)."""
+    return (type(layer) is SearchDownsample and layer.kind == "improved"  # noqa: E721
+            and all(_fusable(half) for half in layer.halves))
+
+
+def grouped_downsample(ops, x, channel_mask, factors, conv_dtype, training=None,
+                       kernels=None):
+    """`cell.SearchDownsample` ('improved') calls of `ops` (T of them, `filters` C
+    each) on the same x ([B, H, W, C_in] NHWC float32; channel_mask [C_in]), grouped:
+    each half's T convs as one grouped conv (`grouped_masked_conv`), the halves
+    interleaved once for all T. Returns (convs, shortcut): convs [B, H', W', T * C],
+    op t's conv part times ``factors[t]`` in channels t*C.. (factors: [T, C], per
+    output channel of the interleaved output), and the shortcut [B, H', W', C] every op
+    adds (interleaved pooled halves; op t's term is ``factors[t] * shortcut``).
+    kernels: {0: ..., 1: ...} each half's `quantise` (computed here when None)."""
+    halves = (x, bars_models.stagger(x))
+    convs, shortcuts = [], []
+    for h, part in enumerate(halves):
+        layers = [op.halves[h] for op in ops]
+        factor = tf.reshape(factors[:, h::2], [-1])  # [T * C/2]: the half's channels
+        convs.append(grouped_masked_conv(layers, part, channel_mask, factor, conv_dtype,
+                                         training, kernels[h] if kernels else None))
+        shortcuts.append(bars_models.match_channels(binary.shortcut(part, 2),
+                                                    ops[0].filters // 2))
+    return interleave(*convs), interleave(*shortcuts)
+
+
 class FusedSearchCell(SearchCell):
     """`cell.SearchCell` with its binary convs grouped per source node (see the module
     docstring); `conv_dtype`: 'float32' or 'bfloat16' (resolved by
@@ -185,6 +216,8 @@ class FusedSearchCell(SearchCell):
                         continue
                     if _fusable(op):
                         groups.setdefault((o, _spec(op)), []).append(k)
+                    elif _downsample_fusable(op):
+                        groups.setdefault((o, "downsample"), []).append(k)
                     else:
                         singles.append((k, o, op))
             self._static.groups[src] = (singles, groups)
@@ -198,9 +231,23 @@ class FusedSearchCell(SearchCell):
         out = {"pre": quantise([self.pre], self.conv_dtype) if self._pre_fusable() else None}
         for src in range(genotypes.NODES):
             for (o, spec), members in self._groups(src)[1].items():
-                out[f"from{src}_op{o}"] = quantise([self.edges[k].candidates[o] for k in members],
-                                               self.conv_dtype)
+                ops = [self.edges[k].candidates[o] for k in members]
+                out[f"from{src}_op{o}"] = (self._quantise_halves(ops) if spec == "downsample"
+                                           else quantise(ops, self.conv_dtype))
+        if self._skip_fusable():
+            out["skip"] = self._quantise_halves([self.skip])
         return out
+
+    def _quantise_halves(self, downsamples):
+        return {h: quantise([op.halves[h] for op in downsamples], self.conv_dtype)
+                for h in (0, 1)}
+
+    def _skip_fusable(self):
+        """True for a reduction cell whose skip `grouped_downsample` computes (cached)."""
+        if "skip" not in self._static.groups:
+            self._static.groups["skip"] = (self.skip is not None
+                                           and _downsample_fusable(self.skip))
+        return self._static.groups["skip"]
 
     def _identity_ops(self):
         """[edges, ops] 0/1 constant: 1 where the op's output is the edge's input itself
@@ -215,7 +262,7 @@ class FusedSearchCell(SearchCell):
                     table[k, o] = float(type(op) is binary.SkipConnect)  # noqa: E721
                 for (o, spec), members in groups.items():
                     for k in members:
-                        table[k, o] = float(spec[4] and spec[2] == 1)
+                        table[k, o] = float(spec != "downsample" and spec[4] and spec[2] == 1)
             self._static.groups["identity"] = table
         return self._static.groups["identity"]
 
@@ -237,14 +284,21 @@ class FusedSearchCell(SearchCell):
             terms[k].append((op_weights[k, o] * edge_masks[k]) * y)
         for (o, spec), members in groups.items():
             layers = [self.edges[k].candidates[o] for k in members]
-            factor = tf.reshape(tf.gather(factors[o], members), [-1])  # [T * C]
+            factor = tf.gather(factors[o], members)  # [T, C]
             kernels = precomputed[f"from{src}_op{o}"] if precomputed is not None else None
-            y = grouped_masked_conv(layers, x, mask, factor, self.conv_dtype, training,
-                                    kernels)
+            if spec == "downsample":
+                y, shortcut = grouped_downsample(layers, x, mask, factor, self.conv_dtype,
+                                                 training, kernels)
+            else:
+                y = grouped_masked_conv(layers, x, mask, tf.reshape(factor, [-1]),
+                                        self.conv_dtype, training, kernels)
             parts = tf.split(y, len(members), axis=-1) if len(members) > 1 else [y]
-            for k, part in zip(members, parts):
+            rows = tf.unstack(factor) if spec == "downsample" else [None] * len(members)
+            for k, part, row in zip(members, parts, rows):
                 terms[k].append(part)
-                if spec[4] and spec[2] != 1:  # the op shortcut: identity at stride 1
+                if spec == "downsample":
+                    terms[k].append(row * shortcut)
+                elif spec[4] and spec[2] != 1:  # the op shortcut: identity at stride 1
                     terms[k].append((op_weights[k, o] * edge_masks[k])
                                     * binary.shortcut(x, spec[2]))
         for k in terms:
@@ -288,11 +342,16 @@ class FusedSearchCell(SearchCell):
             if src + 1 < genotypes.NODES:
                 nodes.append(_sum(terms) if terms else  # only 'none' ops: zeros
                              binary.Zeroise(2 if self.reduction else 1)(nodes[0]))
-        if self.reduction:
-            skip = self.skip(inputs, training=training, channel_mask=in_mask)
+        if self._skip_fusable():
+            convs, shortcut = grouped_downsample(
+                [self.skip], inputs, in_mask, out_mask[None, :], self.conv_dtype, training,
+                precomputed["skip"] if precomputed else None)
+            skip = [convs, out_mask * shortcut]
+        elif self.reduction:
+            skip = [self.skip(inputs, training=training, channel_mask=in_mask) * out_mask]
         else:
-            skip = inputs
-        return _sum(incoming[genotypes.NODES] + [skip * out_mask])
+            skip = [inputs * out_mask]
+        return _sum(incoming[genotypes.NODES] + skip)
 
 
 def _sum(tensors):
