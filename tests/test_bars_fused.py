@@ -85,10 +85,8 @@ def close(got, want, rtol, atol, what):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{what} {i}")
 
 
-def test_fused_cell_equals_the_reference_float32():
-    ref, fast = pair()
-    x, y = batch()
-    weights = decisions(ref)
+def same_step(ref, fast, x, y, weights):
+    """Assert the fused net's `step` equals the reference's (float32); return it."""
     want, got = step(ref, x, y, weights), step(fast, x, y, weights)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
     # (the sums after the convs round differently: 1e-2 of each tensor's largest value)
@@ -98,6 +96,14 @@ def test_fused_cell_equals_the_reference_float32():
             scale = np.abs(b).max() if b is not None else 0.0
             close([a], [b], 1e-2, 1e-2 * scale, f"{what} gradient")
     close(got[3], want[3], 1e-5, 1e-5, "moving statistic")
+    return got
+
+
+def test_fused_cell_equals_the_reference_float32():
+    ref, fast = pair()
+    x, y = batch()
+    weights = decisions(ref)
+    got = same_step(ref, fast, x, y, weights)
     assert all(np.abs(g).sum() > 0 for g in got[1])  # every decision gets a gradient
 
 
@@ -131,8 +137,9 @@ def test_fused_net_samples_the_same_gumbel_noise():
 
 
 def test_fused_cell_with_one_hot_widths_computes_the_narrow_network():
-    """At a one-hot narrow width the fused cell's dead channels stay zero (the mask
-    folded into the kernel keeps sign(0) = +1 of dead channels out)."""
+    """At a one-hot narrow width the fused cell's dead channels stay zero (the mask on
+    the conv input keeps sign(0) = +1 of dead channels out, the node masks on the
+    factors keep the sums' dead channels 0)."""
     _, fast = pair()
     arch = bars_supernet.Architecture(ops=((0,) * 10, (0,) * 10), reduce=(1,) * 10,
                                       widths=(0, 0), depths=(1, 1))
@@ -230,11 +237,4 @@ def test_reduction_downsamples_run_grouped_and_equal_the_reference():
     x, y = batch()
     weights = decisions(ref)
     weights["reduce"] = tf.nn.softmax(tf.math.log(weights["reduce"]) + [0.0, 3.0, 0.0])
-    want, got = step(ref, x, y, weights), step(fast, x, y, weights)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
-    for what, g_got, g_want in (("decision-weight", got[1], want[1]),
-                                ("weight", got[2], want[2])):
-        for a, b in zip(g_got, g_want):
-            scale = np.abs(b).max() if b is not None else 0.0
-            close([a], [b], 1e-2, 1e-2 * scale, f"{what} gradient")
-    close(got[3], want[3], 1e-5, 1e-5, "moving statistic")
+    same_step(ref, fast, x, y, weights)
