@@ -16,15 +16,25 @@ each choice: docs/benchmark.md, "BARS search".
   padding) + 1 * sum over taps and channels of sign(W) * m. The kernel operand is
   +-1 (exact in bfloat16); the masked signs (s - 1) * m round only the mask (to 8
   significant bits with ``conv_dtype='bfloat16'``, as the conv's result does;
-  `mask_and_cast`). The mask stays on the input side: its gradient is then a
-  reduction of the input gradient the alpha pass computes anyway (folded into the
+  `sign_mask_cast`, whose gradient keeps two boolean tensors instead of the float32
+  BN output and the product). The mask stays on the input side: its gradient is then
+  a reduction of the input gradient the alpha pass computes anyway (folded into the
   kernel, its gradient needs a filter gradient in the alpha pass: one more conv
   pass; docs/benchmark.md).
-* The op weight and the weight scale multiply the conv's output in one op
-  (`bnas.fused.widen_and_weight`); the op shortcut is added per edge.
+* The op weight, the weight scale and the mask of the node the edge feeds multiply
+  the conv's output in one op (`bnas.fused.widen_and_weight`): the reference's
+  node * mask is carried by every term's per-channel factor (node 4's by mask^2, as
+  the cell output masks it again), so no float32 node sum is kept for the mask's
+  gradient. The terms equal to the edge's input (the ``shortcut`` op at stride 1 and
+  the convs' op shortcut) are one term, (sum of their op weights) * mask * x; the
+  factors are computed once per cell ([edges, C] products).
+* The reduction cells' 'improved' downsamples (the ``shortcut`` op of the stride-2
+  edges, and the cell's skip) run grouped too (`grouped_downsample`): each half's
+  convs of all edges as one grouped conv, the halves interleaved once for all
+  edges, the pooled shortcut computed once.
 
-Ops of other kinds (the ``shortcut`` op, downsamples, pools) run as the reference
-cell runs them.
+Ops of other kinds (pools, other downsamples, ...) run as the reference cell runs
+them.
 """
 from __future__ import annotations
 
