@@ -125,6 +125,29 @@ def quantise(layers, conv_dtype):
             "taps": tf.reduce_sum(signs, axis=[0, 1])}
 
 
+def quantise_all(groups, conv_dtype):
+    """`quantise` of each list of layers in `groups`, with one quantisation per kernel
+    shape (the layers of all groups whose kernels have that shape, concatenated, then
+    split per group): the same signs, scales and taps in fewer graph nodes."""
+    buckets = {}
+    for g, layers in enumerate(groups):
+        kernel = layers[0].conv.kernel.latent_variable
+        key = (tuple(kernel.shape), type(layers[0].conv.kernel_quantizer))
+        buckets.setdefault(key, []).append(g)
+    out = [None] * len(groups)
+    for members in buckets.values():
+        layers = [layer for g in members for layer in groups[g]]
+        q = quantise(layers, conv_dtype)
+        if len(members) == 1:
+            out[members[0]] = q
+            continue
+        sizes = [len(groups[g]) * int(groups[g][0].conv.kernel.shape[-1]) for g in members]
+        parts = {name: tf.split(value, sizes, axis=-1) for name, value in q.items()}
+        for i, g in enumerate(members):
+            out[g] = {name: parts[name][i] for name in q}
+    return out
+
+
 def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=None,
                         kernels=None):
     """sum-free grouped form of `cell.MaskedBinaryConv` calls: the outputs of
@@ -234,23 +257,32 @@ class FusedSearchCell(SearchCell):
         return self._static.groups[src]
 
     def precompute(self):
-        """{"pre": ..., "from{src}_op{o}": ...}: every grouped conv's `quantise`
-        (None before the first call has built the layers)."""
+        """{"pre": ..., "from{src}_op{o}": ..., "skip": ...}: every grouped conv's
+        `quantise` (a downsample's: {half: ...}), quantised per kernel shape
+        (`quantise_all`); None before the first call has built the layers."""
         if not (self._ready or self._layers_built()):
             return None
-        out = {"pre": quantise([self.pre], self.conv_dtype) if self._pre_fusable() else None}
+        keys, groups = [], []  # (key, half) and the layers of each grouped conv
+        if self._pre_fusable():
+            keys.append(("pre", None))
+            groups.append([self.pre])
         for src in range(genotypes.NODES):
             for (o, spec), members in self._groups(src)[1].items():
                 ops = [self.edges[k].candidates[o] for k in members]
-                out[f"from{src}_op{o}"] = (self._quantise_halves(ops) if spec == "downsample"
-                                           else quantise(ops, self.conv_dtype))
+                for half in ((0, 1) if spec == "downsample" else (None,)):
+                    keys.append((f"from{src}_op{o}", half))
+                    groups.append(ops if half is None else [op.halves[half] for op in ops])
         if self._skip_fusable():
-            out["skip"] = self._quantise_halves([self.skip])
+            for half in (0, 1):
+                keys.append(("skip", half))
+                groups.append([self.skip.halves[half]])
+        out = {"pre": None}
+        for (key, half), q in zip(keys, quantise_all(groups, self.conv_dtype)):
+            if half is None:
+                out[key] = q
+            else:
+                out.setdefault(key, {})[half] = q
         return out
-
-    def _quantise_halves(self, downsamples):
-        return {h: quantise([op.halves[h] for op in downsamples], self.conv_dtype)
-                for h in (0, 1)}
 
     def _skip_fusable(self):
         """True for a reduction cell whose skip `grouped_downsample` computes (cached)."""
