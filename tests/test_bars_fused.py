@@ -3,6 +3,7 @@
 gradients and BatchNorm moving statistics, with the same Gumbel noise, in float32
 and (within bfloat16 rounding) in bfloat16; it holds the same variables."""
 import bnas_tf  # noqa: F401
+import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -84,10 +85,8 @@ def close(got, want, rtol, atol, what):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{what} {i}")
 
 
-def test_fused_cell_equals_the_reference_float32():
-    ref, fast = pair()
-    x, y = batch()
-    weights = decisions(ref)
+def same_step(ref, fast, x, y, weights):
+    """Assert the fused net's `step` equals the reference's (float32); return it."""
     want, got = step(ref, x, y, weights), step(fast, x, y, weights)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
     # (the sums after the convs round differently: 1e-2 of each tensor's largest value)
@@ -97,6 +96,14 @@ def test_fused_cell_equals_the_reference_float32():
             scale = np.abs(b).max() if b is not None else 0.0
             close([a], [b], 1e-2, 1e-2 * scale, f"{what} gradient")
     close(got[3], want[3], 1e-5, 1e-5, "moving statistic")
+    return got
+
+
+def test_fused_cell_equals_the_reference_float32():
+    ref, fast = pair()
+    x, y = batch()
+    weights = decisions(ref)
+    got = same_step(ref, fast, x, y, weights)
     assert all(np.abs(g).sum() > 0 for g in got[1])  # every decision gets a gradient
 
 
@@ -130,8 +137,9 @@ def test_fused_net_samples_the_same_gumbel_noise():
 
 
 def test_fused_cell_with_one_hot_widths_computes_the_narrow_network():
-    """At a one-hot narrow width the fused cell's dead channels stay zero (the mask
-    folded into the kernel keeps sign(0) = +1 of dead channels out)."""
+    """At a one-hot narrow width the fused cell's dead channels stay zero (the mask on
+    the conv input keeps sign(0) = +1 of dead channels out, the node masks on the
+    factors keep the sums' dead channels 0)."""
     _, fast = pair()
     arch = bars_supernet.Architecture(ops=((0,) * 10, (0,) * 10), reduce=(1,) * 10,
                                       widths=(0, 0), depths=(1, 1))
@@ -182,3 +190,51 @@ def test_precomputed_kernels_give_the_same_step():
             np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(),
                                        tf.convert_to_tensor(b).numpy(), rtol=1e-5, atol=1e-6)
     assert make("reference").precompute() is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_sign_mask_cast_equals_larq_sign_shift_mask_and_its_gradients(dtype):
+    """`fused.sign_mask_cast` (one custom gradient keeping two boolean tensors) computes
+    what the reference chain computes: larq's SteSign (sign(0) = +1, gradient clipped
+    at |h| <= 1), the -1 padding shift, the width mask rounded to `dtype`; the same
+    gradients for h and the mask, at the sign's and the clip's edge cases."""
+    h = tf.constant(np.array([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, 0.3, -0.7] * 6,
+                             np.float32).reshape([2, 2, 3, 4]))
+    mask = tf.constant([1.0, 0.3, 0.0, 0.7])
+    g = tf.constant(np.random.default_rng(0).normal(size=[2, 2, 3, 4]).astype(np.float32))
+
+    def reference(h, mask):
+        low = tf.cast(lq.quantizers.SteSign()(h) - 1.0, dtype)
+        return tf.cast(low * tf.cast(mask, dtype), tf.float32)
+
+    def fused(h, mask):
+        return tf.cast(bars_fused.sign_mask_cast(h, mask, 1.0, dtype), tf.float32)
+    results = []
+    for fn in (reference, fused):
+        with tf.GradientTape() as tape:
+            tape.watch([h, mask])
+            y = fn(h, mask)
+            loss = tf.reduce_sum(y * g)
+        results.append([y] + tape.gradient(loss, [h, mask]))
+    np.testing.assert_array_equal(results[1][0].numpy(), results[0][0].numpy())
+    # the gradients: exact in float32; in bfloat16 the reference rounds the mask
+    # before its product with g, the fused gradient after (8 significant bits)
+    tol = 1e-6 if dtype == "float32" else 2 ** -7
+    for want, got in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol)
+    d_h = results[1][1].numpy()
+    assert np.all(d_h[np.abs(h.numpy()) > 1] == 0) and np.abs(d_h).sum() > 0
+
+
+def test_reduction_downsamples_run_grouped_and_equal_the_reference():
+    """The reduction cell's 'improved' downsamples (the shortcut op of its stride-2
+    edges and the cell's skip) run grouped (`fused.grouped_downsample`: halves as
+    grouped convs, interleaved once), with the reference's outputs and gradients when
+    they carry most of the reduction cell's op weight."""
+    ref, fast = pair()
+    cell = fast.reduce_cells[0]
+    assert (1, "downsample") in cell._groups(0)[1] and cell._skip_fusable()
+    x, y = batch()
+    weights = decisions(ref)
+    weights["reduce"] = tf.nn.softmax(tf.math.log(weights["reduce"]) + [0.0, 3.0, 0.0])
+    same_step(ref, fast, x, y, weights)
