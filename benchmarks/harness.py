@@ -303,8 +303,12 @@ def run_child(module, function, args, config, timeout=3600):
     (its last stdout line as JSON, its peak resident memory in MB, the launch time).
     RuntimeError naming the child's error when it fails."""
     args = dict(args, intra=config.intra_op_threads, inter=config.inter_op_threads)
+    # The peak RSS is the child's own VmHWM (/proc/self/status), printed last: wait4's
+    # ru_maxrss keeps the parent's high-water mark across fork/vfork + exec, so a child
+    # smaller than this process would report this process's peak.
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-            f"from benchmarks import {module}; {module}.{function}(json.loads(sys.argv[2]))")
+            f"from benchmarks import {module}; {module}.{function}(json.loads(sys.argv[2])); "
+            "from benchmarks import harness; harness.print_own_peak_rss()")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         launched = time.time()
@@ -317,8 +321,33 @@ def run_child(module, function, args, config, timeout=3600):
     if status != 0:
         raise RuntimeError(f"the {function} child failed (exit status {status}): "
                            f"{_error_line(stderr)}")
-    peak_rss_mb = usage.ru_maxrss / 1024.0  # Linux: ru_maxrss in KB
-    return json.loads(stdout.strip().splitlines()[-1]), peak_rss_mb, launched
+    lines = stdout.strip().splitlines()
+    own = json.loads(lines[-1]) if lines else {}
+    if isinstance(own, dict) and PEAK_KEY in own:
+        peak_rss_mb, lines = own[PEAK_KEY] / 1024.0, lines[:-1]
+    else:  # no /proc (not Linux): the rusage figure, an upper bound
+        peak_rss_mb = usage.ru_maxrss / 1024.0  # Linux: ru_maxrss in KB
+    return json.loads(lines[-1]), peak_rss_mb, launched
+
+
+PEAK_KEY = "peak_rss_kb_of_this_process"
+
+
+def print_own_peak_rss():
+    """In a `run_child` process, last: this process's peak RSS (VmHWM, KB) as JSON."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    print(json.dumps({PEAK_KEY: kb}), flush=True)
+
+
+def child_probe(args):
+    """A `run_child` body for tests: touch ``args['mb']`` MB, print a JSON line."""
+    import numpy as np
+    block = np.ones(int(args["mb"]) * 2 ** 20 // 8)
+    print(json.dumps({"sum": float(block.sum())}), flush=True)
 
 
 def child_threads(args):
@@ -625,6 +654,9 @@ def format_table(result) -> str:
     """A readable table of the figures, with reference values and targets."""
     lines = [f"{'figure':<44} {'value':>14} {'reference':>10} {'target':>10}  met",
              "-" * 86]
+    if result.get("quick"):
+        lines.insert(0, "QUICK shapes: a smoke run. The reference column, the speed-ups and "
+                        "the targets are for the full shapes and say nothing here.")
     targets = result.get("targets", {})
     for key, label, fmt in ROWS:
         if result.get(key) is None:

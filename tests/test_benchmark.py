@@ -59,6 +59,9 @@ def test_quick_run_writes_every_figure(quick_result):
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     # the readable table names the figures
     assert "BNAS search step" in stdout and "LceBconv2d ops" in stdout
+    # tiny shapes against full-shape references and targets: the table says they do not apply
+    assert "QUICK shapes: a smoke run" in stdout
+    assert "QUICK shapes: a smoke run" not in benchmark.format_table({**result, "quick": False})
 
 
 def test_search_figures_are_medians_over_fresh_processes(monkeypatch):
@@ -142,3 +145,15 @@ def test_strided_dilated_binary_conv_reads_the_strided_grid_and_exports(kernel):
         tf.keras.layers.GlobalAveragePooling2D()(z)))
     report = export.export(randomize_batchnorm(model), samples=4)
     assert report.bconv_ops == report.binary_convs == 1
+
+
+def test_a_childs_peak_rss_is_its_own_not_the_parents():
+    """wait4's ru_maxrss of a child carries this process's high-water mark over exec:
+    a small child of a large parent used to report the parent's peak."""
+    parent = np.ones(700 * 2 ** 20 // 8)  # this process: > 700 MB resident
+    config = benchmark.quick_config()
+    report, small, _ = benchmark.run_child("harness", "child_probe", {"mb": 1}, config, 120)
+    assert report == {"sum": float(2 ** 20 // 8)}
+    _, large, _ = benchmark.run_child("harness", "child_probe", {"mb": 400}, config, 120)
+    assert small < 300 < 400 < large < 700 + 300, (small, large)
+    del parent

@@ -1,11 +1,13 @@
 """BNAS derive='perturbation' (DARTS-PT op selection, bnas/perturbation.py)."""
+import json
+
 import bnas_tf  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from bnas_tf import genotypes, ops
-from bnas_tf.search import bilevel, runner
+from bnas_tf.search import SearchConfig, bilevel, runner
 from bnas_tf.search.bnas import derive as derive_lib
 from bnas_tf.search.bnas import perturbation
 from bnas_tf.search.bnas.supernet import Supernet
@@ -157,3 +159,10 @@ def test_select_refuses_a_directory_without_a_checkpoint(tmp_path, searched):
     (empty / "search_config.json").write_text((searched / "search_config.json").read_text())
     with pytest.raises(ValueError, match="no search checkpoint"):
         perturbation.select(str(empty))
+    bars = tmp_path / "bars"
+    bars.mkdir()  # refused from its config, before any data is read
+    (bars / "search_config.json").write_text(json.dumps(
+        {"search": SearchConfig.create("bars").to_dict(),
+         "data": {"dataset": "folder", "data_dir": str(tmp_path / "nowhere")}}))
+    with pytest.raises(ValueError, match="is a bars search"):
+        perturbation.select(str(bars))

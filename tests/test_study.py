@@ -548,17 +548,19 @@ def test_bars_backbone_and_ablation_arms_produce_trials(cifar_dir, tmp_path):
 def test_report_files_hold_every_trial(tmp_path):
     import types
     from bnas_tf import recipes
-    c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=2)
+    c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random", "bnas-pt"), seeds=2)
     trials = []
     for s, (a, b) in enumerate(((0.50, 0.45), (0.52, 0.47))):
-        for arm, top1 in (("bnas", a), ("bnas-random", b)):
+        for arm, top1 in (("bnas", a), ("bnas-random", b), ("bnas-pt", b)):
             t = _fake(arm, s, top1)
             t.update(width=16, resumed=False, search_wall_s=1.0, train_wall_s=2.0,
                      agreement=1.0, export_error=None)
-            if arm == "bnas":
+            if arm != "bnas-random":
                 t["alphas"] = {"measure": "mean KL from uniform (nats)",
                                "per_epoch": [1e-5, 2e-5], "derived_epoch": 1,
                                "at_derived_epoch": 2e-5, "indistinguishable": True}
+            if arm == "bnas-pt":
+                t.update(search_shared_with="bnas", selection={"rule": "perturbation"})
             trials.append(t)
     fake = types.SimpleNamespace(
         config=c, output_dir=str(tmp_path), target=5e6, train_config=recipes.TrainConfig(),
@@ -566,10 +568,13 @@ def test_report_files_hold_every_trial(tmp_path):
                "external_test": False})
     results = report.write(fake, trials + [None], log=lambda m: None)
     saved = json.loads((tmp_path / report.RESULTS_JSON).read_text())
-    assert saved["finished"] == 4 and saved["total"] == 5 and len(saved["trials"]) == 4
+    assert saved["finished"] == 6 and saved["total"] == 7 and len(saved["trials"]) == 6
     assert results["pairs"][0]["differences"] == pytest.approx([5.0, 5.0])
     md = (tmp_path / report.RESULTS_MD).read_text()
     assert "| bnas | 2 | 51.00 +- 1.41 |" in md and "| bnas-random | 2 | 46.00 +- 1.41 |" in md
-    assert "indistinguishable from their initial values" in md
-    assert "4/5 trials finished" in md and "30 images" in md
+    assert md.count("indistinguishable from their initial values") == 2  # bnas, 2 seeds
+    assert md.count("selected by perturbation on its last supernet, not from them") == 2
+    for name in c.arms:  # every arm says what it is
+        assert f"- `{name}`: {arms.ARMS[name].about}" in md and arms.ARMS[name].about
+    assert "6/7 trials finished" in md and "30 images" in md
     assert (tmp_path / report.PLOT).stat().st_size > 10_000

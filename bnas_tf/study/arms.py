@@ -1,30 +1,10 @@
-"""The study's arms: how each gets a genotype and its final network spec.
-
-* ``bnas``: BNAS search (`runner.run_search`, method ``bnas``) -> derived genotype;
-* ``bnas-no-zeroise`` / ``bnas-no-skip`` / ``bnas-no-div``: the BNAS ablations
-  (Table 5/6): the same search with ``derive="darts"`` (Zeroise never picked),
-  ``cell_template="darts"`` (no inter-cell skips, in search and final network) or
-  ``diversity_lambda=0`` (no diversity regulariser);
-* ``bnas-pt``: the ``bnas`` search's supernet (its directory reused when that trial's
-  search is complete, else the same search run again in its own directory), its ops
-  and inputs selected by perturbation (`bnas_tf.search.bnas.perturbation`, DARTS-PT)
-  instead of by alpha magnitude;
-* ``bnas-no-pool``: the BNAS search over the space without its pooling ops (Zeroise
-  and the binary convs);
-* ``bnas-random``: `genotypes.random_bnas`, uniform over the same space (ops incl.
-  Zeroise, inputs), seeded by the trial's seed;
-* ``bnas-a``: the released BNAS-A cell;
-* ``bars``: BARS search -> sampled genotype; ``bars-random``: `genotypes.random_bars`
-  redrawn until its equivalent OPs (at the search's base channels) fit the
-  study's FLOPs budget;
-* ``xnor-resnet18``: the XNOR ResNet-18 preset at its own width (not matched);
-  ``xnor-resnet18-matched``: the same, width-scaled to the EqOPs target;
-  ``birealnet18-cifar``: the preset of that name (Bi-Real Net-18, CIFAR form),
-  width-scaled; refused with one line when bnas_tf.models.presets lacks it.
+"""The study's arms: how each gets a genotype and its final network spec (each arm's
+``about`` says what it is; the report prints it).
 
 Every BNAS-cell arm is built at ``final_cells`` cells; every arm but
 ``xnor-resnet18`` is then width-matched to the EqOPs of BNAS-A's cell at
-``final_cells`` x ``final_channels`` (`matching`).
+``final_cells`` x ``final_channels`` (`matching`). A preset arm is refused with one
+line when bnas_tf.models.presets lacks its preset.
 """
 from __future__ import annotations
 
@@ -47,28 +27,41 @@ class Arm:
     matched: bool = True
     selection: str | None = None  # 'perturbation': ops picked on the trained supernet
     shares_search: str | None = None  # the arm whose finished search it may reuse
+    about: str = ""             # one line for the report
 
 
+_NO_POOL = tuple(o for o in ops.BNAS_OPS if "pool" not in o)
 ARMS = {a.name: a for a in (
-    Arm("bnas", "search", "bnas"),
-    Arm("bnas-no-zeroise", "search", "bnas", (("derive", "darts"),)),
-    Arm("bnas-no-skip", "search", "bnas", (("cell_template", "darts"),)),
-    Arm("bnas-no-div", "search", "bnas", (("diversity_lambda", 0.0),)),
-    # the literature's fix when parameter-free ops win early (P-DARTS, PC-DARTS, BARS):
-    # the first half of the search epochs train the weights only
-    Arm("bnas-warmup", "search", "bnas", (("warmup_epochs", "half"),)),
-    # DARTS-PT (Wang et al. 2021): alpha magnitude does not measure op strength
-    Arm("bnas-pt", "search", "bnas", selection="perturbation", shares_search="bnas"),
-    # the space without the parameter-free ops that win (pools): Zeroise and convs only
-    Arm("bnas-no-pool", "search", "bnas",
-        (("ops", tuple(o for o in ops.BNAS_OPS if "pool" not in o)),)),
-    Arm("bnas-random", "random", "bnas"),
-    Arm("bnas-a", "released", "bnas"),
-    Arm("bars", "search", "bars"),
-    Arm("bars-random", "random", "bars"),
-    Arm("xnor-resnet18", "preset", preset="xnor-resnet18", matched=False),
-    Arm("xnor-resnet18-matched", "preset", preset="xnor-resnet18"),
-    Arm("birealnet18-cifar", "preset", preset="birealnet18-cifar"),
+    Arm("bnas", "search", "bnas",
+        about="BNAS search (runner.run_search) -> genotype derived from the alphas (Eq. 4)"),
+    Arm("bnas-no-zeroise", "search", "bnas", (("derive", "darts"),),
+        about="BNAS ablation (Table 5/6): Zeroise never picked when deriving"),
+    Arm("bnas-no-skip", "search", "bnas", (("cell_template", "darts"),),
+        about="BNAS ablation: no inter-cell skips, in the search and the final network"),
+    Arm("bnas-no-div", "search", "bnas", (("diversity_lambda", 0.0),),
+        about="BNAS ablation: no diversity regulariser"),
+    Arm("bnas-warmup", "search", "bnas", (("warmup_epochs", "half"),),
+        about="BNAS search whose first half trains the weights only (the warm-up of "
+              "P-DARTS / PC-DARTS / BARS, against parameter-free ops winning early)"),
+    Arm("bnas-pt", "search", "bnas", selection="perturbation", shares_search="bnas",
+        about="the bnas arm's search (reused when finished for the seed), ops and inputs "
+              "selected by perturbation on its trained supernet (DARTS-PT, Wang et al. "
+              "2021) instead of by alpha magnitude"),
+    Arm("bnas-no-pool", "search", "bnas", (("ops", _NO_POOL),),
+        about="BNAS search over the space without its pooling ops (Zeroise and the "
+              "binary convs)"),
+    Arm("bnas-random", "random", "bnas",
+        about="a genotype drawn uniformly from the BNAS space (ops incl. Zeroise, inputs)"),
+    Arm("bnas-a", "released", "bnas", about="the released BNAS-A cell"),
+    Arm("bars", "search", "bars", about="BARS search -> genotype sampled from its alphas"),
+    Arm("bars-random", "random", "bars",
+        about="a uniform BARS draw redrawn until it fits the study's FLOPs budget"),
+    Arm("xnor-resnet18", "preset", preset="xnor-resnet18", matched=False,
+        about="XNOR ResNet-18 at its own width (not matched)"),
+    Arm("xnor-resnet18-matched", "preset", preset="xnor-resnet18",
+        about="XNOR ResNet-18, width-scaled to the EqOPs target"),
+    Arm("birealnet18-cifar", "preset", preset="birealnet18-cifar",
+        about="Bi-Real Net-18 (CIFAR form), width-scaled to the EqOPs target"),
 )}
 # (arm, against): the report's paired comparisons, difference = arm - against per seed.
 PAIRS = (("bnas", "bnas-random"), ("bars", "bars-random"), ("bnas", "bnas-a"),

@@ -107,6 +107,9 @@ def markdown(study, trials, rows, comparisons):
         "# Study: searched vs random vs hand-designed binary networks", "",
         f"{len(done)}/{len(trials)} trials finished; arms {', '.join(c.arms)}; "
         f"{c.seeds} seed(s).", "",
+        "## Arms", "",
+        *(f"- `{name}`: {arms.ARMS[name].about}" for name in c.arms),
+        "",
         "## Fairness", "",
         f"- Every final network: the same data ({s['pool_files']} images of {s['source']}, "
         f"{len(s['classes'])} classes; its 10% class-balanced hold-out validates), "
@@ -155,6 +158,12 @@ def markdown(study, trials, rows, comparisons):
     for t in searched:
         a = t["alphas"]
         per = ", ".join(f"{v:.2e}" for v in a["per_epoch"])
+        if t.get("selection"):  # the genotype was not read from the alphas
+            lines.append(f"- {t['arm']} seed {t['seed']}: the alphas of "
+                         f"{t.get('search_shared_with') or 'its'} search, {a['measure']} "
+                         f"per epoch [{per}]; the genotype was selected by "
+                         f"{t['selection']['rule']} on its last supernet, not from them.")
+            continue
         lines.append(f"- {t['arm']} seed {t['seed']}: {a['measure']} per epoch [{per}]; "
                      f"genotype from epoch {a['derived_epoch']}.")
         if a["indistinguishable"]:

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from bnas_tf import data, genotypes, ops
 from bnas_tf.search import alphas, bilevel, runner
+from bnas_tf.search import search_dir as search_files
 from bnas_tf.search.bnas import derive as derive_lib
 
 KINDS = ("normal", "reduce")
@@ -138,10 +139,11 @@ def select(search_dir, max_batches=4, progress=True, with_scores=False):
     directory's latest supernet, scored on the first `max_batches` batches of the
     search_val split it validated on. ValueError (one line) for a BARS directory or
     one without a checkpoint; FileNotFoundError for a directory without a search."""
+    method = search_files.read_config(search_dir).method
+    if method != "bnas":
+        raise ValueError(f"{search_dir} is a {method} search; perturbation selection is "
+                         "defined for BNAS supernets")
     net, config, data_config = runner.restore_supernet(search_dir)
-    if config.method != "bnas":
-        raise ValueError(f"{search_dir} is a {config.method} search; perturbation "
-                         "selection is defined for BNAS supernets")
     batches = data.load(data_config, "search_val", training=False)
     return derive(net, batches, config.ops, template=config.settings.cell_template,
                   max_batches=max_batches, progress=progress, with_scores=with_scores)
