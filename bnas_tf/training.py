@@ -310,6 +310,9 @@ def train(spec, data_config, train_config, output_dir, strategy=None, callbacks=
               "conv_dtype": fast_binary.resolve_for(spec.get("family"), config.conv_dtype,
                                                     config.precision)}
     _check_output_dir(output_dir, record, config)
+    logging.info("binary convs train in %s (%s; --train_conv_dtype=%s)", record["conv_dtype"],
+                 "fast_binary.FastQuantConv2D" if record["conv_dtype"] == "bfloat16"
+                 else "Larq's QuantConv2D", config.conv_dtype)
     dirs = distribute.WorkerDirs(strategy)
     try:
         return _train(spec, data_config, config, output_dir, strategy, info, record, dirs,

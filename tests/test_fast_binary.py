@@ -210,7 +210,7 @@ class KeepModel(tf.keras.callbacks.Callback):
 
 
 def test_trained_with_the_fast_convs_saves_and_exports_the_readable_network(cifar_dir,
-                                                                          tmp_path):
+                                                                          tmp_path, caplog):
     """A network trained with --train_conv_dtype=bfloat16 is saved with Larq's
     QuantConv2D only, with the trained weights (its outputs equal the training
     model's within tolerance), and every binary conv exports as LceBconv2d."""
@@ -220,8 +220,12 @@ def test_trained_with_the_fast_convs_saves_and_exports_the_readable_network(cifa
     recipe = recipes.recipe("cifar", epochs=1, batch_size=8, validation_freq=0, verbose=0,
                             conv_dtype="bfloat16")
     keep = KeepModel()
+    caplog.set_level("INFO")
     training.train(spec, config, recipe, str(tmp_path), callbacks=[keep])
     assert fast_binary.uses_fast_convs(keep.trained)
+    # the run says what it computes in (auto resolves silently otherwise)
+    assert "binary convs train in bfloat16 (fast_binary.FastQuantConv2D; " \
+           "--train_conv_dtype=bfloat16)" in caplog.text
     saved = mdir.load_model(str(tmp_path))
     assert not fast_binary.uses_fast_convs(saved)
     convs = [m for m in saved.submodules if isinstance(m, binary.QuantConv2D)]
