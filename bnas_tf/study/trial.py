@@ -131,7 +131,7 @@ def run_trial(study, arm_name, seed, log=print):
                                    "batches": arms.PERTURBATION_BATCHES,
                                    "scores": selected["scores"]}
         record["alphas"] = alpha_report(summary, search)
-        if record["alphas"]["indistinguishable"]:
+        if record["alphas"]["indistinguishable"] and not arm.selection:  # read from them
             log(f"{tag} WARNING: the genotype comes from alphas indistinguishable from their "
                 f"initial values ({record['alphas']['measure']} "
                 f"{record['alphas']['at_derived_epoch']:.2e} < {ALPHA_KL_MIN:g})")
