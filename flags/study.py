@@ -68,9 +68,10 @@ _DEFINITIONS = (
     # defined as flags/train.py defines it (one flag, one definition); applied only when given
     (absl_flags.DEFINE_enum, "train_conv_dtype", "auto",
      dict(enum_values=list(fast_binary.CONV_DTYPES)),
-     "Binary convs of every final network's training: float32 (the profile's: Larq's "
-     "numerics on any CPU) or bfloat16 (the speed variant; docs/training.md). 'auto' is "
-     "refused: a study records what its trainings computed."),
+     "Binary convs of every final network's training. Not given: the profile's float32 "
+     "(Larq's numerics on any CPU; the 'auto' shown as default is the training tool's). "
+     "bfloat16: the speed variant (docs/training.md). auto: resolved once, here, to what "
+     "this machine would run (printed), and that is what the study records."),
     (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(recipes.RECIPES)),
      "Training recipe of every final network (default: the profile's)."),
     *((absl_flags.DEFINE_integer, name, *_SHARED.get(name, (None, {})),
@@ -97,6 +98,9 @@ def study_config_from_flags(log=print):
                 except ValueError:
                     raise ValueError(f"--bars_base_channels must be integers, "
                                      f"got {','.join(value)}") from None
+            if name == "train_conv_dtype" and value == "auto":
+                value = fast_binary.resolve(value)  # a study records what it computed
+                log(f"--train_conv_dtype=auto resolves to {value} on this machine")
             overrides[name] = value
     profile = dict(study.PROFILES[FLAGS.profile])
     for name, value in overrides.items():

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from bnas_tf import genotypes, ops
+from bnas_tf import fast_binary, genotypes, ops
 from bnas_tf.models import presets
 from bnas_tf.study import arms, matching, report, run, split, trial
 from bnas_tf import study
@@ -474,6 +474,22 @@ def test_flags_override_the_profile_and_say_so():
     assert config.search_epochs == study.PROFILES["smoke"]["search_epochs"]
     assert any(line.startswith("--seeds=2 overrides profile smoke's 1") for line in lines)
     assert any(line.startswith("--arms=bnas,bars-random overrides") for line in lines)
+
+
+def test_train_conv_dtype_auto_on_the_command_line_is_resolved_and_recorded():
+    """The flag's shown default, auto, is the training tool's: given to the study it is
+    resolved once to this machine's choice (said), never refused nor stored as 'auto'."""
+    from flags import study as study_flags
+    FLAGS = study_flags.FLAGS
+    lines = []
+    try:
+        FLAGS(["study", "--profile=smoke", "--data_dir=x", "--train_conv_dtype=auto"])
+        config = study_flags.study_config_from_flags(log=lines.append)
+    finally:
+        FLAGS.unparse_flags()
+    assert config.train_conv_dtype == fast_binary.resolve("auto") != "auto"
+    assert f"--train_conv_dtype=auto resolves to {config.train_conv_dtype} on this " \
+           "machine" in lines
 
 
 def test_matching_refuses_a_width_that_changes_nothing():
