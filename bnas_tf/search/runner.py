@@ -256,8 +256,7 @@ def _extend_epochs(output_dir, epochs):
     past it); print that the weight-lr schedule is recomputed for the new total.
 
     Raises SearchDirError if more epochs than `epochs` are already done."""
-    with open(os.path.join(output_dir, CONFIG_FILE), encoding="utf-8") as f:
-        before = json.load(f).get("search", {}).get("epochs")
+    before = search_dir.read_record(output_dir).get("search", {}).get("epochs")
     if before is None or before == epochs:
         return
     done = search_dir.epochs_done(output_dir)
@@ -328,9 +327,8 @@ def restore_supernet(output_dir):
     of its latest checkpoint, outside any strategy, and the data it searched on. For
     selection on a trained supernet (bnas/perturbation.py). FileNotFoundError /
     one-line ValueError when `output_dir` holds no search or no checkpoint."""
-    config = search_dir.read_config(output_dir)
-    with open(search_dir.path(output_dir, CONFIG_FILE), encoding="utf-8") as f:
-        record = search_dir.upgrade_identity(json.load(f))
+    record = search_dir.read_record(output_dir)
+    config = SearchConfig.from_dict(record.get("search", record))
     latest = tf.train.latest_checkpoint(search_dir.path(output_dir, search_dir.CKPT_DIR))
     if latest is None:
         raise ValueError(f"{output_dir} holds no search checkpoint (no epoch finished)")

@@ -67,9 +67,9 @@ def upgrade_identity(saved):
     return files.plain(saved)
 
 
-def read_config(output_dir):
-    """The SearchConfig recorded in a search directory (FileNotFoundError / one-line
-    ValueError when there is none or it is malformed)."""
+def read_record(output_dir):
+    """The search directory's search_config.json as `upgrade_identity` gives it
+    (FileNotFoundError / one-line ValueError when there is none or it is malformed)."""
     file = path(output_dir, CONFIG_FILE)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{output_dir} holds no {CONFIG_FILE} (is it a "
@@ -79,6 +79,12 @@ def read_config(output_dir):
             record = json.load(f)
         except json.JSONDecodeError:
             raise ValueError(f"{file} is malformed") from None
+    return upgrade_identity(record)
+
+
+def read_config(output_dir):
+    """The SearchConfig recorded in a search directory (errors as `read_record`)."""
+    record = read_record(output_dir)
     return SearchConfig.from_dict(record.get("search", record))
 
 
