@@ -254,7 +254,8 @@ def test_a_training_resumes_only_with_the_conv_dtype_it_started_with(tmp_path):
     mdir.write_spec(str(tmp_path), spec, 10, 32, dataset="folder", auxiliary=False)
     os.makedirs(tmp_path / mdir.CKPT)
     training._check_output_dir(str(tmp_path), dict(record, conv_dtype="float32"))
-    with pytest.raises(files.OtherRunError, match=r"differs in conv_dtype\)") as e:
+    with pytest.raises(files.OtherRunError, match=r"differs in conv_dtype: float32 recorded vs "
+                       r"bfloat16 given\)") as e:
         training._check_output_dir(str(tmp_path), dict(record, conv_dtype="bfloat16"))
     assert "\n" not in str(e.value)
     mdir.write_spec(str(tmp_path), spec, 10, 32, dataset="folder", auxiliary=False,
@@ -287,6 +288,7 @@ def test_a_rerun_with_other_training_settings_is_refused(tmp_path):
                     {"train": dataclasses.asdict(config), "data": {}})
     training._check_output_dir(str(tmp_path), record, dataclasses.replace(config, epochs=4,
                                                                           verbose=0))
-    with pytest.raises(files.OtherRunError, match=r"differs in learning_rate\)"):
+    with pytest.raises(files.OtherRunError, match=r"differs in learning_rate: 0\.05 recorded vs "
+                       r"0\.3 given\)"):
         training._check_output_dir(str(tmp_path), record,
                                    dataclasses.replace(config, learning_rate=0.3))

@@ -171,7 +171,8 @@ def test_a_whole_search_runs_on_the_reference_cell(tmp_path, cifar_dir):
     assert len(summary["epochs"]) == 1 and (out / "genotype.json").exists()
     assert json.loads((out / "search_config.json").read_text())["engine"] == \
         {"cell": "reference"}
-    with pytest.raises(runner.SearchDirError, match="differs in engine.cell"):
+    with pytest.raises(runner.SearchDirError,
+                       match="differs in engine.cell: reference recorded vs fused given"):
         runner.run_search("bnas", dc, cfg, str(out), verbose=0)
 
 

@@ -743,7 +743,8 @@ def test_a_search_directory_of_the_previous_version_is_recognised(tmp_path, cifa
     assert search_dir.read_config(str(tmp_path)) == cfg
     other = search_dir.run_identity(dc, SearchConfig.create(
         cells=3, channels=4, epochs=2, batch_size=16, ops=FEW_OPS, gamma=2.0), EngineConfig())
-    with pytest.raises(runner.SearchDirError, match="differs in search.bnas.gamma"):
+    with pytest.raises(runner.SearchDirError,
+                       match=r"differs in search\.bnas\.gamma: \S+ recorded vs 2\.0 given\)"):
         search_dir.check_output_dir(str(tmp_path), other)
 
 
