@@ -594,3 +594,31 @@ def test_report_files_hold_every_trial(tmp_path):
         assert f"- `{name}`: {arms.ARMS[name].about}" in md and arms.ARMS[name].about
     assert "6/7 trials finished" in md and "30 images" in md
     assert (tmp_path / report.PLOT).stat().st_size > 10_000
+
+
+def test_a_stage_rerun_after_a_kill_counts_the_seconds_spent_before_it(tmp_path,
+                                                                      monkeypatch):
+    """The report's CPU-hours are what a trial cost: a stage's seconds are saved while
+    it runs, and a rerun after kill -9 adds to them (they used to restart from zero)."""
+    monkeypatch.setattr(trial._Stages, "FLUSH_S", 0.05)
+    stages_file = tmp_path / trial.STAGES_FILE
+    on_disk = []
+
+    def busy(seconds):
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    def killed():
+        busy(0.4)
+        on_disk.append(json.loads(stages_file.read_text()))  # what kill -9 would leave
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trial._Stages(str(tmp_path)).run("train", killed)
+    assert on_disk[0]["train"]["partial"]["cpu_s"] >= 0.2  # flushed while running
+    stages_file.write_text(json.dumps(on_disk[0]))  # the kill: no final write
+    assert trial._Stages(str(tmp_path)).run("train", lambda: busy(0.2) or "done") == "done"
+    record = json.loads(stages_file.read_text())["train"]
+    assert record["cpu_s"] >= on_disk[0]["train"]["partial"]["cpu_s"] + 0.2
+    assert record["result"] == "done" and "partial" not in record

@@ -4,7 +4,8 @@ held-out evaluation -> LCE export, resumable.
 ``DIR/trials/<arm>/seed<k>/`` holds ``search/`` (runner.run_search's directory,
 resumed by it), ``genotype.json``, ``spec.json`` (the matched network),
 ``train/`` (training.train's model directory, resumed by it), ``model.tflite``,
-``stages.json`` (per stage: wall and CPU seconds, whether it was resumed) and,
+``stages.json`` (per stage: wall and CPU seconds, those spent before a kill
+included, whether it was resumed) and,
 last, ``trial.json`` (the trial's record; its presence means done).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import time
 
 from bnas_tf import export, files, genotypes, training
@@ -40,7 +42,14 @@ def load(output_dir, arm, seed):
 
 
 class _Stages:
-    """stages.json: wall/CPU seconds per stage; a stage already recorded is not re-timed."""
+    """stages.json: wall/CPU seconds per stage; a stage already recorded is not re-timed.
+
+    While a stage runs, its seconds so far are saved every `FLUSH_S` seconds (and when
+    it raises) as ``{"partial": ...}``; a stage rerun after a kill starts from them, so
+    its seconds are all it cost, the work lost to the kill included (they used to count
+    only the last process's part: a search resumed at its last epoch cost one epoch)."""
+
+    FLUSH_S = 30.0
 
     def __init__(self, directory):
         self.path = os.path.join(directory, STAGES_FILE)
@@ -49,12 +58,35 @@ class _Stages:
     def run(self, name, fn, resumed_if=None):
         if name in self.data and "result" in self.data[name]:
             return self.data[name]["result"]
+        before = self.data.get(name, {}).get("partial", {"wall_s": 0.0, "cpu_s": 0.0})
         resumed = bool(resumed_if and os.path.exists(resumed_if))
         wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        self.data[name] = {"wall_s": time.perf_counter() - wall,
-                           "cpu_s": time.process_time() - cpu, "resumed": resumed,
-                           "result": files.plain(result)}
+
+        def spent():
+            return {"wall_s": before["wall_s"] + time.perf_counter() - wall,
+                    "cpu_s": before["cpu_s"] + time.process_time() - cpu}
+
+        def save_partial():
+            self.data[name] = {"partial": spent()}
+            files.write_json(self.path, self.data)
+
+        def flush_until_stopped():
+            while not stop.wait(self.FLUSH_S):
+                save_partial()
+
+        stop = threading.Event()
+        flusher = threading.Thread(target=flush_until_stopped, daemon=True)
+        flusher.start()
+        try:
+            result = fn()
+        except BaseException:
+            stop.set()
+            flusher.join()
+            save_partial()
+            raise
+        stop.set()
+        flusher.join()
+        self.data[name] = {**spent(), "resumed": resumed, "result": files.plain(result)}
         files.write_json(self.path, self.data)
         return result
 
