@@ -105,8 +105,10 @@ def markdown(study, trials, rows, comparisons):
     done = [t for t in trials if t]
     lines = [
         "# Study: searched vs random vs hand-designed binary networks", "",
-        f"{len(done)}/{len(trials)} trials finished; arms {', '.join(c.arms)}; "
-        f"{c.seeds} seed(s).", "",
+        f"{len(done)}/{len(trials)} trials finished"
+        + ("" if len(done) == len(trials) else
+           " (the study has not finished: this is the table so far; rerun its command "
+           "to go on)") + f"; arms {', '.join(c.arms)}; {c.seeds} seed(s).", "",
         "## Arms", "",
         *(f"- `{name}`: {arms.ARMS[name].about}" for name in c.arms),
         "",

@@ -140,7 +140,8 @@ def _hms(seconds):
 
 
 def run(config, output_dir, log=None):
-    """Run (or resume) the study and write its report; returns the results dict."""
+    """Run (or resume) the study, writing its report after every finished trial (the
+    table so far: a long study can be read while it runs); returns the results dict."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     study = prepare(config, output_dir, log)
     keys = trial_keys(study.config)
@@ -152,6 +153,8 @@ def run(config, output_dir, log=None):
         record = trial.run_trial(study, arm, seed, log)
         progress.end(arm, started, record)
         _clear()
+        if i + 1 < len(pending):
+            report.write(study, [trial.load(output_dir, *k) for k in keys], log)
     return report.write(study, [trial.load(output_dir, *k) for k in keys], log)
 
 
