@@ -24,6 +24,7 @@ setup(
         "absl-py>=2.1",
         "tensorboard==2.21.0",
         "matplotlib>=3.8",
+        "scipy>=1.10",  # the study's paired t-test (bnas_tf/study/report.py)
         "tqdm>=4.66",
         "pillow>=10",
     ],

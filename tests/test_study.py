@@ -315,8 +315,21 @@ def test_paired_comparison_and_arm_statistics():
     (pair,) = report.pairs(trials, c)
     assert pair["differences"] == pytest.approx([5.0, 6.0, 4.0])
     assert pair["mean"] == pytest.approx(5.0) and "bnas better" in pair["verdict"]
+    # paired t-test, 2 degrees of freedom: t = 5 / (1 / sqrt 3) = 8.66, p = 0.013;
+    # 95% CI 5 +- 4.303 * 0.577
+    assert pair["p_value"] == pytest.approx(0.01307, abs=1e-4)
+    assert pair["ci95"] == pytest.approx([2.516, 7.484], abs=1e-3)
+    assert "95% CI [+2.52, +7.48], paired t-test p = 0.013" in pair["verdict"]
     close = trials[:3] + [_fake("bnas-random", s, t) for s, t in enumerate((0.52, 0.49, 0.51))]
     assert "no difference" in report.pairs(close, c)[0]["verdict"]
+    # two seeds 4.97 +- 1.13 apart: over 2 SE (the old rule called it shown), but a t
+    # with 1 degree of freedom is not significant (p = 0.10)
+    few = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=2)
+    two = [_fake("bnas", 0, 0.3337), _fake("bnas", 1, 0.3623),
+           _fake("bnas-random", 0, 0.3753), _fake("bnas-random", 1, 0.4200)]
+    (pair,) = report.pairs(two, few)
+    assert abs(pair["mean"]) > 2 * pair["se"] and pair["p_value"] > 0.05
+    assert pair["verdict"].startswith("no difference shown")
 
 
 # ----------------------------------------------------------------------------- slow

@@ -69,7 +69,10 @@ def arm_rows(trials, config):
 
 
 def pairs(trials, config):
-    """Paired comparisons over the seeds both arms finished."""
+    """Paired comparisons over the seeds both arms finished: per-seed differences of
+    top-1 (points), their mean, std, standard error, and a two-sided paired t-test
+    (`scipy.stats.ttest_1samp` of the differences, n - 1 degrees of freedom) with the
+    95% confidence interval of the mean difference."""
     by = {(t["arm"], t["seed"]): t for t in trials if t}
     out = []
     for a, b in arms.PAIRS:
@@ -81,19 +84,32 @@ def pairs(trials, config):
         diffs = [100 * (by[(a, s)]["top1"] - by[(b, s)]["top1"]) for s in seeds]
         mean, std = _stats(diffs)
         se = std / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+        p_value, ci = _paired_test(diffs, mean, se)
         out.append({"arm": a, "against": b, "seeds": seeds, "differences": diffs,
-                    "mean": mean, "std": std, "se": se, "verdict": _verdict(a, b, mean, se)})
+                    "mean": mean, "std": std, "se": se, "p_value": p_value, "ci95": ci,
+                    "verdict": _verdict(a, b, mean, p_value, ci)})
     return out
 
 
-def _verdict(a, b, mean, se):
+def _paired_test(diffs, mean, se):
+    """(two-sided p-value, 95% CI) of the mean of `diffs`; (None, None) for one seed."""
     if se is None:
+        return None, None
+    if se <= 1e-9 * max(1.0, abs(mean)):  # every seed differs by the same amount
+        return (1.0 if mean == 0 else 0.0), [mean, mean]
+    from scipy import stats
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * se
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue), [mean - half, mean + half]
+
+
+def _verdict(a, b, mean, p_value, ci):
+    if p_value is None:
         return f"one seed only: {a} - {b} = {mean:+.2f} points; no spread to judge by"
-    if se == 0 or abs(mean) > 2 * se:
+    interval = f"95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}], paired t-test p = {p_value:.3f}"
+    if p_value < 0.05:
         better = a if mean > 0 else b
-        return f"{better} better by {abs(mean):.2f} points (> 2 standard errors, {se:.2f})"
-    return (f"no difference shown: {mean:+.2f} points is within 2 standard errors "
-            f"({se:.2f}) of zero")
+        return f"{better} better by {abs(mean):.2f} points ({interval})"
+    return f"no difference shown: {mean:+.2f} points ({interval}: the interval holds zero)"
 
 
 def _fmt(value, spec=".2f"):
