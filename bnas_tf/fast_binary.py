@@ -100,8 +100,10 @@ def shifted_sign_conv(x, signs, clip_value, strides, dilations, dtype=tf.bfloat1
     (one comparison and one cast) with the kernel ``-2 * signs`` (exact in bfloat16).
     The gradient is written out: the input's is ``conv_transpose(dy, signs)`` where
     ``|x| <= clip_value`` and 0 elsewhere (`clip_value` None: everywhere), the
-    kernel's ``-2 * conv_filter_gradient([x < 0], dy)``; both equal, bit for bit,
-    those of the straightforward form (the factors are powers of two)."""
+    kernel's ``-2 * conv_filter_gradient([x < 0], dy)`` (`filter_gradient`); both
+    equal, bit for bit, those of the straightforward form (the factors are powers of
+    two), but on the small maps where `filter_gradient` takes its matmul form: there the
+    kernel gradient's float32 sums run in another order before the rounding."""
     strides = [1, *strides, 1]
     dilations = [1, *dilations, 1]
 
@@ -117,13 +119,44 @@ def shifted_sign_conv(x, signs, clip_value, strides, dilations, dtype=tf.bfloat1
                 padding="SAME", dilations=dilations), x.dtype)
             if clip_value is not None:
                 dx = clipped_gradient(x, dx, clip_value)
-            dk = tf.raw_ops.Conv2DBackpropFilter(
-                input=negative, filter_sizes=tf.shape(signs), out_backprop=dy,
-                strides=strides, padding="SAME", dilations=dilations)
+            dk = filter_gradient(negative, dy, signs.shape, strides, dilations)
             return dx, -2 * tf.cast(dk, signs.dtype)
         return y, grad
 
     return conv(x, signs)
+
+
+# Output maps of at most this many positions (H x W) take `filter_gradient`'s matmul
+# form: measured in isolation (bfloat16, batch 64, 3x3, CPU ms), 4x4 maps at 256 / 384 /
+# 512 channels 11.5 / 28.7 / 49.6 ms with oneDNN's filter-gradient conv against 8.1 /
+# 15.6 / 28.2 as the matmul; at 8x8 the conv is as fast or faster (128-256 channels:
+# 8.3-32.5 vs 9.4-31.5 ms), at 16x16 and 32x32 clearly faster (docs/benchmark.md).
+MATMUL_FILTER_GRADIENT_MAX = 16
+
+
+def filter_gradient(inputs, dy, filter_shape, strides, dilations):
+    """The conv's filter gradient ``Conv2DBackpropFilter(inputs, dy)`` ('SAME', zero
+    padding; NHWC `inputs` and `dy` of one dtype, HWIO `filter_shape`; result in that
+    dtype). At stride 1, undilated, on output maps of at most
+    `MATMUL_FILTER_GRADIENT_MAX` positions (ResNet-18's last stage at 32x32 inputs:
+    4x4) it is computed as patches and one matmul, ``patches(inputs)^T @ dy``, which
+    oneDNN runs faster there than its filter-gradient conv; the same sum, up to the
+    order of the float32 accumulation before the rounding to `dy`'s dtype."""
+    height, width = inputs.shape[1], inputs.shape[2]
+    small = (height is not None and width is not None
+             and height * width <= MATMUL_FILTER_GRADIENT_MAX)
+    if not small or max(strides) > 1 or max(dilations) > 1:
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=inputs, filter_sizes=list(filter_shape), out_backprop=dy, strides=strides,
+            padding="SAME", dilations=dilations)
+    kh, kw, channels, filters = (int(d) for d in filter_shape)
+    padded = tf.pad(inputs, [[0, 0], binary.same_padding(height, kh),
+                             binary.same_padding(width, kw), [0, 0]])
+    taps = [padded[:, i:i + height, j:j + width, :] for i in range(kh) for j in range(kw)]
+    patches = tf.reshape(tf.concat(taps, -1) if len(taps) > 1 else taps[0],
+                         [-1, kh * kw * channels])
+    grad = tf.matmul(patches, tf.reshape(dy, [-1, filters]), transpose_a=True)
+    return tf.reshape(grad, [kh, kw, channels, filters])
 
 
 # families whose binary convs are Larq's own layers (Bi-Real's, ReActNet's and

@@ -42,14 +42,15 @@ def outputs_and_grads(layer, x, variables):
     return y, tape.gradient(loss, [x] + variables)
 
 
-@pytest.mark.parametrize("kernel,strides,dilation,scheme", [
-    (3, 1, 1, "xnor"), (3, 2, 1, "xnor"), (1, 1, 1, "xnor"), (3, 1, 2, "xnor"),
-    (3, 2, 2, "xnor"), (5, 1, 2, "bars"), (3, 2, 1, "binarynet")])
-def test_fast_binary_conv_equals_the_readable_one(kernel, strides, dilation, scheme):
+@pytest.mark.parametrize("kernel,strides,dilation,scheme,size", [
+    (3, 1, 1, "xnor", 9), (3, 2, 1, "xnor", 9), (1, 1, 1, "xnor", 9), (3, 1, 2, "xnor", 9),
+    (3, 2, 2, "xnor", 9), (5, 1, 2, "bars", 9), (3, 2, 1, "binarynet", 9),
+    (3, 1, 1, "xnor", 4), (1, 1, 1, "bars", 4)])
+def test_fast_binary_conv_equals_the_readable_one(kernel, strides, dilation, scheme, size):
     """BinaryConv (BN -> sign -> conv -> ReLU) with FastQuantConv2D inside equals the
     readable block: outputs, input and kernel gradients (every stride/dilation form
-    BinaryConv uses, each weight scale)."""
-    x = tf.random.stateless_normal([2, 9, 9, 24], seed=[kernel, strides])
+    BinaryConv uses, each weight scale; 4x4 maps: the matmul filter gradient)."""
+    x = tf.random.stateless_normal([2, size, size, 24], seed=[kernel, strides])
     readable, fast = twins(lambda: binary.BinaryConv(16, kernel, strides, dilation,
                                                      binarization=scheme))
     assert type(readable.conv) is binary.QuantConv2D  # noqa: E721
@@ -108,6 +109,42 @@ def test_the_fused_sign_conv_is_the_shifted_form_bit_for_bit_in_fewer_passes(
     full = [t for t, shape in graph_ops(backward, normalised)
             if shape == tuple(normalised.shape)]
     assert not {"Abs", "LessEqual", "SelectV2", "Select"} & set(full), full
+
+
+@pytest.mark.parametrize("height,width,kernel", [(4, 4, 3), (3, 5, 3), (4, 4, 1), (4, 4, 2),
+                                                 (2, 2, 5)])
+def test_the_filter_gradient_on_small_maps_is_a_matmul_of_the_same_sum(height, width, kernel):
+    """On maps of at most 16 positions (ResNet-18's 4x4 last stage) the binary conv's
+    filter gradient is computed as patches and one matmul, not oneDNN's filter-gradient
+    conv (slower there): the same sum as the float32 conv gradient ('SAME' padding,
+    odd, even and oversized kernels, non-square maps) up to the bfloat16 rounding; on
+    larger maps, and in the layer's training step, the conv op is used as before."""
+    rng = np.random.default_rng(kernel)
+    x = (rng.random((3, height, width, 8)) < 0.5).astype(np.float32)
+    dy = rng.normal(size=(3, height, width, 5)).astype(np.float32)
+    shape = [kernel, kernel, 8, 5]
+    exact = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=shape, out_backprop=dy,
+                                            strides=[1, 1, 1, 1], padding="SAME")
+    got = fast_binary.filter_gradient(tf.cast(x, tf.bfloat16), tf.cast(dy, tf.bfloat16),
+                                      shape, [1, 1, 1, 1], [1, 1, 1, 1])
+    assert got.dtype == tf.bfloat16 and got.shape == exact.shape
+    assert rel_err(exact, tf.cast(got, tf.float32)) <= OUT_TOL
+
+    def kernel_gradient_ops(size):
+        with fast_binary.building("bfloat16"):
+            layer = binary.BinaryConv(16, 3)
+        t = tf.random.stateless_normal([2, size, size, 8], seed=[size, 0])
+        layer(t)
+
+        def step(t):
+            with tf.GradientTape() as tape:
+                y = layer(t, training=True)
+            return tape.gradient(y, layer.conv.kernel.latent_variable,
+                                 output_gradients=tf.sin(y))
+        return {op.type for op in tf.function(step).get_concrete_function(t).graph
+                .get_operations()}
+    assert "Conv2DBackpropFilter" not in kernel_gradient_ops(4)
+    assert "Conv2DBackpropFilter" in kernel_gradient_ops(8)
 
 
 def test_the_clipped_gradient_is_larqs_in_one_op():
