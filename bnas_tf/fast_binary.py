@@ -232,6 +232,71 @@ class FastQuantConv2D(binary.QuantConv2D):
         return (tf.cast(y, tf.float32) + padding_bias(signs, pad)) * scale
 
 
+def _live(x, live):
+    """x's channels [0, live) (NHWC); a Slice, whose gradient is one Pad (a strided
+    slice's gradient measured much slower)."""
+    return tf.slice(x, [0, 0, 0, 0], [-1, -1, -1, live])
+
+
+def zero_tail_binary_conv(block, inputs, live, training):
+    """``block(inputs, training=True)`` for a `binary.BinaryConv` whose input channels
+    from `live` on are 0 whatever the data (NHWC float32 `inputs`; BNAS-A's cell outputs
+    in its first stage: all-Zeroise nodes kept zero by the identity skips), computed
+    without convolving the zero channels: in training, batch norm turns a zero channel
+    into its beta exactly (batch mean and variance 0), so its sign is a constant and
+    its share of a 1x1 conv a per-output-channel constant ``sum_c (sign(beta_c) - 1) *
+    signs[c]`` (in the shifted form of `FastQuantConv2D`), with Larq's straight-through
+    gradient to beta (``|beta| <= clip``), as the readable block gives. The batch norm
+    runs on all channels (Keras' moving statistics as always); its output's zero
+    channels get no gradient, where the readable block's input gradient flows to
+    the structural zeros only, i.e. to no variable. `block(inputs)` when the fast form
+    does not apply (not a FastQuantConv2D, not 1x1 stride 1, an activation scale, a
+    shortcut, not training)."""
+    conv = block.conv
+    if (not training or not isinstance(conv, FastQuantConv2D) or not conv._fast(inputs)
+            or tuple(conv.kernel_size) != (1, 1) or tuple(conv.strides) != (1, 1)
+            or float(conv.pad_values) != 1.0 or block.use_shortcut or block.pick > 1
+            or block.subsample > 1 or block.binarization.activation_scale
+            or not 0 < live < inputs.shape[-1]):
+        return block(inputs, training=training)
+    y = block.bn(inputs, training=True)
+    signs, scale = kernel_signs(conv.kernel_quantizer, conv.kernel.latent_variable)
+    beta = block.bn.beta if block.bn.center else tf.zeros([inputs.shape[-1]])
+    tail = conv.input_quantizer(beta[live:])  # sign(beta), straight-through gradient
+    constant = tf.linalg.matvec(signs[0, 0, live:, :], tail - 1.0, transpose_a=True)
+    z = shifted_sign_conv(_live(y, live), signs[:, :, :live, :],
+                          conv.input_quantizer.clip_value, conv.strides, conv.dilation_rate,
+                          conv.operand_dtype)
+    out = (tf.cast(z, tf.float32) + (padding_bias(signs, 1.0) + constant)) * scale
+    return tf.nn.relu(out) if block.use_relu else out
+
+
+def zero_tail_float_conv(bn, conv, inputs, live, training):
+    """``conv(bn(inputs, training=True))`` for a Keras BatchNormalization and a float
+    Conv2D without bias that pads nothing at this input size (BNAS' 2x2 stride-2
+    reduction residual) when the input channels from `live` on are 0 (as
+    `zero_tail_binary_conv`): the zero channels are beta after the batch norm, their
+    share of the conv the constant ``sum_c beta_c * sum_taps(kernel[..., c, :])``.
+    The two layers as they are otherwise."""
+    height, width = inputs.shape[1], inputs.shape[2]
+    kh, kw = conv.kernel_size
+    no_padding = (conv.padding == "valid" or (
+        height is not None and width is not None
+        and binary.same_padding(height, kh, conv.strides[0]) == (0, 0)
+        and binary.same_padding(width, kw, conv.strides[1]) == (0, 0)))
+    if (not training or conv.use_bias or not no_padding or conv.groups != 1
+            or max(conv.dilation_rate) > 1 or not 0 < live < inputs.shape[-1]):
+        return conv(bn(inputs, training=training))
+    y = bn(inputs, training=True)
+    beta = bn.beta if bn.center else tf.zeros([inputs.shape[-1]])
+    kernel = conv.kernel
+    constant = tf.linalg.matvec(tf.reduce_sum(kernel[:, :, live:, :], axis=[0, 1]),
+                                beta[live:], transpose_a=True)
+    out = tf.nn.conv2d(_live(y, live), kernel[:, :, :live, :], list(conv.strides),
+                       conv.padding.upper())
+    return out + constant
+
+
 @contextlib.contextmanager
 def building(conv_dtype, precision="float32"):
     """Within: `binary.quant_conv` makes `FastQuantConv2D` when `conv_dtype` resolves

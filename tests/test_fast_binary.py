@@ -205,6 +205,70 @@ def test_fast_network_equals_the_readable_network(operands, monkeypatch):
     assert cosine >= 0.8
 
 
+@pytest.mark.parametrize("operands", ["float32", "bfloat16"])
+def test_the_variant_skips_the_structurally_zero_channels_and_computes_the_same(operands,
+                                                                                monkeypatch):
+    """BNAS-A's first-stage cell outputs are 0 from channel 2C on whatever the data
+    (two all-Zeroise nodes, kept zero by the identity skips): `zero_tail` says so (the
+    readable network's outputs are exactly 0 there), the variant's training pass
+    convolves only the live channels of the preprocess convs and of the float residual
+    reading them, and gives the outputs of the variant convolving all channels (equal
+    with float32 operands, whose sums are exact), the same variable gradients (but the
+    rounding of partial sums) and the same moving statistics."""
+    from bnas_tf import models
+    monkeypatch.setattr(fast_binary.FastQuantConv2D, "operand_dtype", tf.as_dtype(operands))
+    spec = presets.resolve(genotype="bnas_a", cells=6, channels=8)  # cells 0, 1 in stage 1
+    readable, fast = twins(lambda: models.build(spec, 10, 16))
+    fast.set_weights(readable.get_weights())
+    cells = [layer for layer in fast.layers if layer.name.startswith("cell")]
+    tails = [cell.zero_tail(cell.input_zero_tails[1]) for cell in cells]
+    assert tails == [16, 16, None, None, None, None]
+    assert [c.input_zero_tails for c in cells][:4] == [(None, None), (None, 16), (16, 16),
+                                                       (16, None)]
+    x = tf.random.stateless_normal([4, 16, 16, 3], seed=[3, 4])
+    outputs = tf.keras.Model(readable.input, [readable.get_layer(c.name).output
+                                              for c in cells[:2]])(x, training=True)
+    for out, tail in zip(outputs, tails):
+        assert np.abs(out[..., :tail]).max() > 0 and not np.any(out[..., tail:])
+
+    def step():
+        moving = [v for v in fast.non_trainable_weights if "moving" in v.name]
+        before = [v.numpy() for v in moving]
+        y, grads = outputs_and_grads(fast, x, fast.trainable_weights)
+        after = [v.numpy() for v in moving]
+        for v, b in zip(moving, before):
+            v.assign(b)
+        return y, grads, after
+
+    def conv_inputs():  # input channels of the training pass's binary and float convs
+        graph = tf.function(lambda t: fast(t, training=True)).get_concrete_function(x).graph
+        return sorted(op.inputs[1].shape[2] for op in graph.get_operations()
+                      if op.type == "Conv2D" and op.inputs[1].shape[0] <= 2)
+    y1, g1, m1 = step()
+    narrow = conv_inputs()
+    saved = [cell.input_zero_tails for cell in cells]
+    for cell in cells:
+        cell.input_zero_tails = (None, None)
+    y0, g0, m0 = step()
+    wide = conv_inputs()
+    for cell, tails_in in zip(cells, saved):
+        cell.input_zero_tails = tails_in
+    # cell1's pre1, cell2's pre0 and pre1 (1x1, 32 -> 16 channels live) and its residual
+    assert sum(narrow) == sum(wide) - 4 * 16
+    if operands == "float32":
+        assert np.array_equal(y0, y1)
+    assert rel_err(y0, y1) <= OUT_TOL
+    assert [g is None for g in g0] == [g is None for g in g1]
+    scale = max(np.abs(g).max() for g in g0[1:] if g is not None)
+    tol = 1e-5 if operands == "float32" else GRAD_TOL
+    for a, b, v in zip(g0[1:], g1[1:], fast.trainable_weights):
+        if a is not None:  # (a residual BN's beta gets ~0: the next batch norms remove it)
+            err = np.abs(np.asarray(a) - np.asarray(b)).max()
+            assert err <= tol * np.abs(a).max() + 1e-6 * scale, v.name
+    for a, b in zip(m0, m1):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("network", ["bars", "xnor-resnet18"])
 def test_every_family_builds_the_variant(network):
     """Every binary conv of the BARS and XNOR ResNet-18 benchmark networks becomes the
