@@ -253,7 +253,7 @@ def zero_tail_binary_conv(block, inputs, live, training):
     does not apply (not a FastQuantConv2D, not 1x1 stride 1, an activation scale, a
     shortcut, not training)."""
     conv = block.conv
-    if (not training or not isinstance(conv, FastQuantConv2D) or not conv._fast(inputs)
+    if (training is not True or not isinstance(conv, FastQuantConv2D) or not conv._fast(inputs)
             or tuple(conv.kernel_size) != (1, 1) or tuple(conv.strides) != (1, 1)
             or float(conv.pad_values) != 1.0 or block.use_shortcut or block.pick > 1
             or block.subsample > 1 or block.binarization.activation_scale
@@ -284,7 +284,7 @@ def zero_tail_float_conv(bn, conv, inputs, live, training):
         height is not None and width is not None
         and binary.same_padding(height, kh, conv.strides[0]) == (0, 0)
         and binary.same_padding(width, kw, conv.strides[1]) == (0, 0)))
-    if (not training or conv.use_bias or not no_padding or conv.groups != 1
+    if (training is not True or conv.use_bias or not no_padding or conv.groups != 1
             or max(conv.dilation_rate) > 1 or not 0 < live < inputs.shape[-1]):
         return conv(bn(inputs, training=training))
     y = bn(inputs, training=True)

@@ -150,13 +150,13 @@ class BnasCell(binary._Block):
         `fast_binary.zero_tail_binary_conv`)."""
         layer = self.pre0 if index == 0 else self.pre1
         live = self.input_zero_tails[index]
-        if live is None or not training:
+        if live is None or training is not True:  # (a symbolic `training`: the readable call)
             return layer(x, training=training)
         return fast_binary.zero_tail_binary_conv(layer, x, live, training)
 
     def _residual(self, x, training):
         live = self.input_zero_tails[1]
-        if (live is None or not training or isinstance(self.residual, binary.BinaryConv)
+        if (live is None or training is not True or isinstance(self.residual, binary.BinaryConv)
                 or not fast_binary.uses_fast_convs(self)):
             return self.residual(x, training=training)
         bn, conv = self.residual.layers
