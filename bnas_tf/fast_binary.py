@@ -18,7 +18,13 @@ variables, faster on CPUs with native bfloat16, and is used only while training
 * with +1 padding the shifted signs ``sign(x) - 1`` are ``-2 * [x < 0]``: the conv
   reads the indicator (one comparison, no sign, add, sign and subtraction) against
   ``-2 * signs``, its gradient written out (`shifted_sign_conv`), the
-  straight-through mask in one op (`clipped_gradient`); bit for bit the same values.
+  straight-through mask in one op (`clipped_gradient`); bit for bit the same values;
+* on maps of at most 16 positions the filter gradient as patches and one matmul
+  (`filter_gradient`), faster there than oneDNN's filter-gradient conv;
+* channels of the input that are 0 whatever the data (BNAS-A's first-stage cell
+  outputs) are not convolved: after batch norm they are its beta, so their share of a
+  1x1 conv (or of a float conv that pads nothing) is a constant
+  (`zero_tail_binary_conv`, `zero_tail_float_conv`, called by `models.bnas`).
 
 Gradients are the readable layer's (straight-through sign of the input and kernel),
 up to the bfloat16 rounding of the incoming gradient and of the filter gradient

@@ -6,7 +6,11 @@ a float residual of s1 (BN -> 2x2 stride-2 conv, C_prev -> len(concat) * C); cel
 adds nothing. Preprocess convs are binary (1x1, or 3x3 stride 2 after a reduction
 cell). Reductions sit at cells ``cells//3`` and ``2*cells//3``. Stem and
 classifier are float. Zeroise edges cost nothing: they are not built at all (a
-node whose edges are all Zeroise outputs zeros).
+node whose edges are all Zeroise outputs zeros). Trailing all-Zeroise nodes keep
+their channels of the cell output 0 whatever the data, through the identity skips
+too (`BnasCell.zero_tail`): in training with the speed variant the 1x1 preprocess
+convs and the float residual reading them skip those channels
+(`fast_binary.zero_tail_binary_conv`).
 
 ``spec["residual"]`` = ``"binary"`` replaces the float reduction residual by a
 binary 2x2 stride-2 conv (BN -> sign -> conv), beyond the paper: the float
