@@ -146,7 +146,7 @@ class BnasCell(binary._Block):
         tail = (len(self.concat) - trailing) * self.channels
         if self.identity_skip:
             return None if s1_tail is None else max(tail, s1_tail)
-        return None if self.skip and not self.reduction else tail
+        return tail  # the concat alone (cell 0, a cell whose s1 has another shape)
 
     def _pre(self, index, x, training):
         """preI(x); in training with the speed variant, without convolving the
