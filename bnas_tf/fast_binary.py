@@ -18,7 +18,13 @@ variables, faster on CPUs with native bfloat16, and is used only while training
 * with +1 padding the shifted signs ``sign(x) - 1`` are ``-2 * [x < 0]``: the conv
   reads the indicator (one comparison, no sign, add, sign and subtraction) against
   ``-2 * signs``, its gradient written out (`shifted_sign_conv`), the
-  straight-through mask in one op (`clipped_gradient`); bit for bit the same values.
+  straight-through mask in one op (`clipped_gradient`); bit for bit the same values;
+* on maps of at most 16 positions the filter gradient as patches and one matmul
+  (`filter_gradient`), faster there than oneDNN's filter-gradient conv;
+* channels of the input that are 0 whatever the data (BNAS-A's first-stage cell
+  outputs) are not convolved: after batch norm they are its beta, so their share of a
+  1x1 conv (or of a float conv that pads nothing) is a constant
+  (`zero_tail_binary_conv`, `zero_tail_float_conv`, called by `models.bnas`).
 
 Gradients are the readable layer's (straight-through sign of the input and kernel),
 up to the bfloat16 rounding of the incoming gradient and of the filter gradient
@@ -100,8 +106,10 @@ def shifted_sign_conv(x, signs, clip_value, strides, dilations, dtype=tf.bfloat1
     (one comparison and one cast) with the kernel ``-2 * signs`` (exact in bfloat16).
     The gradient is written out: the input's is ``conv_transpose(dy, signs)`` where
     ``|x| <= clip_value`` and 0 elsewhere (`clip_value` None: everywhere), the
-    kernel's ``-2 * conv_filter_gradient([x < 0], dy)``; both equal, bit for bit,
-    those of the straightforward form (the factors are powers of two)."""
+    kernel's ``-2 * conv_filter_gradient([x < 0], dy)`` (`filter_gradient`); both
+    equal, bit for bit, those of the straightforward form (the factors are powers of
+    two), but on the small maps where `filter_gradient` takes its matmul form: there the
+    kernel gradient's float32 sums run in another order before the rounding."""
     strides = [1, *strides, 1]
     dilations = [1, *dilations, 1]
 
@@ -117,13 +125,44 @@ def shifted_sign_conv(x, signs, clip_value, strides, dilations, dtype=tf.bfloat1
                 padding="SAME", dilations=dilations), x.dtype)
             if clip_value is not None:
                 dx = clipped_gradient(x, dx, clip_value)
-            dk = tf.raw_ops.Conv2DBackpropFilter(
-                input=negative, filter_sizes=tf.shape(signs), out_backprop=dy,
-                strides=strides, padding="SAME", dilations=dilations)
+            dk = filter_gradient(negative, dy, signs.shape, strides, dilations)
             return dx, -2 * tf.cast(dk, signs.dtype)
         return y, grad
 
     return conv(x, signs)
+
+
+# Output maps of at most this many positions (H x W) take `filter_gradient`'s matmul
+# form: measured in isolation (bfloat16, batch 64, 3x3, CPU ms), 4x4 maps at 256 / 384 /
+# 512 channels 11.5 / 28.7 / 49.6 ms with oneDNN's filter-gradient conv against 8.1 /
+# 15.6 / 28.2 as the matmul; at 8x8 the conv is as fast or faster (128-256 channels:
+# 8.3-32.5 vs 9.4-31.5 ms), at 16x16 and 32x32 clearly faster (docs/benchmark.md).
+MATMUL_FILTER_GRADIENT_MAX = 16
+
+
+def filter_gradient(inputs, dy, filter_shape, strides, dilations):
+    """The conv's filter gradient ``Conv2DBackpropFilter(inputs, dy)`` ('SAME', zero
+    padding; NHWC `inputs` and `dy` of one dtype, HWIO `filter_shape`; result in that
+    dtype). At stride 1, undilated, on output maps of at most
+    `MATMUL_FILTER_GRADIENT_MAX` positions (ResNet-18's last stage at 32x32 inputs:
+    4x4) it is computed as patches and one matmul, ``patches(inputs)^T @ dy``, which
+    oneDNN runs faster there than its filter-gradient conv; the same sum, up to the
+    order of the float32 accumulation before the rounding to `dy`'s dtype."""
+    height, width = inputs.shape[1], inputs.shape[2]
+    small = (height is not None and width is not None
+             and height * width <= MATMUL_FILTER_GRADIENT_MAX)
+    if not small or max(strides) > 1 or max(dilations) > 1:
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=inputs, filter_sizes=list(filter_shape), out_backprop=dy, strides=strides,
+            padding="SAME", dilations=dilations)
+    kh, kw, channels, filters = (int(d) for d in filter_shape)
+    padded = tf.pad(inputs, [[0, 0], binary.same_padding(height, kh),
+                             binary.same_padding(width, kw), [0, 0]])
+    taps = [padded[:, i:i + height, j:j + width, :] for i in range(kh) for j in range(kw)]
+    patches = tf.reshape(tf.concat(taps, -1) if len(taps) > 1 else taps[0],
+                         [-1, kh * kw * channels])
+    grad = tf.matmul(patches, tf.reshape(dy, [-1, filters]), transpose_a=True)
+    return tf.reshape(grad, [kh, kw, channels, filters])
 
 
 # families whose binary convs are Larq's own layers (Bi-Real's, ReActNet's and
@@ -197,6 +236,71 @@ class FastQuantConv2D(binary.QuantConv2D):
             y = tf.nn.conv2d(x, tf.cast(signs, self.operand_dtype), list(self.strides),
                              "SAME", dilations=list(self.dilation_rate))
         return (tf.cast(y, tf.float32) + padding_bias(signs, pad)) * scale
+
+
+def _live(x, live):
+    """x's channels [0, live) (NHWC); a Slice, whose gradient is one Pad (a strided
+    slice's gradient measured much slower)."""
+    return tf.slice(x, [0, 0, 0, 0], [-1, -1, -1, live])
+
+
+def zero_tail_binary_conv(block, inputs, live, training):
+    """``block(inputs, training=True)`` for a `binary.BinaryConv` whose input channels
+    from `live` on are 0 whatever the data (NHWC float32 `inputs`; BNAS-A's cell outputs
+    in its first stage: all-Zeroise nodes kept zero by the identity skips), computed
+    without convolving the zero channels: in training, batch norm turns a zero channel
+    into its beta exactly (batch mean and variance 0), so its sign is a constant and
+    its share of a 1x1 conv a per-output-channel constant ``sum_c (sign(beta_c) - 1) *
+    signs[c]`` (in the shifted form of `FastQuantConv2D`), with Larq's straight-through
+    gradient to beta (``|beta| <= clip``), as the readable block gives. The batch norm
+    runs on all channels (Keras' moving statistics as always); its output's zero
+    channels get no gradient, where the readable block's input gradient flows to
+    the structural zeros only, i.e. to no variable. `block(inputs)` when the fast form
+    does not apply (not a FastQuantConv2D, not 1x1 stride 1, an activation scale, a
+    shortcut, not training)."""
+    conv = block.conv
+    if (training is not True or not isinstance(conv, FastQuantConv2D) or not conv._fast(inputs)
+            or tuple(conv.kernel_size) != (1, 1) or tuple(conv.strides) != (1, 1)
+            or float(conv.pad_values) != 1.0 or block.use_shortcut or block.pick > 1
+            or block.subsample > 1 or block.binarization.activation_scale
+            or not 0 < live < inputs.shape[-1]):
+        return block(inputs, training=training)
+    y = block.bn(inputs, training=True)
+    signs, scale = kernel_signs(conv.kernel_quantizer, conv.kernel.latent_variable)
+    beta = block.bn.beta if block.bn.center else tf.zeros([inputs.shape[-1]])
+    tail = conv.input_quantizer(beta[live:])  # sign(beta), straight-through gradient
+    constant = tf.linalg.matvec(signs[0, 0, live:, :], tail - 1.0, transpose_a=True)
+    z = shifted_sign_conv(_live(y, live), signs[:, :, :live, :],
+                          conv.input_quantizer.clip_value, conv.strides, conv.dilation_rate,
+                          conv.operand_dtype)
+    out = (tf.cast(z, tf.float32) + (padding_bias(signs, 1.0) + constant)) * scale
+    return tf.nn.relu(out) if block.use_relu else out
+
+
+def zero_tail_float_conv(bn, conv, inputs, live, training):
+    """``conv(bn(inputs, training=True))`` for a Keras BatchNormalization and a float
+    Conv2D without bias that pads nothing at this input size (BNAS' 2x2 stride-2
+    reduction residual) when the input channels from `live` on are 0 (as
+    `zero_tail_binary_conv`): the zero channels are beta after the batch norm, their
+    share of the conv the constant ``sum_c beta_c * sum_taps(kernel[..., c, :])``.
+    The two layers as they are otherwise."""
+    height, width = inputs.shape[1], inputs.shape[2]
+    kh, kw = conv.kernel_size
+    no_padding = (conv.padding == "valid" or (
+        height is not None and width is not None
+        and binary.same_padding(height, kh, conv.strides[0]) == (0, 0)
+        and binary.same_padding(width, kw, conv.strides[1]) == (0, 0)))
+    if (training is not True or conv.use_bias or not no_padding or conv.groups != 1
+            or max(conv.dilation_rate) > 1 or not 0 < live < inputs.shape[-1]):
+        return conv(bn(inputs, training=training))
+    y = bn(inputs, training=True)
+    beta = bn.beta if bn.center else tf.zeros([inputs.shape[-1]])
+    kernel = conv.kernel
+    constant = tf.linalg.matvec(tf.reduce_sum(kernel[:, :, live:, :], axis=[0, 1]),
+                                beta[live:], transpose_a=True)
+    out = tf.nn.conv2d(_live(y, live), kernel[:, :, :live, :], list(conv.strides),
+                       conv.padding.upper())
+    return out + constant
 
 
 @contextlib.contextmanager

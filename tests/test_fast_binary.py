@@ -42,14 +42,15 @@ def outputs_and_grads(layer, x, variables):
     return y, tape.gradient(loss, [x] + variables)
 
 
-@pytest.mark.parametrize("kernel,strides,dilation,scheme", [
-    (3, 1, 1, "xnor"), (3, 2, 1, "xnor"), (1, 1, 1, "xnor"), (3, 1, 2, "xnor"),
-    (3, 2, 2, "xnor"), (5, 1, 2, "bars"), (3, 2, 1, "binarynet")])
-def test_fast_binary_conv_equals_the_readable_one(kernel, strides, dilation, scheme):
+@pytest.mark.parametrize("kernel,strides,dilation,scheme,size", [
+    (3, 1, 1, "xnor", 9), (3, 2, 1, "xnor", 9), (1, 1, 1, "xnor", 9), (3, 1, 2, "xnor", 9),
+    (3, 2, 2, "xnor", 9), (5, 1, 2, "bars", 9), (3, 2, 1, "binarynet", 9),
+    (3, 1, 1, "xnor", 4), (1, 1, 1, "bars", 4)])
+def test_fast_binary_conv_equals_the_readable_one(kernel, strides, dilation, scheme, size):
     """BinaryConv (BN -> sign -> conv -> ReLU) with FastQuantConv2D inside equals the
     readable block: outputs, input and kernel gradients (every stride/dilation form
-    BinaryConv uses, each weight scale)."""
-    x = tf.random.stateless_normal([2, 9, 9, 24], seed=[kernel, strides])
+    BinaryConv uses, each weight scale; 4x4 maps: the matmul filter gradient)."""
+    x = tf.random.stateless_normal([2, size, size, 24], seed=[kernel, strides])
     readable, fast = twins(lambda: binary.BinaryConv(16, kernel, strides, dilation,
                                                      binarization=scheme))
     assert type(readable.conv) is binary.QuantConv2D  # noqa: E721
@@ -110,6 +111,42 @@ def test_the_fused_sign_conv_is_the_shifted_form_bit_for_bit_in_fewer_passes(
     assert not {"Abs", "LessEqual", "SelectV2", "Select"} & set(full), full
 
 
+@pytest.mark.parametrize("height,width,kernel", [(4, 4, 3), (3, 5, 3), (4, 4, 1), (4, 4, 2),
+                                                 (2, 2, 5)])
+def test_the_filter_gradient_on_small_maps_is_a_matmul_of_the_same_sum(height, width, kernel):
+    """On maps of at most 16 positions (ResNet-18's 4x4 last stage) the binary conv's
+    filter gradient is computed as patches and one matmul, not oneDNN's filter-gradient
+    conv (slower there): the same sum as the float32 conv gradient ('SAME' padding,
+    odd, even and oversized kernels, non-square maps) up to the bfloat16 rounding; on
+    larger maps, and in the layer's training step, the conv op is used as before."""
+    rng = np.random.default_rng(kernel)
+    x = (rng.random((3, height, width, 8)) < 0.5).astype(np.float32)
+    dy = rng.normal(size=(3, height, width, 5)).astype(np.float32)
+    shape = [kernel, kernel, 8, 5]
+    exact = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=shape, out_backprop=dy,
+                                            strides=[1, 1, 1, 1], padding="SAME")
+    got = fast_binary.filter_gradient(tf.cast(x, tf.bfloat16), tf.cast(dy, tf.bfloat16),
+                                      shape, [1, 1, 1, 1], [1, 1, 1, 1])
+    assert got.dtype == tf.bfloat16 and got.shape == exact.shape
+    assert rel_err(exact, tf.cast(got, tf.float32)) <= OUT_TOL
+
+    def kernel_gradient_ops(size):
+        with fast_binary.building("bfloat16"):
+            layer = binary.BinaryConv(16, 3)
+        t = tf.random.stateless_normal([2, size, size, 8], seed=[size, 0])
+        layer(t)
+
+        def step(t):
+            with tf.GradientTape() as tape:
+                y = layer(t, training=True)
+            return tape.gradient(y, layer.conv.kernel.latent_variable,
+                                 output_gradients=tf.sin(y))
+        return {op.type for op in tf.function(step).get_concrete_function(t).graph
+                .get_operations()}
+    assert "Conv2DBackpropFilter" not in kernel_gradient_ops(4)
+    assert "Conv2DBackpropFilter" in kernel_gradient_ops(8)
+
+
 def test_the_clipped_gradient_is_larqs_in_one_op():
     """`clipped_gradient` passes dy exactly where Larq's ste_sign gradient does
     (|x| <= clip, the bounds included), for several clip values."""
@@ -166,6 +203,70 @@ def test_fast_network_equals_the_readable_network(operands, monkeypatch):
     flat1 = np.concatenate([np.ravel(g) for g in g1[1:] if g is not None])
     cosine = flat0 @ flat1 / (np.linalg.norm(flat0) * np.linalg.norm(flat1))
     assert cosine >= 0.8
+
+
+@pytest.mark.parametrize("operands", ["float32", "bfloat16"])
+def test_the_variant_skips_the_structurally_zero_channels_and_computes_the_same(operands,
+                                                                                monkeypatch):
+    """BNAS-A's first-stage cell outputs are 0 from channel 2C on whatever the data
+    (two all-Zeroise nodes, kept zero by the identity skips): `zero_tail` says so (the
+    readable network's outputs are exactly 0 there), the variant's training pass
+    convolves only the live channels of the preprocess convs and of the float residual
+    reading them, and gives the outputs of the variant convolving all channels (equal
+    with float32 operands, whose sums are exact), the same variable gradients (but the
+    rounding of partial sums) and the same moving statistics."""
+    from bnas_tf import models
+    monkeypatch.setattr(fast_binary.FastQuantConv2D, "operand_dtype", tf.as_dtype(operands))
+    spec = presets.resolve(genotype="bnas_a", cells=6, channels=8)  # cells 0, 1 in stage 1
+    readable, fast = twins(lambda: models.build(spec, 10, 16))
+    fast.set_weights(readable.get_weights())
+    cells = [layer for layer in fast.layers if layer.name.startswith("cell")]
+    tails = [cell.zero_tail(cell.input_zero_tails[1]) for cell in cells]
+    assert tails == [16, 16, None, None, None, None]
+    assert [c.input_zero_tails for c in cells][:4] == [(None, None), (None, 16), (16, 16),
+                                                       (16, None)]
+    x = tf.random.stateless_normal([4, 16, 16, 3], seed=[3, 4])
+    outputs = tf.keras.Model(readable.input, [readable.get_layer(c.name).output
+                                              for c in cells[:2]])(x, training=True)
+    for out, tail in zip(outputs, tails):
+        assert np.abs(out[..., :tail]).max() > 0 and not np.any(out[..., tail:])
+
+    def step():
+        moving = [v for v in fast.non_trainable_weights if "moving" in v.name]
+        before = [v.numpy() for v in moving]
+        y, grads = outputs_and_grads(fast, x, fast.trainable_weights)
+        after = [v.numpy() for v in moving]
+        for v, b in zip(moving, before):
+            v.assign(b)
+        return y, grads, after
+
+    def conv_inputs():  # input channels of the training pass's binary and float convs
+        graph = tf.function(lambda t: fast(t, training=True)).get_concrete_function(x).graph
+        return sorted(op.inputs[1].shape[2] for op in graph.get_operations()
+                      if op.type == "Conv2D" and op.inputs[1].shape[0] <= 2)
+    y1, g1, m1 = step()
+    narrow = conv_inputs()
+    saved = [cell.input_zero_tails for cell in cells]
+    for cell in cells:
+        cell.input_zero_tails = (None, None)
+    y0, g0, m0 = step()
+    wide = conv_inputs()
+    for cell, tails_in in zip(cells, saved):
+        cell.input_zero_tails = tails_in
+    # cell1's pre1, cell2's pre0 and pre1 (1x1, 32 -> 16 channels live) and its residual
+    assert sum(narrow) == sum(wide) - 4 * 16
+    if operands == "float32":
+        assert np.array_equal(y0, y1)
+    assert rel_err(y0, y1) <= OUT_TOL
+    assert [g is None for g in g0] == [g is None for g in g1]
+    scale = max(np.abs(g).max() for g in g0[1:] if g is not None)
+    tol = 1e-5 if operands == "float32" else GRAD_TOL
+    for a, b, v in zip(g0[1:], g1[1:], fast.trainable_weights):
+        if a is not None:  # (a residual BN's beta gets ~0: the next batch norms remove it)
+            err = np.abs(np.asarray(a) - np.asarray(b)).max()
+            assert err <= tol * np.abs(a).max() + 1e-6 * scale, v.name
+    for a, b in zip(m0, m1):
+        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("network", ["bars", "xnor-resnet18"])

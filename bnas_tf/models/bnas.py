@@ -6,7 +6,11 @@ a float residual of s1 (BN -> 2x2 stride-2 conv, C_prev -> len(concat) * C); cel
 adds nothing. Preprocess convs are binary (1x1, or 3x3 stride 2 after a reduction
 cell). Reductions sit at cells ``cells//3`` and ``2*cells//3``. Stem and
 classifier are float. Zeroise edges cost nothing: they are not built at all (a
-node whose edges are all Zeroise outputs zeros).
+node whose edges are all Zeroise outputs zeros). Trailing all-Zeroise nodes keep
+their channels of the cell output 0 whatever the data, through the identity skips
+too (`BnasCell.zero_tail`): in training with the speed variant the 1x1 preprocess
+convs and the float residual reading them skip those channels
+(`fast_binary.zero_tail_binary_conv`).
 
 ``spec["residual"]`` = ``"binary"`` replaces the float reduction residual by a
 binary 2x2 stride-2 conv (BN -> sign -> conv), beyond the paper: the float
@@ -19,7 +23,7 @@ import tensorflow as tf
 
 from absl import logging
 
-from bnas_tf import binary, genotypes, ops
+from bnas_tf import binary, fast_binary, genotypes, ops
 from bnas_tf.models import common
 
 
@@ -106,6 +110,9 @@ class BnasCell(binary._Block):
         self.drops = ({k: common.DropPath(name=f"drop{k}") for k, layer in self.ops.items()
                        if not isinstance(layer, binary.SkipConnect)} if drop_path else {})
         self.residual = None
+        # channels of [s0, s1] from which they are 0 whatever the data (`zero_tail` of
+        # the cells before; set by `build`): the speed variant skips them in training
+        self.input_zero_tails = (None, None)
 
     def build(self, input_shapes):
         prev_channels = input_shapes[1][-1]
@@ -123,9 +130,45 @@ class BnasCell(binary._Block):
         self.identity_skip = (self.skip and not self.reduction and prev_channels == out_channels)
         super().build(input_shapes)
 
+    def zero_tail(self, s1_tail=None):
+        """The channel from which this (built) cell's output is 0 whatever its inputs,
+        or None: trailing all-Zeroise nodes of the concat, kept zero by an identity
+        skip whose input `s1_tail` is zero from there on too (BNAS-A's first stage:
+        half the channels of every cell output), never after a residual."""
+        trailing = 0
+        for state in reversed(self.concat):
+            edges = (2 * (state - 2), 2 * (state - 2) + 1)
+            if state < 2 or any(str(k) in self.ops for k in edges):
+                break
+            trailing += 1
+        if not trailing or self.residual is not None:
+            return None
+        tail = (len(self.concat) - trailing) * self.channels
+        if self.identity_skip:
+            return None if s1_tail is None else max(tail, s1_tail)
+        return tail  # the concat alone (cell 0, a cell whose s1 has another shape)
+
+    def _pre(self, index, x, training):
+        """preI(x); in training with the speed variant, without convolving the
+        channels of x that are structurally 0 (`input_zero_tails`, set by `build`;
+        `fast_binary.zero_tail_binary_conv`)."""
+        layer = self.pre0 if index == 0 else self.pre1
+        live = self.input_zero_tails[index]
+        if live is None or training is not True:  # (a symbolic `training`: the readable call)
+            return layer(x, training=training)
+        return fast_binary.zero_tail_binary_conv(layer, x, live, training)
+
+    def _residual(self, x, training):
+        live = self.input_zero_tails[1]
+        if (live is None or training is not True or isinstance(self.residual, binary.BinaryConv)
+                or not fast_binary.uses_fast_convs(self)):
+            return self.residual(x, training=training)
+        bn, conv = self.residual.layers
+        return fast_binary.zero_tail_float_conv(bn, conv, x, live, training)
+
     def call(self, inputs, training=None):
         s0_in, s1_in = inputs
-        states = [self.pre0(s0_in, training=training), self.pre1(s1_in, training=training)]
+        states = [self._pre(0, s0_in, training), self._pre(1, s1_in, training)]
         for node in range(genotypes.NODES):
             terms = []
             for k in (2 * node, 2 * node + 1):
@@ -141,7 +184,7 @@ class BnasCell(binary._Block):
             states.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
         out = tf.concat([states[i] for i in self.concat], axis=-1)
         if self.residual is not None:
-            out = out + self.residual(s1_in, training=training)
+            out = out + self._residual(s1_in, training)
         elif self.identity_skip:
             out = out + s1_in
         return out
@@ -165,6 +208,7 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XN
         s0, s1 = common.imagenet_stem(inputs, channels)
         reduction_prev = True
     current = channels
+    tails = (None, None)  # the stem's outputs have no zero channels
     aux_logits = None
     built = []
     for i in range(cells):
@@ -175,7 +219,9 @@ def build(spec, num_classes, image_size, auxiliary=False, binarization=binary.XN
                         binarization=binarization, drop_path=drop_path,
                         residual=spec.get("residual", "float"), name=f"cell{i}")
         built.append(cell)
+        cell.input_zero_tails = tails
         s0, s1 = s1, cell([s0, s1])
+        tails = (tails[1], cell.zero_tail(tails[1]))
         reduction_prev = reduction
         if auxiliary and i == 2 * cells // 3:
             aux_logits = common.auxiliary_head(s1, num_classes)
