@@ -1,0 +1,82 @@
+"""Recomputing a fused BARS cell in the backward pass (gradient checkpointing).
+
+A training pass keeps, for its backward pass, what every op's gradient reads: per
+stage-0 cell ~207 MB at the defaults (batch 64; docs/benchmark.md, "BARS search").
+`recomputed` runs a `fused.FusedSearchCell` keeping only the cell's inputs and runs
+its forward pass again when the gradient arrives (one cell at a time), so a pass
+holds one cell's activations instead of all of them, for one more forward pass of
+the recomputed cells. The recomputed pass normalises with the same batch statistics
+(`fused.batch_norm_output`) but does not update the BatchNorms' moving statistics a
+second time: they end as without recomputation (tests/test_bars_fused.py). Only the
+inputs some active tape differentiates get gradients (the alpha pass computes no
+kernel gradients, the weight pass none for the op weights and masks).
+"""
+from __future__ import annotations
+
+import bnas_tf  # noqa: F401
+import tensorflow as tf
+from tensorflow.python.eager import record  # which tensors an active tape watches
+
+from bnas_tf import binary, genotypes
+
+
+def possible(cell, precomputed):
+    """True if `cell` (a built `fused.FusedSearchCell`) can be recomputed: every op it
+    runs is fused (its only state is the BatchNorms' moving statistics, which the
+    recomputed pass leaves alone) and its kernels come precomputed as tensors."""
+    if precomputed is None or any(t is None for t in tf.nest.flatten(precomputed)):
+        return False
+    static = cell._static.groups
+    if "recompute" not in static:
+        singles = [op for src in range(genotypes.NODES) for _, _, op in cell._groups(src)[0]]
+        fused_bns = [layer.bn for layer in _fused_layers(cell)]
+        static["recompute"] = (cell._pre_fusable()
+                               and (cell.skip is None or cell._skip_fusable())
+                               and not any(op.variables for op in singles
+                                           if not isinstance(op, binary.Zeroise))
+                               and all(bn.fused for bn in fused_bns))
+    return static["recompute"]
+
+
+def _fused_layers(cell):
+    """The masked binary convs the fused cell computes (their BNs)."""
+    layers = [cell.pre]
+    for src in range(genotypes.NODES):
+        for (o, spec), members in cell._groups(src)[1].items():
+            for k in members:
+                op = cell.edges[k].candidates[o]
+                layers.extend(op.halves if spec == "downsample" else [op])
+    if cell.skip is not None:
+        layers.extend(cell.skip.halves)
+    return layers
+
+
+def recomputed(fused_call, inputs, op_weights, in_mask, out_mask, precomputed):
+    """``fused_call(inputs, op_weights, in_mask, out_mask, True, precomputed)`` (a
+    training pass: moving statistics updated once) whose backward pass recomputes
+    it (``update=False``) after the output's gradient has arrived, and
+    differentiates the recomputation. Shapes as `fused.FusedSearchCell.call`."""
+    flat = tf.nest.flatten(precomputed)
+    args = [inputs, op_weights, in_mask, out_mask] + flat
+    needed = [record.should_record_backprop([a]) for a in args]  # fixed while tracing
+
+    def run(update, values):
+        kernels = tf.nest.pack_sequence_as(precomputed, list(values[4:]))
+        return fused_call(*values[:4], True, kernels, update)
+
+    @tf.custom_gradient
+    def cell(*values):
+        def grad(g, variables=None):
+            # after g: not scheduled early (it would hold the activations again),
+            # not merged with the forward pass by common-subexpression elimination
+            with tf.control_dependencies([g]):
+                again = [tf.identity(v) for v in values]
+            sources = [v for v, n in zip(again, needed) if n]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(sources)
+                out = run(False, again)
+            grads = iter(tape.gradient(out, sources, output_gradients=g))
+            d_values = [next(grads) if n else None for n in needed]
+            return d_values, [None] * len(variables or [])  # (moving statistics)
+        return run(True, values), grad
+    return cell(*args)
