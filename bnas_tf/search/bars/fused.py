@@ -51,9 +51,13 @@ from bnas_tf.models import bars as bars_models
 from bnas_tf.search.bars.cell import (MaskedBinaryConv, SearchCell, SearchDownsample,
                                      interleave, masked)
 from bnas_tf.search.bars import recompute
-from bnas_tf.search.bnas.fused import conv_op, kernel_signs, widen_and_weight
+from bnas_tf.search.bnas import fused as bnas_fused
+from bnas_tf.search.bnas.fused import conv_op, kernel_signs
 
 DTYPES = ("float32", "bfloat16")
+# BNAS' `widen_and_weight` (its function and gradient) as a tape-only custom gradient
+# (`recompute.tape_gradient`: no pass-through copies of its inputs in the graph)
+widen_and_weight = recompute.tape_gradient(bnas_fused.widen_and_weight.__wrapped__)
 
 
 def _fusable(layer):
@@ -85,35 +89,25 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
     """(sign(h) - pad) * mask per channel in `dtype` (h: [B, H, W, C] float32, the
     BN output; mask: [C]): `cell.masked_conv`'s masked signs shifted by the padding
     value (larq's SteSign: sign(0) = +1), rounding only the mask (to 8 significant
-    bits in bfloat16). Its gradient keeps one int8 tensor (1 byte a value: [|h| <=
-    `clip`] - 2 [h < 0]) instead of the float32 `h` (for the sign's straight-through
-    gradient) and the `dtype` result (for the mask's gradient): d_h = dtype(g * mask)
-    where |h| <= `clip` (SteSign's clip_value; None: everywhere), else 0; d_mask =
-    sum over batch and pixels of g * (sign(h) - pad), float32. (Selects and products
-    of equal shapes or with per-channel vectors only: broadcast selects run a slow
-    generic path.)"""
+    bits in bfloat16). Its gradient keeps two boolean tensors (1 byte a value) instead
+    of the float32 `h` (for the sign's straight-through gradient) and the `dtype`
+    result (for the mask's gradient): d_h = dtype(g * mask) where |h| <= `clip`
+    (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and
+    pixels of g * (sign(h) - pad), float32. (Selects and products of equal shapes
+    or with per-channel vectors only: broadcast selects run a slow generic path. A
+    tape-only custom gradient: `recompute.tape_gradient`.)"""
     high, step = 1.0 - pad, -2.0  # sign(h) - pad = high + step * [h < 0]
 
-    @tf.custom_gradient
+    @recompute.tape_gradient
     def apply(h, mask):
         negative = tf.less(h, 0.0)
-        if clip is None:
-            code = tf.cast(negative, tf.int8)  # 1: h < 0
-        else:  # 1 / 0: |h| <= clip or not, minus 2 where h < 0 (odd: inside)
-            code = (tf.cast(tf.less_equal(tf.abs(h), float(clip)), tf.int8)
-                    - tf.cast(negative, tf.int8) * tf.constant(2, tf.int8))
+        inside = None if clip is None else tf.less_equal(tf.abs(h), float(clip))
 
         def grad(g):
             g = tf.cast(g, tf.float32)
             d_h = tf.cast(tf.cast(g * mask, dtype), tf.float32)
-            if clip is None:
-                below = tf.cast(code, tf.float32)
-            else:
-                inside = tf.not_equal(tf.bitwise.bitwise_and(code, tf.constant(1, tf.int8)),
-                                      tf.constant(0, tf.int8))
-                d_h = tf.where(inside, d_h, tf.zeros_like(d_h))
-                below = tf.cast(tf.less(code, tf.constant(0, tf.int8)), tf.float32)
-            d_mask = step * tf.reduce_sum(g * below, axis=[0, 1, 2])
+            d_h = d_h if inside is None else tf.where(inside, d_h, tf.zeros_like(d_h))
+            d_mask = step * tf.reduce_sum(g * tf.cast(negative, tf.float32), axis=[0, 1, 2])
             if high:
                 d_mask += high * tf.reduce_sum(g, axis=[0, 1, 2])
             return d_h, d_mask

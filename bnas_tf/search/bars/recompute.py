@@ -22,8 +22,9 @@ from bnas_tf import binary, genotypes
 
 def possible(cell, precomputed):
     """True if `cell` (a built `fused.FusedSearchCell`) can be recomputed: every op it
-    runs is fused (its only state is the BatchNorms' moving statistics, which the
-    recomputed pass leaves alone) and its kernels come precomputed as tensors."""
+    runs is fused (its only state is the non-affine BatchNorms' moving statistics,
+    which the recomputed pass leaves alone) and its kernels come precomputed as
+    tensors (the cell reads no trainable variable: `tape_gradient`)."""
     if precomputed is None or any(t is None for t in tf.nest.flatten(precomputed)):
         return False
     static = cell._static.groups
@@ -34,7 +35,8 @@ def possible(cell, precomputed):
                                and (cell.skip is None or cell._skip_fusable())
                                and not any(op.variables for op in singles
                                            if not isinstance(op, binary.Zeroise))
-                               and all(bn.fused for bn in fused_bns))
+                               and all(bn.fused and not bn.trainable_weights
+                                       for bn in fused_bns))
     return static["recompute"]
 
 
@@ -51,6 +53,24 @@ def _fused_layers(cell):
     return layers
 
 
+def tape_gradient(forward):
+    """`tf.custom_gradient` for gradient tapes (all the search steps use): ``forward(
+    *tensors)`` returns (one output tensor, ``grad(g)``: a gradient or None per input),
+    recorded on the active tapes as ONE operation from the inputs to the output. In a
+    traced function `tf.custom_gradient` also passes every input through an IdentityN
+    and the tape then builds zeros for those copies' unused gradients: graph nodes
+    traced, then pruned (~4 per call; docs/benchmark.md). `forward` must read no
+    trainable variable (its gradient would be lost); `tf.gradients` does not see it."""
+    def wrapper(*args):
+        args = [tf.convert_to_tensor(a) for a in args]
+        with record.stop_recording():
+            out, grad = forward(*args)
+        record.record_operation(forward.__name__, [out], args,
+                                lambda g: list(grad(g)))
+        return out
+    return wrapper
+
+
 def recomputed(fused_call, inputs, op_weights, in_mask, out_mask, precomputed):
     """``fused_call(inputs, op_weights, in_mask, out_mask, True, precomputed)`` (a
     training pass: moving statistics updated once) whose backward pass recomputes
@@ -64,9 +84,9 @@ def recomputed(fused_call, inputs, op_weights, in_mask, out_mask, precomputed):
         kernels = tf.nest.pack_sequence_as(precomputed, list(values[4:]))
         return fused_call(*values[:4], True, kernels, update)
 
-    @tf.custom_gradient
+    @tape_gradient
     def cell(*values):
-        def grad(g, variables=None):
+        def grad(g):
             # after g: not scheduled early (it would hold the activations again),
             # not merged with the forward pass by common-subexpression elimination
             with tf.control_dependencies([g]):
@@ -76,7 +96,6 @@ def recomputed(fused_call, inputs, op_weights, in_mask, out_mask, precomputed):
                 tape.watch(sources)
                 out = run(False, again)
             grads = iter(tape.gradient(out, sources, output_gradients=g))
-            d_values = [next(grads) if n else None for n in needed]
-            return d_values, [None] * len(variables or [])  # (moving statistics)
+            return [next(grads) if n else None for n in needed]
         return run(True, values), grad
     return cell(*args)
