@@ -56,16 +56,21 @@ def decisions(net):
 def step(net, x, y, weights):
     """Logits, CE gradients w.r.t. the decision weights (the alphas' gradients are these
     through the shared softmax code) and the weights, BN moving statistics, after one
-    training-mode forward pass."""
+    training-mode forward pass (traced for the fused cell)."""
     arch = {v.ref() for v in net.arch_variables}
     variables = [v for v in net.trainable_variables if v.ref() not in arch]
+
+    def run(flat):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            logits = net.forward(x, tf.nest.pack_sequence_as(weights, flat), training=True)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True))
+        return logits, tape.gradient(loss, flat + variables)
+    if net.cell_kind == "fused":  # traced, as in the search's steps (graph-only paths)
+        run = tf.function(run)
     flat = tf.nest.flatten(weights)
-    with tf.GradientTape() as tape:
-        tape.watch(flat)
-        logits = net.forward(x, tf.nest.pack_sequence_as(weights, flat), training=True)
-        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-            y, logits, from_logits=True))
-    grads = tape.gradient(loss, flat + variables)
+    logits, grads = run(flat)
     stats = [v.numpy() for v in net.non_trainable_variables if "moving" in v.name]
     return (logits.numpy(), [g.numpy() for g in grads[:len(flat)]],
             [None if g is None else tf.convert_to_tensor(g).numpy()

@@ -154,15 +154,38 @@ def quantise_all(groups, conv_dtype):
     return out
 
 
-def batch_norm_output(bn, x):
-    """``bn(x, training=True)`` of a fused Keras BatchNormalization (the same
-    FusedBatchNormV3 on x's batch statistics, the same output and gradient) without
-    updating its moving statistics: the recomputed forward pass of `recompute`."""
-    shape = [int(x.shape[-1])]
-    gamma = bn.gamma if bn.scale else tf.ones(shape)
-    beta = bn.beta if bn.center else tf.zeros(shape)
-    return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=bn.epsilon,
-                                            is_training=True)[0]
+def batch_norm(bn, x, update=True):
+    """``bn(x, training=True)`` of a fused, non-affine Keras BatchNormalization: its
+    FusedBatchNormV3 on x's batch statistics, with its moving statistics updated as
+    Keras does (``update=False``: left as they are, for the recomputed pass of
+    `recompute`), recorded as one tape operation from x to the output with the
+    op's own gradient (FusedBatchNormGradV3, as TensorFlow's): the tape then builds
+    no zeros for the op's five other outputs (graph nodes traced, then pruned;
+    executed eagerly: the plain op)."""
+    def forward(x):
+        if update:
+            return bn(x, training=True)
+        shape = [int(x.shape[-1])]
+        return tf.compat.v1.nn.fused_batch_norm(x, tf.ones(shape), tf.zeros(shape),
+                                                epsilon=bn.epsilon, is_training=True)[0]
+    if tf.executing_eagerly():  # (no graph; eager tensors do not name their op)
+        return forward(x)
+
+    @recompute.tape_gradient
+    def normalise(x):
+        y = forward(x)
+        op = y.op
+        if op.type != "FusedBatchNormV3":
+            raise TypeError(f"{bn.name}: expected a FusedBatchNormV3 output, got {op.type}")
+
+        def grad(g):
+            return [tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=g, x=op.inputs[0], scale=op.inputs[1],
+                reserve_space_1=op.outputs[3], reserve_space_2=op.outputs[4],
+                reserve_space_3=op.outputs[5], epsilon=op.get_attr("epsilon"),
+                data_format=op.get_attr("data_format"), is_training=True)[0]]
+        return y, grad
+    return normalise(x)
 
 
 def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=None,
@@ -174,9 +197,10 @@ def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=N
     (layer t in channels t*C..). x: [B, H, W, C_in] NHWC float32; channel_mask:
     [C_in]; kernels: their `quantise` (computed here when None). The layers' BNs share
     the first one's statistics (moving statistics copied to the others in training;
-    with ``update=False`` a training pass leaves them untouched: `batch_norm_output`)."""
+    with ``update=False`` a training pass leaves them untouched: `batch_norm`)."""
     first = layers[0]
-    h = first.bn(x, training=training) if update else batch_norm_output(first.bn, x)
+    h = (batch_norm(first.bn, x, update) if training and first.bn.fused
+         and not first.bn.trainable_weights else first.bn(x, training=training))
     if training and update and len(layers) > 1:
         mean, variance = (tf.convert_to_tensor(v) for v in (first.bn.moving_mean,
                                                              first.bn.moving_variance))

@@ -6,7 +6,7 @@ stage-0 cell ~207 MB at the defaults (batch 64; docs/benchmark.md, "BARS search"
 its forward pass again when the gradient arrives (one cell at a time), so a pass
 holds one cell's activations instead of all of them, for one more forward pass of
 the recomputed cells. The recomputed pass normalises with the same batch statistics
-(`fused.batch_norm_output`) but does not update the BatchNorms' moving statistics a
+(`fused.batch_norm`) but does not update the BatchNorms' moving statistics a
 second time: they end as without recomputation (tests/test_bars_fused.py). Only the
 inputs some active tape differentiates get gradients (the alpha pass computes no
 kernel gradients, the weight pass none for the op weights and masks).
