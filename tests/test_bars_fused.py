@@ -289,8 +289,8 @@ def test_recomputed_cells_give_the_same_step_and_moving_statistics(conv_dtype):
     cells keeping their activations, in the alpha and the weight pass, and the BNs'
     moving statistics end as without recomputation (updated once per pass, not
     again by the recomputed pass)."""
-    _, fast = pair(conv_dtype)
-    again = make("fused", conv_dtype, recompute_stages=2)
+    _, fast = pair(conv_dtype, max_depth=0)  # a normal cell per stage, a reduction cell
+    again = make("fused", conv_dtype, recompute_stages=2, max_depth=0)
     again.set_weights(fast.get_weights())
     assert all(cell.recompute for cell in again.reduce_cells + again.stage_cells[1])
     x, y = batch()
@@ -314,3 +314,22 @@ def test_recompute_stages_is_checked():
     with pytest.raises(ValueError, match="needs the fused cell"):
         make("reference", recompute_stages=1)
     assert not any(c.recompute for c in make("fused", recompute_stages=0).stage_cells[0])
+
+
+def test_fused_cells_add_no_pass_through_copies_or_dead_zeros_to_the_graph():
+    """The fused cell's custom gradients (`recompute.tape_gradient`: masked signs, op
+    weights, batch norms) are single tape operations: a traced forward and backward
+    pass has as many IdentityN pass-through copies and unused zeros (graph nodes
+    traced, then pruned) per cell as the kernels' quantisation adds (larq's
+    straight-through sign, a tf.custom_gradient: one per cell), not one per op."""
+    def waste(max_depth):
+        net = make("fused", max_depth=max_depth)
+        x, y = batch()
+        weights = decisions(net)
+        graph = bilevel_passes(net, x, y, weights)[4]
+        ops = graph.get_operations()
+        return (sum(op.type == "IdentityN" for op in ops),
+                sum(op.type in ("Const", "Fill") and op.name.startswith("zeros")
+                    and not op.outputs[0].consumers() for op in ops))
+    shallow, deep = waste(0), waste(1)  # deep: one more normal cell in each of 2 stages
+    assert deep[0] - shallow[0] <= 2 and deep[1] - shallow[1] <= 2, (shallow, deep)
