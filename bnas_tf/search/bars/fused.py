@@ -33,6 +33,11 @@ each choice: docs/benchmark.md, "BARS search".
   convs of all edges as one grouped conv, the halves interleaved once for all
   edges, the pooled shortcut computed once.
 
+* Custom gradients (the masked signs, the op weights, the batch norms) are single
+  tape operations (`recompute.tape_gradient`): in a traced step no pass-through copy
+  of their inputs and no zeros for unused gradients (fewer graph nodes to trace).
+  `recompute` can recompute a cell in its backward pass (off by default).
+
 Ops of other kinds (pools, other downsamples, ...) run as the reference cell runs
 them.
 """
