@@ -56,16 +56,21 @@ def decisions(net):
 def step(net, x, y, weights):
     """Logits, CE gradients w.r.t. the decision weights (the alphas' gradients are these
     through the shared softmax code) and the weights, BN moving statistics, after one
-    training-mode forward pass."""
+    training-mode forward pass (traced for the fused cell)."""
     arch = {v.ref() for v in net.arch_variables}
     variables = [v for v in net.trainable_variables if v.ref() not in arch]
+
+    def run(flat):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            logits = net.forward(x, tf.nest.pack_sequence_as(weights, flat), training=True)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True))
+        return logits, tape.gradient(loss, flat + variables)
+    if net.cell_kind == "fused":  # traced, as in the search's steps (graph-only paths)
+        run = tf.function(run)
     flat = tf.nest.flatten(weights)
-    with tf.GradientTape() as tape:
-        tape.watch(flat)
-        logits = net.forward(x, tf.nest.pack_sequence_as(weights, flat), training=True)
-        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-            y, logits, from_logits=True))
-    grads = tape.gradient(loss, flat + variables)
+    logits, grads = run(flat)
     stats = [v.numpy() for v in net.non_trainable_variables if "moving" in v.name]
     return (logits.numpy(), [g.numpy() for g in grads[:len(flat)]],
             [None if g is None else tf.convert_to_tensor(g).numpy()
@@ -238,3 +243,93 @@ def test_reduction_downsamples_run_grouped_and_equal_the_reference():
     weights = decisions(ref)
     weights["reduce"] = tf.nn.softmax(tf.math.log(weights["reduce"]) + [0.0, 3.0, 0.0])
     same_step(ref, fast, x, y, weights)
+
+
+def bilevel_passes(net, x, y, weights):
+    """As `bilevel.BilevelModel.train_step` (first order): kernels precomputed on the
+    weight tape, an alpha pass differentiating only the decision weights, then a
+    weight pass differentiating only the weights; traced (tf.function). Returns
+    logits, decision-weight gradients, weight gradients, BN moving statistics and
+    the traced graph."""
+    arch = {v.ref() for v in net.arch_variables}
+    variables = [v for v in net.trainable_variables if v.ref() not in arch]
+    structure, flat = weights, tf.nest.flatten(weights)
+
+    def ce(logits):
+        return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+            y, logits, from_logits=True))
+
+    @tf.function
+    def passes(flat):
+        weights = tf.nest.pack_sequence_as(structure, flat)
+        weight_tape = tf.GradientTape(watch_accessed_variables=False)
+        with weight_tape:
+            weight_tape.watch(variables)
+            pre = net.precompute()
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(flat)
+            logits = net.forward(x, tf.nest.pack_sequence_as(weights, flat), training=True,
+                                 precomputed=pre)
+            loss = ce(logits)
+        d_weights = tape.gradient(loss, flat)
+        with weight_tape:
+            loss = ce(net.forward(x, weights, training=True, precomputed=pre))
+        return logits, d_weights, weight_tape.gradient(loss, variables)
+    logits, d_weights, d_variables = passes(flat)
+    stats = [v.numpy() for v in net.non_trainable_variables if "moving" in v.name]
+    return (logits.numpy(), [g.numpy() for g in d_weights],
+            [None if g is None else tf.convert_to_tensor(g).numpy() for g in d_variables],
+            stats, passes.get_concrete_function(flat).graph)
+
+
+@pytest.mark.parametrize("conv_dtype", ["float32", "bfloat16"])
+def test_recomputed_cells_give_the_same_step_and_moving_statistics(conv_dtype):
+    """Cells recomputing their forward pass in the backward pass (`recompute.py`,
+    ``recompute_stages``) give the logits, decision-weight and weight gradients of
+    cells keeping their activations, in the alpha and the weight pass, and the BNs'
+    moving statistics end as without recomputation (updated once per pass, not
+    again by the recomputed pass)."""
+    _, fast = pair(conv_dtype, max_depth=0)  # a normal cell per stage, a reduction cell
+    again = make("fused", conv_dtype, recompute_stages=2, max_depth=0)
+    again.set_weights(fast.get_weights())
+    assert all(cell.recompute for cell in again.reduce_cells + again.stage_cells[1])
+    x, y = batch()
+    weights = decisions(fast)
+    want, got = bilevel_passes(fast, x, y, weights), bilevel_passes(again, x, y, weights)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+    close(got[1], want[1], 1e-5, 1e-6, "decision-weight gradient")
+    close(got[2], want[2], 1e-5, 1e-6, "weight gradient")
+    close(got[3], want[3], 0, 0, "moving statistic")
+    assert all(np.abs(g).sum() > 0 for g in got[1])
+
+    def count(graph, kind):
+        return sum(op.type == kind for op in graph.get_operations())
+    # the recomputed passes ran: one more batch norm per BN of the cells, per pass
+    assert count(got[4], "FusedBatchNormV3") > count(want[4], "FusedBatchNormV3")
+
+
+def test_recompute_stages_is_checked():
+    with pytest.raises(ValueError, match="recompute_stages must be in 0..2, got 3"):
+        make("fused", recompute_stages=3)
+    with pytest.raises(ValueError, match="needs the fused cell"):
+        make("reference", recompute_stages=1)
+    assert not any(c.recompute for c in make("fused", recompute_stages=0).stage_cells[0])
+
+
+def test_fused_cells_add_no_pass_through_copies_or_dead_zeros_to_the_graph():
+    """The fused cell's custom gradients (`recompute.tape_gradient`: masked signs, op
+    weights, batch norms) are single tape operations: a traced forward and backward
+    pass has as many IdentityN pass-through copies and unused zeros (graph nodes
+    traced, then pruned) per cell as the kernels' quantisation adds (larq's
+    straight-through sign, a tf.custom_gradient: one per cell), not one per op."""
+    def waste(max_depth):
+        net = make("fused", max_depth=max_depth)
+        x, y = batch()
+        weights = decisions(net)
+        graph = bilevel_passes(net, x, y, weights)[4]
+        ops = graph.get_operations()
+        return (sum(op.type == "IdentityN" for op in ops),
+                sum(op.type in ("Const", "Fill") and op.name.startswith("zeros")
+                    and not op.outputs[0].consumers() for op in ops))
+    shallow, deep = waste(0), waste(1)  # deep: one more normal cell in each of 2 stages
+    assert deep[0] - shallow[0] <= 2 and deep[1] - shallow[1] <= 2, (shallow, deep)

@@ -33,6 +33,11 @@ each choice: docs/benchmark.md, "BARS search".
   convs of all edges as one grouped conv, the halves interleaved once for all
   edges, the pooled shortcut computed once.
 
+* Custom gradients (the masked signs, the op weights, the batch norms) are single
+  tape operations (`recompute.tape_gradient`): in a traced step no pass-through copy
+  of their inputs and no zeros for unused gradients (fewer graph nodes to trace).
+  `recompute` can recompute a cell in its backward pass (off by default).
+
 Ops of other kinds (pools, other downsamples, ...) run as the reference cell runs
 them.
 """
@@ -50,9 +55,14 @@ from bnas_tf import binary, genotypes
 from bnas_tf.models import bars as bars_models
 from bnas_tf.search.bars.cell import (MaskedBinaryConv, SearchCell, SearchDownsample,
                                      interleave, masked)
-from bnas_tf.search.bnas.fused import conv_op, kernel_signs, widen_and_weight
+from bnas_tf.search.bars import recompute
+from bnas_tf.search.bnas import fused as bnas_fused
+from bnas_tf.search.bnas.fused import conv_op, kernel_signs
 
 DTYPES = ("float32", "bfloat16")
+# BNAS' `widen_and_weight` (its function and gradient) as a tape-only custom gradient
+# (`recompute.tape_gradient`: no pass-through copies of its inputs in the graph)
+widen_and_weight = recompute.tape_gradient(bnas_fused.widen_and_weight.__wrapped__)
 
 
 def _fusable(layer):
@@ -89,10 +99,11 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
     result (for the mask's gradient): d_h = dtype(g * mask) where |h| <= `clip`
     (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and
     pixels of g * (sign(h) - pad), float32. (Selects and products of equal shapes
-    or with per-channel vectors only: broadcast selects run a slow generic path.)"""
+    or with per-channel vectors only: broadcast selects run a slow generic path. A
+    tape-only custom gradient: `recompute.tape_gradient`.)"""
     high, step = 1.0 - pad, -2.0  # sign(h) - pad = high + step * [h < 0]
 
-    @tf.custom_gradient
+    @recompute.tape_gradient
     def apply(h, mask):
         negative = tf.less(h, 0.0)
         inside = None if clip is None else tf.less_equal(tf.abs(h), float(clip))
@@ -148,18 +159,54 @@ def quantise_all(groups, conv_dtype):
     return out
 
 
+def batch_norm(bn, x, update=True):
+    """``bn(x, training=True)`` of a fused, non-affine Keras BatchNormalization: its
+    FusedBatchNormV3 on x's batch statistics, with its moving statistics updated as
+    Keras does (``update=False``: left as they are, for the recomputed pass of
+    `recompute`), recorded as one tape operation from x to the output with the
+    op's own gradient (FusedBatchNormGradV3, as TensorFlow's): the tape then builds
+    no zeros for the op's five other outputs (graph nodes traced, then pruned;
+    executed eagerly: the plain op)."""
+    def forward(x):
+        if update:
+            return bn(x, training=True)
+        shape = [int(x.shape[-1])]
+        return tf.compat.v1.nn.fused_batch_norm(x, tf.ones(shape), tf.zeros(shape),
+                                                epsilon=bn.epsilon, is_training=True)[0]
+    if tf.executing_eagerly():  # (no graph; eager tensors do not name their op)
+        return forward(x)
+
+    @recompute.tape_gradient
+    def normalise(x):
+        y = forward(x)
+        op = y.op
+        if op.type != "FusedBatchNormV3":
+            raise TypeError(f"{bn.name}: expected a FusedBatchNormV3 output, got {op.type}")
+
+        def grad(g):
+            return [tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=g, x=op.inputs[0], scale=op.inputs[1],
+                reserve_space_1=op.outputs[3], reserve_space_2=op.outputs[4],
+                reserve_space_3=op.outputs[5], epsilon=op.get_attr("epsilon"),
+                data_format=op.get_attr("data_format"), is_training=True)[0]]
+        return y, grad
+    return normalise(x)
+
+
 def grouped_masked_conv(layers, x, channel_mask, factors, conv_dtype, training=None,
-                        kernels=None):
+                        kernels=None, update=True):
     """sum-free grouped form of `cell.MaskedBinaryConv` calls: the outputs of
     ``layers[t](x, channel_mask=channel_mask)`` (one spec, see `_spec`) without their
     op shortcut, times ``factors`` ([T * C]: per output channel, e.g. layer t's op
     weight times the mask of the node it feeds), as ONE [B, H', W', T * C] tensor
     (layer t in channels t*C..). x: [B, H, W, C_in] NHWC float32; channel_mask:
     [C_in]; kernels: their `quantise` (computed here when None). The layers' BNs share
-    the first one's statistics (moving statistics copied to the others in training)."""
+    the first one's statistics (moving statistics copied to the others in training;
+    with ``update=False`` a training pass leaves them untouched: `batch_norm`)."""
     first = layers[0]
-    h = first.bn(x, training=training)
-    if training and len(layers) > 1:
+    h = (batch_norm(first.bn, x, update) if training and first.bn.fused
+         and not first.bn.trainable_weights else first.bn(x, training=training))
+    if training and update and len(layers) > 1:
         mean, variance = (tf.convert_to_tensor(v) for v in (first.bn.moving_mean,
                                                              first.bn.moving_variance))
         for other in layers[1:]:
@@ -189,7 +236,7 @@ def _downsample_fusable(layer):
 
 
 def grouped_downsample(ops, x, channel_mask, factors, conv_dtype, training=None,
-                       kernels=None):
+                       kernels=None, update=True):
     """`cell.SearchDownsample` ('improved') calls of `ops` (T of them, `filters` C
     each) on the same x ([B, H, W, C_in] NHWC float32; channel_mask [C_in]), grouped:
     each half's T convs as one grouped conv (`grouped_masked_conv`), the halves
@@ -197,14 +244,16 @@ def grouped_downsample(ops, x, channel_mask, factors, conv_dtype, training=None,
     op t's conv part times ``factors[t]`` in channels t*C.. (factors: [T, C], per
     output channel of the interleaved output), and the shortcut [B, H', W', C] every op
     adds (interleaved pooled halves; op t's term is ``factors[t] * shortcut``).
-    kernels: {0: ..., 1: ...} each half's `quantise` (computed here when None)."""
+    kernels: {0: ..., 1: ...} each half's `quantise` (computed here when None);
+    update: as `grouped_masked_conv`'s."""
     halves = (x, bars_models.stagger(x))
     convs, shortcuts = [], []
     for h, part in enumerate(halves):
         layers = [op.halves[h] for op in ops]
         factor = tf.reshape(factors[:, h::2], [-1])  # [T * C/2]: the half's channels
         convs.append(grouped_masked_conv(layers, part, channel_mask, factor, conv_dtype,
-                                         training, kernels[h] if kernels else None))
+                                         training, kernels[h] if kernels else None,
+                                         update))
         shortcuts.append(bars_models.match_channels(binary.shortcut(part, 2),
                                                     ops[0].filters // 2))
     return interleave(*convs), interleave(*shortcuts)
@@ -222,6 +271,7 @@ class FusedSearchCell(SearchCell):
                              f"{conv_dtype!r} (resolve 'auto' with engine.EngineConfig)")
         super().__init__(*args, **kwargs)
         self.conv_dtype = conv_dtype
+        self.recompute = False  # set by the supernet (`BarsSupernet(recompute_stages=...)`)
         self._ready = False
         self._static = types.SimpleNamespace(groups={})  # not tracked (not checkpointed)
 
@@ -309,7 +359,7 @@ class FusedSearchCell(SearchCell):
         return self._static.groups["identity"]
 
     def _source_terms(self, x, src, op_weights, mask, edge_masks, factors, training,
-                      precomputed):
+                      precomputed, update=True):
         """{edge index: terms} of the edges leaving node `src`, each term already times
         the mask of the edge's target node (``edge_masks[k]``: the reference cell
         masks each node's sum; here the masks ride on the per-channel factors).
@@ -330,10 +380,10 @@ class FusedSearchCell(SearchCell):
             kernels = precomputed[f"from{src}_op{o}"] if precomputed is not None else None
             if spec == "downsample":
                 y, shortcut = grouped_downsample(layers, x, mask, factor, self.conv_dtype,
-                                                 training, kernels)
+                                                 training, kernels, update)
             else:
                 y = grouped_masked_conv(layers, x, mask, tf.reshape(factor, [-1]),
-                                        self.conv_dtype, training, kernels)
+                                        self.conv_dtype, training, kernels, update)
             parts = tf.split(y, len(members), axis=-1) if len(members) > 1 else [y]
             rows = tf.unstack(factor) if spec == "downsample" else [None] * len(members)
             for k, part, row in zip(members, parts, rows):
@@ -354,11 +404,22 @@ class FusedSearchCell(SearchCell):
         current weights (computed here when None). The reference masks every node's
         sum and then the output ((node_4 + skip) * mask); here each term carries its
         node's mask in its factor (node 4's terms mask^2), which keeps no float32 sum
-        for the mask's gradient and adds no pass over the node."""
+        for the mask's gradient and adds no pass over the node. With ``recompute`` set
+        (a training pass with `precomputed` kernels) the cell keeps only its inputs for
+        the backward pass and runs its forward again there (`recompute.recomputed`)."""
         if not self._ready:
             if not self._layers_built():  # the first call builds every layer
                 return super().call(inputs, op_weights, in_mask, out_mask, training=training)
             self._ready = True
+        if self.recompute and training and recompute.possible(self, precomputed):
+            return recompute.recomputed(self.fused_call, inputs, op_weights, in_mask,
+                                        out_mask, precomputed)
+        return self.fused_call(inputs, op_weights, in_mask, out_mask, training, precomputed)
+
+    def fused_call(self, inputs, op_weights, in_mask, out_mask, training, precomputed,
+                   update=True):
+        """The fused computation of `call` (built layers); ``update=False``: a training
+        pass that leaves the BatchNorms' moving statistics as they are."""
         edges = genotypes.dense_edges()
         # per edge the mask of its target node (node 4: mask^2, see above), [edges, C]
         edge_masks = tf.gather(tf.stack([out_mask, out_mask * out_mask]),
@@ -370,7 +431,8 @@ class FusedSearchCell(SearchCell):
         edge_masks = tf.unstack(edge_masks)
         if self._pre_fusable():
             pre = grouped_masked_conv([self.pre], inputs, in_mask, out_mask, self.conv_dtype,
-                                      training, precomputed["pre"] if precomputed else None)
+                                      training, precomputed["pre"] if precomputed else None,
+                                      update)
         else:
             pre = self.pre(inputs, training=training, channel_mask=in_mask) * out_mask
         nodes = [pre]
@@ -378,7 +440,7 @@ class FusedSearchCell(SearchCell):
         for src in range(genotypes.NODES):
             for k, outs in self._source_terms(nodes[src], src, op_weights, out_mask,
                                               edge_masks, factors, training,
-                                              precomputed).items():
+                                              precomputed, update).items():
                 incoming[edges[k][1]].extend(outs)
             terms = incoming[src + 1]
             if src + 1 < genotypes.NODES:
@@ -387,7 +449,7 @@ class FusedSearchCell(SearchCell):
         if self._skip_fusable():
             convs, shortcut = grouped_downsample(
                 [self.skip], inputs, in_mask, out_mask[None, :], self.conv_dtype, training,
-                precomputed["skip"] if precomputed else None)
+                precomputed["skip"] if precomputed else None, update)
             skip = [convs, out_mask * shortcut]
         elif self.reduction:
             skip = [self.skip(inputs, training=training, channel_mask=in_mask) * out_mask]
