@@ -257,3 +257,30 @@ def test_bars_search_killed_9_then_rerun_equals_an_uninterrupted_one(cifar_dir, 
     assert not differ, f"{len(differ)} of {len(want[0])} tensors differ, e.g. {differ[:3]}"
     assert got[1:] == want[1:]
     assert len(got[3]["epochs"]) == 3
+
+
+def test_the_recompute_engine_setting_reaches_the_supernet_and_the_run_identity():
+    """--recompute_stages (engine.EngineConfig): the BARS supernet's first N stages
+    recompute; BNAS refuses it; it is part of what a resume must match (the step equals
+    one without recomputation only to ~1e-6), and a directory from before the setting
+    reads as 0."""
+    from bnas_tf.search import engine as engine_lib
+    from bnas_tf.search import search_dir
+    from bnas_tf.search.bars import method as bars_method
+    from bnas_tf.search.bnas import method as bnas_method
+    config = search_config(base_channels=[8, 16], max_depth=1)
+    on = engine_lib.EngineConfig(recompute_stages=1).resolve()
+    net = bars_method.build_supernet(config, 10, SIZE, on)
+    assert net.recompute_stages == 1
+    assert all(c.recompute for c in net.stage_cells[0])
+    assert not any(c.recompute for c in net.stage_cells[1])
+    with pytest.raises(ValueError, match="recompute_stages must be >= 0"):
+        engine_lib.EngineConfig(recompute_stages=-1).validate()
+    bnas_config = SearchConfig.create("bnas", cells=3, channels=4)
+    with pytest.raises(ValueError, match="BARS' fused cell only"):
+        bnas_method.build_supernet(bnas_config, 10, SIZE, on)
+    dc = data.DataConfig(dataset="folder", data_dir="x")
+    identity = search_dir.run_identity(dc, config, on)
+    assert identity["engine"] == {"cell": "fused", "recompute_stages": 1}
+    old = dict(identity, engine={"cell": "fused"})  # written before the setting existed
+    assert search_dir.upgrade_identity(old)["engine"]["recompute_stages"] == 0

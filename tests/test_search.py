@@ -448,6 +448,14 @@ def test_flags_give_method_defaults_then_command_line_values():
                             "--cell_implementation=reference"])
         engine = search_flags.engine_from_flags()  # BARS has both cells too
     assert engine == EngineConfig(cell="reference", conv_dtype="bfloat16")
+    with flagsaver.flagsaver():
+        search_flags.FLAGS(["search.py", "--method=bars", "--recompute_stages=1"])
+        assert search_flags.engine_from_flags() == EngineConfig(recompute_stages=1)
+    with flagsaver.flagsaver():  # BARS' fused cell only: refused for BNAS in one line
+        search_flags.FLAGS(["search.py", "--method=bnas", "--recompute_stages=1"])
+        with pytest.raises(ValueError, match="^--recompute_stages applies to --method=bars "
+                                             "only, not --method=bnas$"):
+            search_flags.engine_from_flags()
 
 
 @pytest.mark.parametrize("method,flag", [("bars", "--cells=5"), ("bars", "--channels=8"),

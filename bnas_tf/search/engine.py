@@ -25,6 +25,9 @@ class EngineConfig:
     lean_grappler: bool = True
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    # BARS, fused cell: the first N stages' cells recompute their forward pass in the
+    # backward pass (bars/recompute.py): less memory for one more forward pass of them
+    recompute_stages: int = 0
 
     def validate(self):
         if self.cell not in CELLS:
@@ -33,7 +36,7 @@ class EngineConfig:
         if self.conv_dtype not in CONV_DTYPES:
             raise ValueError(f"unknown conv_dtype {self.conv_dtype!r}; choose one of "
                              f"{', '.join(CONV_DTYPES)}")
-        for name in ("intra_op_threads", "inter_op_threads"):
+        for name in ("intra_op_threads", "inter_op_threads", "recompute_stages"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self

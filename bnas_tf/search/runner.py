@@ -334,7 +334,8 @@ def restore_supernet(output_dir):
         raise ValueError(f"{output_dir} holds no search checkpoint (no epoch finished)")
     data_config = data.DataConfig(**record.get("data", {}), batch_size=config.batch_size,
                                   seed=config.seed)
-    engine = EngineConfig(cell=record["engine"]["cell"]).resolve()
+    engine = EngineConfig(cell=record["engine"]["cell"],
+                          recompute_stages=record["engine"]["recompute_stages"]).resolve()
     method = get_method(config.method)
     info = data.dataset_info(data_config)
     steps = max(1, info.split_sizes.get("search_train", 0) // config.batch_size)

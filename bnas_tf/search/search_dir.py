@@ -54,16 +54,18 @@ def run_identity(data_config, search_config, engine):
     if data_part.get("data_dir"):
         data_part["data_dir"] = os.path.abspath(os.path.expanduser(data_part["data_dir"]))
     return files.plain({"search": search_config.to_dict(), "data": data_part,
-                        "engine": {"cell": engine.cell}})
+                        "engine": {"cell": engine.cell,
+                                   "recompute_stages": engine.recompute_stages}})
 
 
 def upgrade_identity(saved):
     """A saved identity in today's layout: the previous version's search settings
-    upgraded (`SearchConfig.from_dict`), its engine the only cell it had ('fused')."""
+    upgraded (`SearchConfig.from_dict`), its engine the only cell it had ('fused') and
+    no recomputation (recompute_stages 0, before the setting existed)."""
     saved = dict(saved)
     if isinstance(saved.get("search"), dict):
         saved["search"] = SearchConfig.from_dict(saved["search"]).to_dict()
-    saved.setdefault("engine", {"cell": "fused"})
+    saved["engine"] = {"cell": "fused", "recompute_stages": 0, **saved.get("engine", {})}
     return files.plain(saved)
 
 

@@ -24,15 +24,17 @@ def search_binarization(config):
 
 def build_supernet(config, num_classes, image_size, engine):
     """The BARS supernet of a SearchConfig; `engine` (a resolved engine.EngineConfig,
-    default: the fused cell in float32) picks the cell and its conv dtype."""
+    default: the fused cell in float32) picks the cell, its conv dtype and the stages
+    whose cells recompute their forward pass in the backward pass."""
     s = config.settings
-    cell, conv_dtype = ("fused", "float32") if engine is None else (engine.cell,
-                                                                     engine.conv_dtype)
+    cell, conv_dtype, recompute = ("fused", "float32", 0) if engine is None else (
+        engine.cell, engine.conv_dtype, engine.recompute_stages)
     net = BarsSupernet(num_classes, image_size, base_channels=s.base_channels,
                        width_choices=s.width_choices, max_depth=s.max_depth,
                        op_names=config.ops, downsample=s.downsample,
                        op_shortcut=s.op_shortcut, binarization=search_binarization(config),
-                       seed=config.seed, cell=cell, conv_dtype=conv_dtype)
+                       seed=config.seed, cell=cell, conv_dtype=conv_dtype,
+                       recompute_stages=recompute)
     net.flops_budget = s.flops_budget
     net.budget_theta = (s.budget_theta_above, s.budget_theta_below)
     net.entropy_schedule = (s.entropy_start, s.entropy_step)

@@ -10,8 +10,9 @@ the recomputed cells. The recomputed pass normalises with the same batch statist
 second time: they end as without recomputation (tests/test_bars_fused.py). Only the
 inputs some active tape differentiates get gradients (the alpha pass computes no
 kernel gradients, the weight pass none for the op weights and masks). Off by
-default (`supernet.RECOMPUTE_STAGES`): at the defaults recomputing stage 0 takes the
-peak RSS from ~3.8 to ~2.9 GB for ~10% more CPU time per step (docs/benchmark.md).
+default (`tools/search.py --recompute_stages`, `engine.EngineConfig`): at the
+defaults recomputing stage 0 takes the peak RSS from ~3.8 to ~2.9 GB for ~10% more
+CPU time per step (docs/benchmark.md).
 
 `tape_gradient`, the custom gradient this uses, also serves the fused cell's own
 custom gradients (fewer graph nodes than `tf.custom_gradient` in a traced step).

@@ -30,9 +30,6 @@ from bnas_tf.search.bars.cell import SearchCell
 from bnas_tf.search.bars.fused import FusedSearchCell
 
 CELLS = {"fused": FusedSearchCell, "reference": SearchCell}  # the names of engine.CELLS
-# stages whose fused cells recompute their forward pass in the backward pass instead
-# of keeping its activations (recompute.py; docs/benchmark.md, "BARS search")
-RECOMPUTE_STAGES = 0
 
 WIDTH_CHOICES = bars_models.WIDTH_CHOICES
 
@@ -57,13 +54,13 @@ class BarsSupernet(bilevel.SupernetBase):
     `conv_dtype`: the fused cell's 'float32' or 'bfloat16' ('auto' is resolved by
     `engine.EngineConfig`); `recompute_stages`: the fused cells of that many leading
     stages recompute their forward pass in the backward pass (`recompute.py`: less
-    memory, one more forward pass of those cells; None: `RECOMPUTE_STAGES`)."""
+    memory, one more forward pass of those cells; tools/search.py --recompute_stages)."""
 
     def __init__(self, num_classes, image_size, base_channels=(48, 96, 192),
                  width_choices=WIDTH_CHOICES, max_depth=3, op_names=ops.BARS_OPS,
                  downsample="improved", op_shortcut=True, binarization=binary.BARS,
                  stem="auto", seed=0, cell="fused", conv_dtype="float32",
-                 recompute_stages=None, name="bars_supernet", **kwargs):
+                 recompute_stages=0, name="bars_supernet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.num_classes, self.image_size = int(num_classes), int(image_size)
         self.base_channels = tuple(int(c) for c in base_channels)
@@ -145,15 +142,14 @@ class BarsSupernet(bilevel.SupernetBase):
     def _set_recompute(self, stages):
         """Marks the cells of the first `stages` stages (and the reduction cells
         before them) for recomputation in the backward pass (`recompute.py`)."""
-        if stages is None:  # the default: RECOMPUTE_STAGES for the fused cell
-            stages = RECOMPUTE_STAGES if self.cell_kind == "fused" else 0
         stages = int(stages)
         if not 0 <= stages <= len(self.base_channels):
             raise ValueError(f"recompute_stages must be in 0..{len(self.base_channels)}, "
                              f"got {stages}")
         if stages and self.cell_kind != "fused":
             raise ValueError("recompute_stages needs the fused cell (cell='fused')")
-        cells = [c for s in self.stage_cells[:stages] for c in s] + self.reduce_cells[:max(stages - 1, 0)]
+        cells = ([c for s in self.stage_cells[:stages] for c in s]
+                 + self.reduce_cells[:max(stages - 1, 0)])
         for cell in cells:
             cell.recompute = True
         return stages
