@@ -83,17 +83,18 @@ def refuse_other_run(directory, saved, current, what="run",
     if diffs:
         named = [_difference(name, saved, current) for name in diffs[:6]]
         raise error(f"{directory} holds a different {what} (differs in "
-                    f"{', '.join(named)}); {mend}")
+                    f"{'; '.join(named)}); {mend}")
 
 
 def _difference(dotted, saved, current):
-    """'name: A recorded vs B given' for a short scalar on both sides, else 'name'."""
+    """'name: A recorded vs B given' for a short value (a scalar or a list) on both
+    sides, else 'name'."""
     values = []
     for side in (saved, current):
         for key in dotted.split(".") if dotted != "config" else ():
             side = side.get(key) if isinstance(side, dict) else None
         text = json.dumps(plain(side))
-        if side is None or isinstance(side, (dict, list)) or len(text) > 40:
+        if side is None or isinstance(side, dict) or len(text) > 40:
             return dotted
         values.append(text.strip('"'))
     return f"{dotted}: {values[0]} recorded vs {values[1]} given"

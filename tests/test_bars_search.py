@@ -284,3 +284,18 @@ def test_the_recompute_engine_setting_reaches_the_supernet_and_the_run_identity(
     assert identity["engine"] == {"cell": "fused", "recompute_stages": 1}
     old = dict(identity, engine={"cell": "fused"})  # written before the setting existed
     assert search_dir.upgrade_identity(old)["engine"]["recompute_stages"] == 0
+
+
+@pytest.mark.parametrize("engine,message", [
+    (EngineConfig(recompute_stages=9), r"recompute_stages must be in 0\.\.2, got 9"),
+    (EngineConfig(recompute_stages=1, cell="reference"), "needs the fused cell")])
+def test_an_engine_the_search_cannot_run_is_refused_before_anything_is_written(
+        tmp_path, engine, message):
+    """A refused --recompute_stages used to leave search_config.json behind, and the
+    corrected command was then refused as 'a different search' in that directory."""
+    out = tmp_path / "run"
+    config = search_config(base_channels=[8, 16], max_depth=1)
+    dc = data.DataConfig(dataset="folder", data_dir=str(tmp_path / "no-data"))
+    with pytest.raises(ValueError, match=message):  # before the data is even looked at
+        runner.run_search("bars", dc, config, str(out), verbose=0, engine=engine)
+    assert not out.exists()

@@ -170,7 +170,7 @@ def test_a_whole_search_runs_on_the_reference_cell(tmp_path, cifar_dir):
                                 engine=EngineConfig(cell="reference"))
     assert len(summary["epochs"]) == 1 and (out / "genotype.json").exists()
     assert json.loads((out / "search_config.json").read_text())["engine"] == \
-        {"cell": "reference"}
+        {"cell": "reference", "recompute_stages": 0}
     with pytest.raises(runner.SearchDirError,
                        match="differs in engine.cell: reference recorded vs fused given"):
         runner.run_search("bnas", dc, cfg, str(out), verbose=0)

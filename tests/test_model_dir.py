@@ -63,14 +63,17 @@ def test_bars_dir_with_a_stage_depth_edited_is_refused(tmp_path):
 
 
 def test_the_other_run_refusal_names_what_differs_and_the_short_values():
-    """One line naming each differing setting; a short scalar's recorded and given values
-    are said (the refusal used to name only the setting), a list, a dict or a missing key
-    only by name."""
+    """One line naming each differing setting; a short value's recorded and given values
+    are said (the refusal used to name only the setting), a dict, a long value or a
+    missing key only by name; settings apart by semicolons (with commas a list of names
+    read as if the values belonged to all of them)."""
     from bnas_tf import files
-    saved = {"lr": 0.05, "ops": ["a", "b"], "net": {"cells": 8}, "gone": 1}
-    current = {"lr": 0.3, "ops": ["a"], "net": {"cells": 5}, "new": 2}
+    saved = {"lr": 0.05, "ops": ["a", "b"], "net": {"cells": 8}, "gone": 1,
+             "long": ["x" * 50], "cfg": {"a": 1}}
+    current = {"lr": 0.3, "ops": ["a"], "net": {"cells": 5}, "long": ["y" * 50], "cfg": 3}
     with pytest.raises(files.OtherRunError) as e:
         files.refuse_other_run("D", saved, current)
-    assert str(e.value) == ("D holds a different run (differs in gone, lr: 0.05 recorded "
-                            "vs 0.3 given, net.cells: 8 recorded vs 5 given, new, ops); use "
-                            "another --output_dir or delete it")
+    assert str(e.value) == ('D holds a different run (differs in cfg; gone; long; lr: 0.05 '
+                            'recorded vs 0.3 given; net.cells: 8 recorded vs 5 given; ops: '
+                            '["a", "b"] recorded vs ["a"] given); use another --output_dir '
+                            'or delete it')

@@ -41,6 +41,23 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self
 
+    def check_for(self, config):
+        """Self, or a one-line ValueError when this engine cannot run the search of
+        `config` (a SearchConfig): recompute_stages beyond BARS' fused cell and its
+        stages. Checked before a search reads data or writes anything."""
+        n = self.recompute_stages
+        if not n:
+            return self
+        if config.method != "bars":
+            raise ValueError(f"recompute_stages={n}: recomputing cells in the backward pass "
+                             "is implemented for BARS' fused cell only")
+        if self.cell != "fused":
+            raise ValueError("recompute_stages needs the fused cell (cell='fused')")
+        stages = len(config.settings.base_channels)
+        if n > stages:
+            raise ValueError(f"recompute_stages must be in 0..{stages}, got {n}")
+        return self
+
     def resolve(self):
         """A copy with ``conv_dtype`` 'auto' replaced by this machine's choice
         (`native_bfloat16`), and the thread pools applied (before TensorFlow runs)."""

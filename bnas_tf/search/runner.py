@@ -127,7 +127,7 @@ def run_search(method, data_config, search_config, output_dir, stop_after=None,
         raise ValueError("--data_service feeds one search process; with "
                          "--strategy=multi_worker every worker would read its own full epoch")
     method = get_method(method)
-    engine = (engine or EngineConfig()).resolve()
+    engine = (engine or EngineConfig()).resolve().check_for(config)  # before any write
     strategy = distribute.make_strategy(config.strategy)  # first: multi-worker needs it
     dirs = distribute.WorkerDirs(strategy)
     chief = dirs.chief
@@ -329,6 +329,7 @@ def restore_supernet(output_dir):
     one-line ValueError when `output_dir` holds no search or no checkpoint."""
     record = search_dir.read_record(output_dir)
     config = SearchConfig.from_dict(record.get("search", record))
+    record = search_dir.upgrade_identity(record)
     latest = tf.train.latest_checkpoint(search_dir.path(output_dir, search_dir.CKPT_DIR))
     if latest is None:
         raise ValueError(f"{output_dir} holds no search checkpoint (no epoch finished)")

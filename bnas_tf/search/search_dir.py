@@ -70,8 +70,9 @@ def upgrade_identity(saved):
 
 
 def read_record(output_dir):
-    """The search directory's search_config.json as `upgrade_identity` gives it
-    (FileNotFoundError / one-line ValueError when there is none or it is malformed)."""
+    """The search directory's search_config.json as written (`upgrade_identity` gives it
+    in today's layout; FileNotFoundError / one-line ValueError when there is none or it
+    is malformed)."""
     file = path(output_dir, CONFIG_FILE)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{output_dir} holds no {CONFIG_FILE} (is it a "
@@ -81,7 +82,7 @@ def read_record(output_dir):
             record = json.load(f)
         except json.JSONDecodeError:
             raise ValueError(f"{file} is malformed") from None
-    return upgrade_identity(record)
+    return record
 
 
 def read_config(output_dir):

@@ -32,13 +32,6 @@ class StudyDirError(ValueError):
     """The output directory holds a study with another configuration."""
 
 
-def _differences(saved, current):
-    """Settings that differ; a setting missing from an older study.json counts as the
-    value that study ran with (`study.LEGACY`), so it resumes under the same command."""
-    return sorted(k for k in set(saved) | set(current)
-                  if saved.get(k, LEGACY.get(k)) != current.get(k))
-
-
 def check_dir(output_dir, config, log=print):
     """Refuse (one line) a directory holding a study with another configuration. Arms
     may be added (their trials are independent of the others): the saved arms must
@@ -50,10 +43,11 @@ def check_dir(output_dir, config, log=print):
         added = [a for a in current["arms"] if a not in saved.get("arms", [])]
         if not set(saved.get("arms", [])) - set(current["arms"]):
             saved = dict(saved, arms=current["arms"])  # only arms added: same study
-        diffs = _differences(saved, current)
-        if diffs:
-            raise StudyDirError(f"{output_dir} holds a study with another configuration "
-                                f"(differs in {', '.join(diffs)}); use another --output_dir")
+        # a setting missing from an older study.json counts as the value that study ran
+        # with (`study.LEGACY`), so it resumes under the same command
+        saved = {k: saved.get(k, LEGACY.get(k)) for k in set(saved) | set(current)}
+        files.refuse_other_run(output_dir, saved, current, "study",
+                               "use another --output_dir", StudyDirError)
         if added:
             log(f"study: arm(s) {', '.join(added)} added to {output_dir}; the trials of "
                 "the others are kept")

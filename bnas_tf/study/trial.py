@@ -46,8 +46,9 @@ class _Stages:
 
     While a stage runs, its seconds so far are saved every `FLUSH_S` seconds (and when
     it raises) as ``{"partial": ...}``; a stage rerun after a kill starts from them, so
-    its seconds are all it cost, the work lost to the kill included (they used to count
-    only the last process's part: a search resumed at its last epoch cost one epoch)."""
+    its seconds are what it cost, the work lost to the kill included, but for the at
+    most `FLUSH_S` seconds after the last save before a kill -9 (they used to count only
+    the last process's part: a search resumed at its last epoch cost one epoch)."""
 
     FLUSH_S = 30.0
 
