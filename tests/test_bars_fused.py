@@ -282,7 +282,8 @@ def bilevel_passes(net, x, y, weights):
             stats, passes.get_concrete_function(flat).graph)
 
 
-@pytest.mark.parametrize("conv_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("conv_dtype", [  # bfloat16 differs only in the dtype: slow
+    "float32", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_recomputed_cells_give_the_same_step_and_moving_statistics(conv_dtype):
     """Cells recomputing their forward pass in the backward pass (`recompute.py`,
     ``recompute_stages``) give the logits, decision-weight and weight gradients of
