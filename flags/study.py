@@ -39,6 +39,16 @@ _SHARED = {"latency_runs": (0, dict(lower_bound=0)),  # flags/export.py
            "search_epochs": (2, dict(lower_bound=1)),  # flags/pipeline.py
            "train_epochs": (2, dict(lower_bound=1)),
            "export_samples": (32, dict(lower_bound=0))}
+
+
+def _profiles_text(name):
+    """Help of a flag shared with another tool, whose shown default is that tool's."""
+    values = ", ".join(f"{p} {study.PROFILES[p].get(name, getattr(study.StudyConfig, name))}"
+                       for p in study.PROFILES)
+    return (f" Not given: the profile's value ({values}); the default shown is another "
+            "tool's (one flag, defined once).")
+
+
 _DEFINITIONS = (
     (absl_flags.DEFINE_enum, "profile", "cpu", dict(enum_values=list(study.PROFILES)),
      "Study settings: smoke (minutes), cpu (~2.5 h on 2 cores), paper (GPU; "
@@ -75,7 +85,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(recipes.RECIPES)),
      "Training recipe of every final network (default: the profile's)."),
     *((absl_flags.DEFINE_integer, name, *_SHARED.get(name, (None, {})),
-       _HELP[name] + (" The profile's value unless given." if name in _SHARED else ""))
+       _HELP[name] + (_profiles_text(name) if name in _SHARED else ""))
       for name in _INT),
 )
 define(_DEFINITIONS)

@@ -639,3 +639,12 @@ def test_a_stage_rerun_after_a_kill_counts_the_seconds_spent_before_it(tmp_path,
     record = json.loads(stages_file.read_text())["train"]
     assert record["cpu_s"] >= on_disk[0]["train"]["partial"]["cpu_s"] + 0.2
     assert record["result"] == "done" and "partial" not in record
+
+
+def test_shared_flags_say_the_profiles_values_beside_another_tools_default():
+    """--search_epochs etc. are defined once for several tools: the study's --help
+    showed '(default: 2)', no profile's value, as if it applied."""
+    from flags import study as study_flags
+    text = study_flags.FLAGS["search_epochs"].help
+    assert "Not given: the profile's value (smoke 1, cpu 12, paper 50)" in text
+    assert "cpu 6" in study_flags.FLAGS["train_epochs"].help
