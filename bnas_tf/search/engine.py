@@ -43,19 +43,10 @@ class EngineConfig:
 
     def check_for(self, config):
         """Self, or a one-line ValueError when this engine cannot run the search of
-        `config` (a SearchConfig): recompute_stages beyond BARS' fused cell and its
-        stages. Checked before a search reads data or writes anything."""
-        n = self.recompute_stages
-        if not n:
-            return self
-        if config.method != "bars":
-            raise ValueError(f"recompute_stages={n}: recomputing cells in the backward pass "
-                             "is implemented for BARS' fused cell only")
-        if self.cell != "fused":
-            raise ValueError("recompute_stages needs the fused cell (cell='fused')")
-        stages = len(config.settings.base_channels)
-        if n > stages:
-            raise ValueError(f"recompute_stages must be in 0..{stages}, got {n}")
+        `config` (a SearchConfig; `check_recompute`). Checked before a search reads data
+        or writes anything."""
+        stages = len(config.settings.base_channels) if config.method == "bars" else 0
+        check_recompute(self.recompute_stages, config.method, self.cell, stages)
         return self
 
     def resolve(self):
@@ -67,6 +58,23 @@ class EngineConfig:
             conv_dtype = "bfloat16" if native_bfloat16() else "float32"
         configure_threads(self.intra_op_threads, self.inter_op_threads)
         return dataclasses.replace(self, conv_dtype=conv_dtype)
+
+
+def check_recompute(n, method, cell, stages):
+    """`n` (recompute_stages), or a one-line ValueError when a `method` supernet of
+    `cell` cells and `stages` stages cannot recompute its first n stages' cells:
+    BARS' fused cell only (bars/recompute.py), 0..stages."""
+    n = int(n)
+    if not n:
+        return n
+    if method != "bars":
+        raise ValueError(f"recompute_stages={n}: recomputing cells in the backward pass "
+                         "is implemented for BARS' fused cell only")
+    if cell != "fused":
+        raise ValueError("recompute_stages needs the fused cell (cell='fused')")
+    if not 0 <= n <= stages:
+        raise ValueError(f"recompute_stages must be in 0..{stages}, got {n}")
+    return n
 
 
 def configure_threads(intra=0, inter=0):

@@ -24,7 +24,7 @@ import tensorflow as tf
 from bnas_tf import binary, genotypes, ops
 from bnas_tf.models import bars as bars_models
 from bnas_tf.models import common
-from bnas_tf.search import alphas, bilevel
+from bnas_tf.search import alphas, bilevel, engine
 from bnas_tf.search.bars import costs
 from bnas_tf.search.bars.cell import SearchCell
 from bnas_tf.search.bars.fused import FusedSearchCell
@@ -142,12 +142,8 @@ class BarsSupernet(bilevel.SupernetBase):
     def _set_recompute(self, stages):
         """Marks the cells of the first `stages` stages (and the reduction cells
         before them) for recomputation in the backward pass (`recompute.py`)."""
-        stages = int(stages)
-        if not 0 <= stages <= len(self.base_channels):
-            raise ValueError(f"recompute_stages must be in 0..{len(self.base_channels)}, "
-                             f"got {stages}")
-        if stages and self.cell_kind != "fused":
-            raise ValueError("recompute_stages needs the fused cell (cell='fused')")
+        stages = engine.check_recompute(stages, "bars", self.cell_kind,
+                                        len(self.base_channels))
         cells = ([c for s in self.stage_cells[:stages] for c in s]
                  + self.reduce_cells[:max(stages - 1, 0)])
         for cell in cells:

@@ -15,9 +15,7 @@ def build_supernet(config, num_classes, image_size, engine):
     """The BNAS supernet of a SearchConfig and a resolved engine.EngineConfig (its cell
     implementation and conv dtype; ValueError for its BARS-only recompute_stages)."""
     s = config.settings
-    if engine.recompute_stages:
-        raise ValueError(f"recompute_stages={engine.recompute_stages}: recomputing cells "
-                         "in the backward pass is implemented for BARS' fused cell only")
+    engine.check_for(config)
     net = Supernet(config.ops, s.cells, s.channels, num_classes, template=s.cell_template,
                    binarization=config.binarization, diversity_lambda=s.diversity_lambda,
                    diversity_tau=s.diversity_tau, cell=engine.cell,
