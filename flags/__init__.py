@@ -83,9 +83,23 @@ def _default_text(flag):
     return str(value)
 
 
-def help_text(doc, groups):
+def _own_help(name, own):
+    """The help a flag has in the first of the flags/ modules `own` that defines it, else
+    the one absl holds (that of whichever module was imported first)."""
+    for module in own:
+        for row in module._DEFINITIONS:
+            if row[1] == name:
+                return row[4]
+    return absl_flags.FLAGS[name].help
+
+
+def help_text(doc, groups, own=()):
     """The --help page: `doc`, then every flag of `groups` ((title, names) pairs) with its
     values, default and help, wrapped to HELP_WIDTH columns.
+
+    A flag several groups define (identically, see `define`) shows the help of the first
+    module in `own` (the tool's own flags/ modules, in order) that defines it: without it,
+    the help would be that of whichever module the process imported first.
 
     Raises KeyError naming a flag in `groups` that no imported flags/ module defines.
     """
@@ -102,8 +116,9 @@ def help_text(doc, groups):
             values = getattr(flag.parser, "enum_values", None)
             kind = f"<{'|'.join(values)}>" if values else flag.flag_type().replace(
                 "comma separated list of strings", "a,b,...")
-            text = flag.help.split(">: ", 1)[1] if values and flag.help.startswith("<") \
-                else flag.help  # absl prefixes an enum's help with its values
+            text = _own_help(name, own)
+            if values and text.startswith("<"):  # absl prefixes an enum's help with its values
+                text = text.split(">: ", 1)[1]
             default = _default_text(flag)
             stated = re.search(r"\s*\(default: (.*)\)$", text, flags=re.S)
             if flag.default is None and stated:  # a default the method decides, in the help
@@ -158,14 +173,15 @@ def interruptible(main, saved=None):
     return wrapped
 
 
-def run(main, doc, groups, saved=None):
-    """absl's app.run(main), with --help / -h / --helpshort printing `help_text(doc, groups)`
+def run(main, doc, groups, saved=None, own=()):
+    """absl's app.run(main), with --help / -h / --helpshort printing
+    `help_text(doc, groups, own)`
     and exiting 0 (absl's own --help prints only the docstring and exits 1), and Ctrl-C
     reported in one line (`interruptible(main, saved)`)."""
     def parse(argv):
         args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
         if any(arg in HELP_ARGS for arg in args):
-            print(help_text(doc, groups))
+            print(help_text(doc, groups, own))
             sys.exit(0)
         return app.parse_flags_with_usage(argv)
 

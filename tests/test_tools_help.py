@@ -73,3 +73,25 @@ def test_help_page_groups_and_defaults():
     assert "  --batch_size=int  (default: 64)" in text
     with pytest.raises(KeyError, match="--nonexistent_flag"):
         flags.help_text("", (("x", ("nonexistent_flag",)),))
+
+
+def test_a_shared_flag_shows_the_tools_own_help_whatever_was_imported_first(helps):
+    """A flag several flags/ modules define (e.g. --search_epochs: pipeline and study) kept
+    the help of whichever module the process imported first: after flags.pipeline, the
+    study's --help said 'Search epochs.' without the profiles' values (a CI failure)."""
+    script = (
+        "import importlib, pkgutil, sys, flags\n"
+        "mods = sorted(m.name for m in pkgutil.iter_modules(flags.__path__))\n"
+        "for name in reversed(mods): importlib.import_module('flags.' + name)\n"
+        "for tool in sys.argv[1:]:\n"
+        "    t = importlib.import_module('tools.' + tool)\n"
+        "    print(flags.help_text(t.__doc__, t.HELP, t.OWN)); print('\\x00')\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", script, *TOOLS], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pages = out.stdout.split("\n\x00\n")
+    for tool, page in zip(TOOLS, pages):
+        assert page.strip() == helps[tool][1].strip(), f"{tool}: --help depends on imports"
+    study = pages[TOOLS.index("study")]
+    assert "Not given: the profile's value (smoke 1, cpu 12, paper 50)" in study

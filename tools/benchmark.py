@@ -23,6 +23,7 @@ from flags import benchmark as benchmark_flags  # noqa: E402
 
 FLAGS = benchmark_flags.FLAGS
 
+OWN = (benchmark_flags,)  # whose help a shared flag shows
 HELP = (("benchmark", flags.names(benchmark_flags)),)
 
 
@@ -57,8 +58,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)

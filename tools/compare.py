@@ -32,6 +32,7 @@ HINTS = {"preset": "name the networks in --models", "genotype": "name the networ
          "model_dir": "each model's directory is OUTPUT_DIR/<model>",
          "split": "each model is scored on the test split"}
 
+OWN = (size_flags, data_flags, model_flags, train_flags)  # whose help a shared flag shows
 HELP = (("compare", ("models", "output_dir", "strategy", "progress")),
         ("data", flags.names(data_flags)),
         ("model (applied to every model)",
@@ -56,8 +57,10 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -31,6 +31,7 @@ HINTS = {"image_size": "images are resized to the model's own size",
          "strategy": "it scores the saved model on one device, as training reports it",
          "output_dir": "results go to MODEL_DIR/eval_<split>.json"}
 
+OWN = (data_flags, train_flags)  # whose help a shared flag shows
 HELP = (("evaluate", ("model_dir", "split", "progress")),
         ("data (default: the data the model was trained with)",
          tuple(n for n in flags.names(data_flags) if n in USED)))
@@ -53,8 +54,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)

@@ -55,6 +55,7 @@ def _export(model, output, images, converter):
                          num_threads=FLAGS.num_threads, latency_runs=FLAGS.latency_runs,
                          verbose=1)
 
+OWN = (export_flags, data_flags)  # whose help a shared flag shows
 HELP = (("export", flags.names(export_flags)),
         ("data (real sample images; default: noise)", flags.names(data_flags)))
 
@@ -78,8 +79,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)

@@ -30,6 +30,7 @@ HINTS = {"epochs": "set --search_epochs and --train_epochs",
          "model_dir": "the trained model is OUTPUT_DIR/train",
          "split": "the trained model is scored on the test split"}
 
+OWN = (pipeline_flags, data_flags, search_flags, train_flags)  # whose help a shared flag shows
 HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir", "progress")),
         ("data", flags.names(data_flags)),
         ("search", flags.names(search_flags, exclude=search_flags.BNAS_FLAGS
@@ -64,8 +65,10 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -18,6 +18,7 @@ from flags import plot as plot_flags  # noqa: E402
 FLAGS = plot_flags.FLAGS
 FORMATS = plot_flags.FORMATS
 
+OWN = (plot_flags,)  # whose help a shared flag shows
 HELP = (("plot", flags.names(plot_flags)),)
 
 
@@ -40,8 +41,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)

@@ -27,6 +27,7 @@ def render(rows, fmt, kind=None):
         return report.to_csv(rows).rstrip("\n")
     return report.format_paper_table(rows, kind) if kind else report.format_costs(rows)
 
+OWN = (report_flags,)  # whose help a shared flag shows
 HELP = (("report", flags.names(report_flags)),)
 
 
@@ -54,8 +55,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP)
+    flags.run(main, __doc__, HELP, own=OWN)

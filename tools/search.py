@@ -23,6 +23,7 @@ from flags import search as search_flags  # noqa: E402
 
 FLAGS = search_flags.FLAGS
 
+OWN = (search_flags, data_flags)  # whose help a shared flag shows
 HELP = (("search", flags.names(search_flags, exclude=search_flags.BNAS_FLAGS
                                 + search_flags.BARS_FLAGS)),
         ("search, --method=bnas only", search_flags.BNAS_FLAGS),
@@ -51,8 +52,10 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))

@@ -38,6 +38,7 @@ HINTS = {"cells": "sizing searches the cells: set --min_cells/--max_cells",
          "model_dir": "--model_dir is tools/evaluate.py's",
          "split": "trials are scored on the validation split"}
 
+OWN = (size_flags, data_flags, model_flags, train_flags)  # whose help a shared flag shows
 HELP = (("size", flags.names(size_flags, exclude=("models",)) + ("strategy",)),
         ("model", ("preset", "genotype", "binarization", "residual", "auxiliary", "drop_path")),
         ("data", flags.names(data_flags)),
@@ -92,8 +93,8 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved())
+    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved(), own=OWN)
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved())
+    flags.run(main, __doc__, HELP, saved=lambda: sizing_trials_saved(), own=OWN)

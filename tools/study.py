@@ -24,6 +24,7 @@ from flags import study as study_flags  # noqa: E402
 
 FLAGS = study_flags.FLAGS
 
+OWN = (study_flags,)  # whose help a shared flag shows
 HELP = (("study", flags.names(study_flags)),)
 
 
@@ -50,8 +51,8 @@ def _saved():
 
 
 def run():
-    flags.run(main, __doc__, HELP, saved=_saved)
+    flags.run(main, __doc__, HELP, saved=_saved, own=OWN)
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP, saved=_saved)
+    flags.run(main, __doc__, HELP, saved=_saved, own=OWN)

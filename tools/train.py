@@ -23,6 +23,7 @@ from flags import train as train_flags  # noqa: E402
 FLAGS = train_flags.FLAGS
 SUMMARY = ("top1", "top5", "loss", "params", "flops", "biops", "equivalent_ops", "epochs")
 
+OWN = (train_flags, data_flags, model_flags)  # whose help a shared flag shows
 HELP = (("train", ("output_dir", "strategy", "progress")),
         ("model", flags.names(model_flags)),
         ("data", flags.names(data_flags)),
@@ -54,8 +55,10 @@ def main(argv):
 
 
 def run():
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
 
 
 if __name__ == "__main__":
-    flags.run(main, __doc__, HELP, saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
+    flags.run(main, __doc__, HELP, own=OWN,
+              saved=lambda: flags.saved_checkpoints(FLAGS.output_dir))
