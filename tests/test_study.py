@@ -610,7 +610,23 @@ def test_report_files_hold_every_trial(tmp_path):
         assert f"- `{name}`: {arms.ARMS[name].about}" in md and arms.ARMS[name].about
     assert "6/7 trials finished (the study has not finished: this is the table so far" in md
     assert "30 images" in md
+    assert f"binary convs trained in {c.train_conv_dtype}" in md  # part of what was fair
     assert (tmp_path / report.PLOT).stat().st_size > 10_000
+
+
+def test_one_seed_has_no_spread_and_no_difference_prints_as_minus_zero():
+    """A single seed printed '+- 0.00' (a spread it does not have), and a difference of
+    -0.001 points printed '-0.00'."""
+    c = study.StudyConfig(data_dir="x", arms=("bnas", "bnas-random"), seeds=2)
+    rows = report.arm_rows([_fake("bnas", 0, 0.5)], c)
+    assert rows[0]["top1_std"] is None
+    trials = [_fake("bnas", 0, 0.50), _fake("bnas", 1, 0.51),
+              _fake("bnas-random", 0, 0.50001), _fake("bnas-random", 1, 0.51001)]
+    (pair,) = report.pairs(trials, c)  # the same -0.001 points on both seeds: no t-test
+    assert pair["verdict"] == ("the same on all 2 seeds: bnas - bnas-random = +0.00 points; "
+                               "no spread to judge by") and pair["p_value"] is None
+    assert report._fmt(-0.001) == "0.00" and report._fmt(-0.02) == "-0.02"
+    assert report._fmt(-0.001, "+.2f") == "+0.00"
 
 
 def test_a_stage_rerun_after_a_kill_counts_the_seconds_spent_before_it(tmp_path,
@@ -650,3 +666,21 @@ def test_shared_flags_say_the_profiles_values_beside_another_tools_default():
     text = flags.help_text(study_tool.__doc__, study_tool.HELP, study_tool.OWN)
     assert "Not given: the profile's value (smoke 1, cpu 12, paper 50)" in text
     assert "cpu 6" in text
+
+
+def test_a_resumed_study_has_an_eta_from_the_trials_finished_before():
+    """After a restart the first trial line said 'ETA unknown' although 16 trials had
+    recorded their seconds: the ETA now starts from them (per arm, else overall)."""
+    from bnas_tf.study import run as study_run
+
+    def record(arm, *walls):
+        return {"arm": arm, "seed": 0,
+                "stages": {f"s{i}": {"wall_s": w, "cpu_s": 2 * w} for i, w in enumerate(walls)}}
+
+    lines = []
+    progress = study_run.Progress(4, lines.append,
+                                  [record("a", 100, 200), record("a", 300, 400), record("b", 60)])
+    progress.begin(3, "a", 2, [("a", 2), ("b", 2), ("c", 2)])
+    # a: mean 500 s; b: 60 s; c (none finished): the mean over the 3 trials, 1060/3 s
+    assert "ETA 0h15m13s" in lines[-1], lines[-1]
+    assert "unknown" in study_run.Progress(4, lines.append, []).eta([("a", 0)])

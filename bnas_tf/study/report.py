@@ -28,7 +28,7 @@ def _stats(values):
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None  # one seed: no spread
     return float(np.mean(values)), std
 
 
@@ -83,37 +83,45 @@ def pairs(trials, config):
             continue
         diffs = [100 * (by[(a, s)]["top1"] - by[(b, s)]["top1"]) for s in seeds]
         mean, std = _stats(diffs)
-        se = std / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+        se = std / math.sqrt(len(diffs)) if std is not None else None
         p_value, ci = _paired_test(diffs, mean, se)
         out.append({"arm": a, "against": b, "seeds": seeds, "differences": diffs,
                     "mean": mean, "std": std, "se": se, "p_value": p_value, "ci95": ci,
-                    "verdict": _verdict(a, b, mean, p_value, ci)})
+                    "verdict": _verdict(a, b, diffs, mean, p_value, ci)})
     return out
 
 
 def _paired_test(diffs, mean, se):
-    """(two-sided p-value, 95% CI) of the mean of `diffs`; (None, None) for one seed."""
-    if se is None:
+    """(two-sided p-value, 95% CI) of the mean of `diffs`; (None, None) for one seed or
+    for the same difference on every seed (no spread: the t statistic is undefined)."""
+    if se is None or se <= 1e-9 * max(1.0, abs(mean)):
         return None, None
-    if se <= 1e-9 * max(1.0, abs(mean)):  # every seed differs by the same amount
-        return (1.0 if mean == 0 else 0.0), [mean, mean]
     from scipy import stats
     half = float(stats.t.ppf(0.975, len(diffs) - 1)) * se
     return float(stats.ttest_1samp(diffs, 0.0).pvalue), [mean - half, mean + half]
 
 
-def _verdict(a, b, mean, p_value, ci):
+def _verdict(a, b, diffs, mean, p_value, ci):
     if p_value is None:
-        return f"one seed only: {a} - {b} = {mean:+.2f} points; no spread to judge by"
-    interval = f"95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}], paired t-test p = {p_value:.3f}"
+        seeds = "one seed only" if len(diffs) == 1 else f"the same on all {len(diffs)} seeds"
+        return f"{seeds}: {a} - {b} = {_fmt(mean, '+.2f')} points; no spread to judge by"
+    interval = (f"95% CI [{_fmt(ci[0], '+.2f')}, {_fmt(ci[1], '+.2f')}], paired t-test "
+                f"p = {p_value:.3f}")
     if p_value < 0.05:
         better = a if mean > 0 else b
         return f"{better} better by {abs(mean):.2f} points ({interval})"
-    return f"no difference shown: {mean:+.2f} points ({interval}: the interval holds zero)"
+    return (f"no difference shown: {_fmt(mean, '+.2f')} points ({interval}: the interval "
+            "holds zero)")
 
 
 def _fmt(value, spec=".2f"):
-    return "-" if value is None else format(value, spec)
+    """`value` formatted; "-" for None; never "-0.00" (a difference that rounds to zero)."""
+    if value is None:
+        return "-"
+    text = format(value, spec)
+    if float(text) == 0:
+        text = text.replace("-", "+" if "+" in spec else "", 1)
+    return text
 
 
 def markdown(study, trials, rows, comparisons):
@@ -131,7 +139,8 @@ def markdown(study, trials, rows, comparisons):
         "## Fairness", "",
         f"- Every final network: the same data ({s['pool_files']} images of {s['source']}, "
         f"{len(s['classes'])} classes; its 10% class-balanced hold-out validates), "
-        f"augmentation, recipe `{c.recipe}`, {c.train_epochs} epoch(s), batch {c.train_batch}.",
+        f"augmentation, recipe `{c.recipe}`, {c.train_epochs} epoch(s), batch {c.train_batch}, "
+        f"binary convs trained in {c.train_conv_dtype}.",
         f"- Sizes matched on equivalent OPs (FLOPs + BiOPs/64) to BNAS-A's cell at "
         f"{c.final_cells} cells x {c.final_channels} channels: target "
         f"{study.target / 1e6:.3f}M; achieved per arm in the table (`xnor-resnet18` "
@@ -165,9 +174,9 @@ def markdown(study, trials, rows, comparisons):
     if not comparisons:
         lines.append("No pair of compared arms finished on a common seed.")
     for p in comparisons:
-        diffs = ", ".join(f"{d:+.2f}" for d in p["differences"])
+        diffs = ", ".join(_fmt(d, "+.2f") for d in p["differences"])
         lines.append(f"- **{p['arm']} vs {p['against']}** over seeds {p['seeds']}: "
-                     f"[{diffs}]; mean {p['mean']:+.2f} +- {_fmt(p['std'])} "
+                     f"[{diffs}]; mean {_fmt(p['mean'], '+.2f')} +- {_fmt(p['std'])} "
                      f"(SE {_fmt(p['se'])}). {p['verdict']}.")
     lines += ["", "## Did the alphas move?", ""]
     searched = [t for t in done if "alphas" in t]
@@ -218,10 +227,10 @@ def plot(trials, rows, config, path, target):
         xs = [t["equivalent_ops"] / 1e6 for t in ts]
         ys = [100 * t["top1"] for t in ts]
         ax.scatter(xs, ys, s=28, color=color, alpha=0.6, zorder=3)
-        ax.errorbar([row["eqops_m"]], [row["top1_mean"]], yerr=[row["top1_std"]],
+        spread = "" if row["top1_std"] is None else f" +- {row['top1_std']:.1f}"
+        ax.errorbar([row["eqops_m"]], [row["top1_mean"]], yerr=[row["top1_std"] or 0.0],
                     fmt="D", ms=9, color=color, mec="black", capsize=4, zorder=4,
-                    label=f"{row['arm']}: {row['top1_mean']:.1f} +- {row['top1_std']:.1f}% "
-                          f"(n={row['n']})")
+                    label=f"{row['arm']}: {row['top1_mean']:.1f}{spread}% (n={row['n']})")
     ax.axvline(target / 1e6, color="grey", ls="--", lw=1, label="EqOPs target")
     ax.set_xlabel("equivalent OPs (M) = FLOPs + BiOPs / 64")
     ax.set_ylabel("held-out top-1 accuracy (%)")

@@ -105,17 +105,23 @@ def trial_keys(config):
 
 
 class Progress:
-    """Overall progress with an ETA from the wall time of trials run in this process."""
+    """Overall progress with an ETA: per arm, the mean wall time of its finished trials
+    (those of earlier runs from their recorded stage seconds, so a resumed study has an
+    ETA from its first line), else the mean over every finished trial."""
 
-    def __init__(self, total, log):
+    def __init__(self, total, log, finished=()):
         self.total, self.log, self.start, self.times = total, log, time.time(), {}
+        for record in finished:
+            seconds = sum(s.get("wall_s", 0.0) for s in record.get("stages", {}).values())
+            if seconds:
+                self.times.setdefault(record["arm"], []).append(seconds)
 
     def eta(self, pending):
         if not self.times:
             return "unknown until one trial finishes"
-        overall = sum(self.times.values()) / len(self.times)
-        seconds = sum(self.times.get(arm, overall) for arm, _ in pending)
-        return _hms(seconds)
+        means = {arm: sum(t) / len(t) for arm, t in self.times.items()}
+        overall = sum(sum(t) for t in self.times.values()) / sum(map(len, self.times.values()))
+        return _hms(sum(means.get(arm, overall) for arm, _ in pending))
 
     def begin(self, index, arm, seed, pending):
         self.log(f"\n=== trial {index}/{self.total}: {arm} seed {seed} (elapsed "
@@ -123,7 +129,7 @@ class Progress:
         return time.time()
 
     def end(self, arm, started, record):
-        self.times.setdefault(arm, time.time() - started)
+        self.times.setdefault(arm, []).append(time.time() - started)
         self.log(f"=== {arm} seed {record['seed']}: top-1 {record['top1']:.4f} in "
                  f"{_hms(time.time() - started)}")
 
@@ -139,9 +145,10 @@ def run(config, output_dir, log=None):
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     study = prepare(config, output_dir, log)
     keys = trial_keys(study.config)
-    pending = [k for k in keys if trial.load(output_dir, *k) is None]
+    finished = {k: trial.load(output_dir, *k) for k in keys}
+    pending = [k for k in keys if finished[k] is None]
     log(f"study: {len(keys) - len(pending)}/{len(keys)} trial(s) already finished")
-    progress = Progress(len(keys), log)
+    progress = Progress(len(keys), log, [r for r in finished.values() if r is not None])
     for i, (arm, seed) in enumerate(pending):
         started = progress.begin(keys.index((arm, seed)) + 1, arm, seed, pending[i:])
         record = trial.run_trial(study, arm, seed, log)
