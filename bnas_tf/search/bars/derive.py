@@ -63,7 +63,8 @@ def evaluation_loss(net, arch, batches):
     # are per-replica (sync-on-read) variables, and reading one as a whole is a
     # collective all-reduce that every worker of a multi-worker search would have to
     # join in step (they do not: each worker scores the candidates on its own).
-    saved = [[c.numpy() for c in _local_copies(v)] for v in net.non_trainable_variables]
+    local = net.distribute_strategy.experimental_local_results  # (v,) without a strategy
+    saved = [[c.numpy() for c in local(v)] for v in net.non_trainable_variables]
     total, count = 0.0, 0
     try:
         for x, y in batches:
@@ -72,17 +73,11 @@ def evaluation_loss(net, arch, batches):
             count += int(n)
     finally:
         for v, values in zip(net.non_trainable_variables, saved):
-            for c, value in zip(_local_copies(v), values):
+            for c, value in zip(local(v), values):
                 c.assign(value)
     if not count:
         raise ValueError("BARS derivation needs at least one validation batch")
     return total / count
-
-
-def _local_copies(variable):
-    """The variables holding `variable` on this process's devices (itself when it is
-    not distributed)."""
-    return getattr(variable, "values", (variable,))
 
 
 def derive_batch_count(batches, num_samples, derive_batches=0):
