@@ -50,6 +50,7 @@ import numpy as np
 import bnas_tf  # noqa: F401
 import larq as lq
 import tensorflow as tf
+from tensorflow.python.eager import record  # which tensors an active tape watches
 
 from bnas_tf import binary, genotypes
 from bnas_tf.models import bars as bars_models
@@ -98,9 +99,11 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
     of the float32 `h` (for the sign's straight-through gradient) and the `dtype`
     result (for the mask's gradient): d_h = dtype(g * mask) where |h| <= `clip`
     (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and
-    pixels of g * (sign(h) - pad), float32. (Selects and products of equal shapes
-    or with per-channel vectors only: broadcast selects run a slow generic path. A
-    tape-only custom gradient: `recompute.tape_gradient`.)"""
+    pixels of g * (sign(h) - pad), float32. The gradient's products and sums are one
+    op (`_scale_and_sums`, as `widen_and_weight`'s) instead of casts, products and
+    two reductions (docs/benchmark.md, "Fourth round"). (Selects and products of
+    equal shapes or with per-channel vectors only: broadcast selects run a slow
+    generic path. A tape-only custom gradient: `recompute.tape_gradient`.)"""
     high, step = 1.0 - pad, -2.0  # sign(h) - pad = high + step * [h < 0]
 
     @recompute.tape_gradient
@@ -109,17 +112,43 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
         inside = None if clip is None else tf.less_equal(tf.abs(h), float(clip))
 
         def grad(g):
-            g = tf.cast(g, tf.float32)
-            d_h = tf.cast(tf.cast(g * mask, dtype), tf.float32)
-            d_h = d_h if inside is None else tf.where(inside, d_h, tf.zeros_like(d_h))
-            d_mask = step * tf.reduce_sum(g * tf.cast(negative, tf.float32), axis=[0, 1, 2])
-            if high:
-                d_mask += high * tf.reduce_sum(g, axis=[0, 1, 2])
-            return d_h, d_mask
+            # g * mask in dtype, and per channel sum(g * [h < 0]) and sum(g)
+            d_h, d_negative, d_all = _scale_and_sums(
+                tf.cast(g, dtype), tf.cast(negative, dtype), mask)
+            if inside is not None:
+                d_h = tf.where(inside, d_h, tf.zeros_like(d_h))
+            d_mask = step * d_negative + high * d_all if high else step * d_negative
+            return tf.cast(d_h, tf.float32), d_mask
         low_mask = tf.cast(mask, dtype)
         out = tf.cast(negative, dtype) * (tf.constant(step, dtype) * low_mask)
         return (out + tf.constant(high, dtype) * low_mask if high else out), grad
     return apply(h, mask)
+
+
+def _scale_and_sums(g, x, scale):
+    """(g * scale in g's dtype, sum(g * x), sum(g)) per channel of g, x: [B, H, W, C]
+    in one op: the batch-norm gradient in inference mode at mean 0, variance 1
+    (`bnas.fused.widen_and_weight`'s), which computes in float32 and rounds the first
+    result once to g's dtype; the sums are float32 [C]."""
+    channels = int(scale.shape[-1])
+    dy, d_scale, d_offset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+        y_backprop=g, x=x, scale=scale,
+        reserve_space_1=tf.constant(np.zeros(channels, np.float32)),
+        reserve_space_2=tf.constant(np.full(channels, 1.0 - bnas_fused._UNIT_EPS, np.float32)),
+        reserve_space_3=tf.constant(np.zeros(0, np.float32)), epsilon=bnas_fused._UNIT_EPS,
+        data_format="NHWC", is_training=False)
+    return dy, d_scale, d_offset
+
+
+def channel_product(x, factor):
+    """x * factor (x: [B, H, W, C] float32, factor: [C]). When an active tape
+    differentiates `factor` (the alpha pass: op weights, masks) its gradient is one op,
+    `widen_and_weight`'s batch-norm gradient giving g * factor and sum(g * x) in one
+    pass, against a product and a product-and-sum (three passes); otherwise (the
+    weight pass) the plain product, whose gradient g * factor is one pass already."""
+    if not record.should_record_backprop([factor]):
+        return x * factor
+    return widen_and_weight(x, factor)
 
 
 def quantise(layers, conv_dtype):
@@ -389,13 +418,13 @@ class FusedSearchCell(SearchCell):
             for k, part, row in zip(members, parts, rows):
                 terms[k].append(part)
                 if spec == "downsample":
-                    terms[k].append(row * shortcut)
+                    terms[k].append(channel_product(shortcut, row))
                 elif spec[4] and spec[2] != 1:  # the op shortcut: identity at stride 1
-                    terms[k].append((op_weights[k, o] * edge_masks[k])
-                                    * binary.shortcut(x, spec[2]))
+                    terms[k].append(channel_product(binary.shortcut(x, spec[2]),
+                                                    op_weights[k, o] * edge_masks[k]))
         for k in terms:
             if identity[k].any():
-                terms[k].append(factors["identity"][k] * x)
+                terms[k].append(channel_product(x, factors["identity"][k]))
         return terms
 
     @tf.autograph.experimental.do_not_convert
@@ -450,11 +479,11 @@ class FusedSearchCell(SearchCell):
             convs, shortcut = grouped_downsample(
                 [self.skip], inputs, in_mask, out_mask[None, :], self.conv_dtype, training,
                 precomputed["skip"] if precomputed else None, update)
-            skip = [convs, out_mask * shortcut]
+            skip = [convs, channel_product(shortcut, out_mask)]
         elif self.reduction:
             skip = [self.skip(inputs, training=training, channel_mask=in_mask) * out_mask]
         else:
-            skip = [inputs * out_mask]
+            skip = [channel_product(inputs, out_mask)]
         return _sum(incoming[genotypes.NODES] + skip)
 
 
