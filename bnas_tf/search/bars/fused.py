@@ -130,25 +130,49 @@ def _scale_and_sums(g, x, scale):
     in one op: the batch-norm gradient in inference mode at mean 0, variance 1
     (`bnas.fused.widen_and_weight`'s), which computes in float32 and rounds the first
     result once to g's dtype; the sums are float32 [C]."""
-    channels = int(scale.shape[-1])
+    mean, variance, eps = _unit_statistics(int(scale.shape[-1]))
     dy, d_scale, d_offset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-        y_backprop=g, x=x, scale=scale,
-        reserve_space_1=tf.constant(np.zeros(channels, np.float32)),
-        reserve_space_2=tf.constant(np.full(channels, 1.0 - bnas_fused._UNIT_EPS, np.float32)),
-        reserve_space_3=tf.constant(np.zeros(0, np.float32)), epsilon=bnas_fused._UNIT_EPS,
+        y_backprop=g, x=x, scale=scale, reserve_space_1=mean, reserve_space_2=variance,
+        reserve_space_3=tf.constant(np.zeros(0, np.float32)), epsilon=eps,
         data_format="NHWC", is_training=False)
     return dy, d_scale, d_offset
 
 
 def channel_product(x, factor):
-    """x * factor (x: [B, H, W, C] float32, factor: [C]). When an active tape
-    differentiates `factor` (the alpha pass: op weights, masks) its gradient is one op,
-    `widen_and_weight`'s batch-norm gradient giving g * factor and sum(g * x) in one
-    pass, against a product and a product-and-sum (three passes); otherwise (the
-    weight pass) the plain product, whose gradient g * factor is one pass already."""
-    if not record.should_record_backprop([factor]):
-        return x * factor
-    return widen_and_weight(x, factor)
+    """x * factor (x: [B, H, W, C] float32, factor: [C]) as one op each way: the
+    batch-norm forward in inference mode at mean 0, variance 1 (`_scale`: exact, and
+    faster than a broadcast product on this CPU), and as its gradient either
+    `_scale_and_sums` (g * factor and the factor's gradient sum(g * x) in one pass,
+    when an active tape differentiates `factor`: the alpha pass) or g * factor alone
+    (`_scale`: the weight pass, which differentiates no factor). Against a broadcast
+    product, a product and a product-and-sum (docs/benchmark.md, "Fourth round")."""
+    needed = record.should_record_backprop([factor])  # (not inside the tape operation)
+
+    @recompute.tape_gradient
+    def apply(x, factor):
+        def grad(g):
+            if needed:
+                d_x, d_factor, _ = _scale_and_sums(g, x, factor)
+                return d_x, d_factor
+            return _scale(g, factor), None
+        return _scale(x, factor), grad
+    return apply(x, factor)
+
+
+def _unit_statistics(channels):
+    """(mean 0, variance 1 - eps) [channels] and eps: 1 / sqrt(variance + eps) == 1."""
+    return (tf.constant(np.zeros(channels, np.float32)),
+            tf.constant(np.full(channels, 1.0 - bnas_fused._UNIT_EPS, np.float32)),
+            bnas_fused._UNIT_EPS)
+
+
+def _scale(x, scale):
+    """x * scale per channel (x: [B, H, W, C] float32): the batch-norm forward in
+    inference mode at mean 0, variance 1, offset 0 (x * scale * 1 + 0, exact)."""
+    mean, variance, eps = _unit_statistics(int(scale.shape[-1]))
+    return tf.raw_ops.FusedBatchNormV3(x=x, scale=scale, offset=mean, mean=mean,
+                                       variance=variance, epsilon=eps, data_format="NHWC",
+                                       is_training=False)[0]
 
 
 def quantise(layers, conv_dtype):
