@@ -33,6 +33,13 @@ each choice: docs/benchmark.md, "BARS search".
   convs of all edges as one grouped conv, the halves interleaved once for all
   edges, the pooled shortcut computed once.
 
+* Per-channel products of float32 activations (the identity terms, the skip, the
+  reduction cells' shortcuts: `channel_product`) and the masked signs' gradient
+  (`sign_mask_cast`) are inference-mode batch-norm ops at mean 0, variance 1 (exact):
+  one op computes g * factor and the factor's gradient sum(g * x) (only the alpha
+  pass asks for it), against products, casts and batch-and-pixel reductions
+  (`channelwise.py`).
+
 * Custom gradients (the masked signs, the op weights, the batch norms) are single
   tape operations (`recompute.tape_gradient`): in a traced step no pass-through copy
   of their inputs and no zeros for unused gradients (fewer graph nodes to trace).
@@ -50,13 +57,13 @@ import numpy as np
 import bnas_tf  # noqa: F401
 import larq as lq
 import tensorflow as tf
-from tensorflow.python.eager import record  # which tensors an active tape watches
 
 from bnas_tf import binary, genotypes
 from bnas_tf.models import bars as bars_models
 from bnas_tf.search.bars.cell import (MaskedBinaryConv, SearchCell, SearchDownsample,
                                      interleave, masked)
 from bnas_tf.search.bars import recompute
+from bnas_tf.search.bars.channelwise import channel_product, scale_and_sums
 from bnas_tf.search.bnas import fused as bnas_fused
 from bnas_tf.search.bnas.fused import conv_op, kernel_signs
 
@@ -100,8 +107,8 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
     result (for the mask's gradient): d_h = dtype(g * mask) where |h| <= `clip`
     (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and
     pixels of g * (sign(h) - pad), float32. The gradient's products and sums are one
-    op (`_scale_and_sums`, as `widen_and_weight`'s) instead of casts, products and
-    two reductions (docs/benchmark.md, "Fourth round"). (Selects and products of
+    op (`channelwise.scale_and_sums`, as `widen_and_weight`'s) instead of casts,
+    products and two reductions (docs/benchmark.md, "Fourth round"). (Selects and products of
     equal shapes or with per-channel vectors only: broadcast selects run a slow
     generic path. A tape-only custom gradient: `recompute.tape_gradient`.)"""
     high, step = 1.0 - pad, -2.0  # sign(h) - pad = high + step * [h < 0]
@@ -113,7 +120,7 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
 
         def grad(g):
             # g * mask in dtype, and per channel sum(g * [h < 0]) and sum(g)
-            d_h, d_negative, d_all = _scale_and_sums(
+            d_h, d_negative, d_all = scale_and_sums(
                 tf.cast(g, dtype), tf.cast(negative, dtype), mask)
             if inside is not None:
                 d_h = tf.where(inside, d_h, tf.zeros_like(d_h))
@@ -123,56 +130,6 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
         out = tf.cast(negative, dtype) * (tf.constant(step, dtype) * low_mask)
         return (out + tf.constant(high, dtype) * low_mask if high else out), grad
     return apply(h, mask)
-
-
-def _scale_and_sums(g, x, scale):
-    """(g * scale in g's dtype, sum(g * x), sum(g)) per channel of g, x: [B, H, W, C]
-    in one op: the batch-norm gradient in inference mode at mean 0, variance 1
-    (`bnas.fused.widen_and_weight`'s), which computes in float32 and rounds the first
-    result once to g's dtype; the sums are float32 [C]."""
-    mean, variance, eps = _unit_statistics(int(scale.shape[-1]))
-    dy, d_scale, d_offset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-        y_backprop=g, x=x, scale=scale, reserve_space_1=mean, reserve_space_2=variance,
-        reserve_space_3=tf.constant(np.zeros(0, np.float32)), epsilon=eps,
-        data_format="NHWC", is_training=False)
-    return dy, d_scale, d_offset
-
-
-def channel_product(x, factor):
-    """x * factor (x: [B, H, W, C] float32, factor: [C]) as one op each way: the
-    batch-norm forward in inference mode at mean 0, variance 1 (`_scale`: exact, and
-    faster than a broadcast product on this CPU), and as its gradient either
-    `_scale_and_sums` (g * factor and the factor's gradient sum(g * x) in one pass,
-    when an active tape differentiates `factor`: the alpha pass) or g * factor alone
-    (`_scale`: the weight pass, which differentiates no factor). Against a broadcast
-    product, a product and a product-and-sum (docs/benchmark.md, "Fourth round")."""
-    needed = record.should_record_backprop([factor])  # (not inside the tape operation)
-
-    @recompute.tape_gradient
-    def apply(x, factor):
-        def grad(g):
-            if needed:
-                d_x, d_factor, _ = _scale_and_sums(g, x, factor)
-                return d_x, d_factor
-            return _scale(g, factor), None
-        return _scale(x, factor), grad
-    return apply(x, factor)
-
-
-def _unit_statistics(channels):
-    """(mean 0, variance 1 - eps) [channels] and eps: 1 / sqrt(variance + eps) == 1."""
-    return (tf.constant(np.zeros(channels, np.float32)),
-            tf.constant(np.full(channels, 1.0 - bnas_fused._UNIT_EPS, np.float32)),
-            bnas_fused._UNIT_EPS)
-
-
-def _scale(x, scale):
-    """x * scale per channel (x: [B, H, W, C] float32): the batch-norm forward in
-    inference mode at mean 0, variance 1, offset 0 (x * scale * 1 + 0, exact)."""
-    mean, variance, eps = _unit_statistics(int(scale.shape[-1]))
-    return tf.raw_ops.FusedBatchNormV3(x=x, scale=scale, offset=mean, mean=mean,
-                                       variance=variance, epsilon=eps, data_format="NHWC",
-                                       is_training=False)[0]
 
 
 def quantise(layers, conv_dtype):
