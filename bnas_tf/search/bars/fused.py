@@ -108,9 +108,9 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
     (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and
     pixels of g * (sign(h) - pad), float32. The gradient's products and sums are one
     op (`channelwise.scale_and_sums`, as `widen_and_weight`'s) instead of casts,
-    products and two reductions (docs/benchmark.md, "Fourth round"). (Selects and products of
-    equal shapes or with per-channel vectors only: broadcast selects run a slow
-    generic path. A tape-only custom gradient: `recompute.tape_gradient`.)"""
+    products and two reductions (docs/benchmark.md, "Fourth round"). (Selects of
+    equal shapes only: broadcast selects run a slow generic path. A tape-only custom
+    gradient: `recompute.tape_gradient`.)"""
     high, step = 1.0 - pad, -2.0  # sign(h) - pad = high + step * [h < 0]
 
     @recompute.tape_gradient
