@@ -334,3 +334,40 @@ def test_fused_cells_add_no_pass_through_copies_or_dead_zeros_to_the_graph():
                     and not op.outputs[0].consumers() for op in ops))
     shallow, deep = waste(0), waste(1)  # deep: one more normal cell in each of 2 stages
     assert deep[0] - shallow[0] <= 2 and deep[1] - shallow[1] <= 2, (shallow, deep)
+
+
+def test_per_channel_gradients_of_the_fused_cells_are_single_ops():
+    """The alpha pass's gradients of the fused cells' per-channel factors (the masks of
+    the masked signs, the identity terms' op weights and masks, the skip's mask) are
+    each one batch-norm gradient op (`_scale_and_sums`, `channel_product`), not a
+    product and a batch-and-pixel reduction: a traced alpha and weight pass reduces no
+    batch of activations per cell. (One more normal cell in each of the 2 stages adds
+    only the depth decision's scalar product per stage, in the supernet.)"""
+    def reductions(max_depth):
+        net = make("fused", max_depth=max_depth)
+        x, y = batch()
+        graph = bilevel_passes(net, x, y, decisions(net))[4]
+        return sum(op.type == "Sum" and op.inputs[0].shape.rank == 4
+                   and op.inputs[0].shape[0] == x.shape[0]  # activations, not kernels
+                   for op in graph.get_operations())
+    shallow, deep = reductions(0), reductions(1)
+    assert deep - shallow <= 2, (shallow, deep)
+
+
+@pytest.mark.parametrize("watched", [True, False])
+def test_channel_product_equals_the_product_and_its_gradients(watched):
+    """`fused.channel_product` is x * factor; its gradients equal the product's (the
+    factor's gradient when a tape differentiates it: one op)."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=[2, 3, 3, 4]).astype(np.float32))
+    factor = tf.constant([0.5, 0.0, 1.0, 0.25])
+    g = tf.constant(rng.normal(size=[2, 3, 3, 4]).astype(np.float32))
+    results = []
+    for fn in (lambda a, b: a * b, bars_fused.channel_product):
+        with tf.GradientTape() as tape:
+            tape.watch([x, factor] if watched else [x])
+            y = fn(x, factor)
+        results.append([y] + tape.gradient(y, [x, factor] if watched else [x],
+                                           output_gradients=g))
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)

@@ -33,6 +33,13 @@ each choice: docs/benchmark.md, "BARS search".
   convs of all edges as one grouped conv, the halves interleaved once for all
   edges, the pooled shortcut computed once.
 
+* Per-channel products of float32 activations (the identity terms, the skip, the
+  reduction cells' shortcuts: `channel_product`) and the masked signs' gradient
+  (`sign_mask_cast`) are inference-mode batch-norm ops at mean 0, variance 1 (exact):
+  one op computes g * factor and the factor's gradient sum(g * x) (only the alpha
+  pass asks for it), against products, casts and batch-and-pixel reductions
+  (`channelwise.py`).
+
 * Custom gradients (the masked signs, the op weights, the batch norms) are single
   tape operations (`recompute.tape_gradient`): in a traced step no pass-through copy
   of their inputs and no zeros for unused gradients (fewer graph nodes to trace).
@@ -56,6 +63,7 @@ from bnas_tf.models import bars as bars_models
 from bnas_tf.search.bars.cell import (MaskedBinaryConv, SearchCell, SearchDownsample,
                                      interleave, masked)
 from bnas_tf.search.bars import recompute
+from bnas_tf.search.bars.channelwise import channel_product, scale_and_sums
 from bnas_tf.search.bnas import fused as bnas_fused
 from bnas_tf.search.bnas.fused import conv_op, kernel_signs
 
@@ -98,9 +106,11 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
     of the float32 `h` (for the sign's straight-through gradient) and the `dtype`
     result (for the mask's gradient): d_h = dtype(g * mask) where |h| <= `clip`
     (SteSign's clip_value; None: everywhere), else 0; d_mask = sum over batch and
-    pixels of g * (sign(h) - pad), float32. (Selects and products of equal shapes
-    or with per-channel vectors only: broadcast selects run a slow generic path. A
-    tape-only custom gradient: `recompute.tape_gradient`.)"""
+    pixels of g * (sign(h) - pad), float32. The gradient's products and sums are one
+    op (`channelwise.scale_and_sums`, as `widen_and_weight`'s) instead of casts,
+    products and two reductions (docs/benchmark.md, "Fourth round"). (Selects of
+    equal shapes only: broadcast selects run a slow generic path. A tape-only custom
+    gradient: `recompute.tape_gradient`.)"""
     high, step = 1.0 - pad, -2.0  # sign(h) - pad = high + step * [h < 0]
 
     @recompute.tape_gradient
@@ -109,13 +119,13 @@ def sign_mask_cast(h, mask, pad, dtype, clip=1.0):
         inside = None if clip is None else tf.less_equal(tf.abs(h), float(clip))
 
         def grad(g):
-            g = tf.cast(g, tf.float32)
-            d_h = tf.cast(tf.cast(g * mask, dtype), tf.float32)
-            d_h = d_h if inside is None else tf.where(inside, d_h, tf.zeros_like(d_h))
-            d_mask = step * tf.reduce_sum(g * tf.cast(negative, tf.float32), axis=[0, 1, 2])
-            if high:
-                d_mask += high * tf.reduce_sum(g, axis=[0, 1, 2])
-            return d_h, d_mask
+            # g * mask in dtype, and per channel sum(g * [h < 0]) and sum(g)
+            d_h, d_negative, d_all = scale_and_sums(
+                tf.cast(g, dtype), tf.cast(negative, dtype), mask)
+            if inside is not None:
+                d_h = tf.where(inside, d_h, tf.zeros_like(d_h))
+            d_mask = step * d_negative + high * d_all if high else step * d_negative
+            return tf.cast(d_h, tf.float32), d_mask
         low_mask = tf.cast(mask, dtype)
         out = tf.cast(negative, dtype) * (tf.constant(step, dtype) * low_mask)
         return (out + tf.constant(high, dtype) * low_mask if high else out), grad
@@ -394,13 +404,13 @@ class FusedSearchCell(SearchCell):
             for k, part, row in zip(members, parts, rows):
                 terms[k].append(part)
                 if spec == "downsample":
-                    terms[k].append(row * shortcut)
+                    terms[k].append(channel_product(shortcut, row))
                 elif spec[4] and spec[2] != 1:  # the op shortcut: identity at stride 1
-                    terms[k].append((op_weights[k, o] * edge_masks[k])
-                                    * binary.shortcut(x, spec[2]))
+                    terms[k].append(channel_product(binary.shortcut(x, spec[2]),
+                                                    op_weights[k, o] * edge_masks[k]))
         for k in terms:
             if identity[k].any():
-                terms[k].append(factors["identity"][k] * x)
+                terms[k].append(channel_product(x, factors["identity"][k]))
         return terms
 
     @tf.autograph.experimental.do_not_convert
@@ -455,11 +465,11 @@ class FusedSearchCell(SearchCell):
             convs, shortcut = grouped_downsample(
                 [self.skip], inputs, in_mask, out_mask[None, :], self.conv_dtype, training,
                 precomputed["skip"] if precomputed else None, update)
-            skip = [convs, out_mask * shortcut]
+            skip = [convs, channel_product(shortcut, out_mask)]
         elif self.reduction:
             skip = [self.skip(inputs, training=training, channel_mask=in_mask) * out_mask]
         else:
-            skip = [inputs * out_mask]
+            skip = [channel_product(inputs, out_mask)]
         return _sum(incoming[genotypes.NODES] + skip)
 
 
