@@ -92,10 +92,13 @@ def pairs(trials, config):
 
 
 def _paired_test(diffs, mean, se):
-    """(two-sided p-value, 95% CI) of the mean of `diffs`; (None, None) for one seed or
-    for the same difference on every seed (no spread: the t statistic is undefined)."""
-    if se is None or se <= 1e-9 * max(1.0, abs(mean)):
+    """(two-sided p-value, 95% CI) of the mean of `diffs`; (None, None) for one seed.
+    The same difference on every seed (no spread) is the t-test's limit: p -> 0 for a
+    non-zero difference (as for nearly equal ones), 1 for none; its CI is the point."""
+    if se is None:
         return None, None
+    if se <= 1e-9 * max(1.0, abs(mean)):
+        return (1.0 if abs(mean) < 1e-9 else 0.0), [mean, mean]
     from scipy import stats
     half = float(stats.t.ppf(0.975, len(diffs) - 1)) * se
     return float(stats.ttest_1samp(diffs, 0.0).pvalue), [mean - half, mean + half]
@@ -103,10 +106,13 @@ def _paired_test(diffs, mean, se):
 
 def _verdict(a, b, diffs, mean, p_value, ci):
     if p_value is None:
-        seeds = "one seed only" if len(diffs) == 1 else f"the same on all {len(diffs)} seeds"
-        return f"{seeds}: {a} - {b} = {_fmt(mean, '+.2f')} points; no spread to judge by"
-    interval = (f"95% CI [{_fmt(ci[0], '+.2f')}, {_fmt(ci[1], '+.2f')}], paired t-test "
-                f"p = {p_value:.3f}")
+        return f"one seed only: {a} - {b} = {_fmt(mean, '+.2f')} points; no spread to judge by"
+    shown_p = "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+    if ci[0] == ci[1]:
+        interval = f"the same difference on all {len(diffs)} seeds, no spread: {shown_p}"
+    else:
+        interval = (f"95% CI [{_fmt(ci[0], '+.2f')}, {_fmt(ci[1], '+.2f')}], paired t-test "
+                    f"{shown_p}")
     if p_value < 0.05:
         better = a if mean > 0 else b
         return f"{better} better by {abs(mean):.2f} points ({interval})"

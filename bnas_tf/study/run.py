@@ -34,8 +34,9 @@ class StudyDirError(ValueError):
 
 def check_dir(output_dir, config, log=print):
     """Refuse (one line) a directory holding a study with another configuration. Arms
-    may be added (their trials are independent of the others): the saved arms must
-    all be among `config.arms`; study.json then records the new list."""
+    and seeds may be added (every trial is independent of the others): the saved arms
+    must all be among `config.arms` and `config.seeds` may only grow; study.json then
+    records the new list and count."""
     path = os.path.join(output_dir, STUDY_FILE)
     current = files.plain(config.to_dict())
     if os.path.isfile(path):
@@ -43,6 +44,11 @@ def check_dir(output_dir, config, log=print):
         added = [a for a in current["arms"] if a not in saved.get("arms", [])]
         if not set(saved.get("arms", [])) - set(current["arms"]):
             saved = dict(saved, arms=current["arms"])  # only arms added: same study
+        more_seeds = current["seeds"] > saved.get("seeds", current["seeds"])
+        if more_seeds:
+            log(f"study: seeds {saved['seeds']} -> {current['seeds']} in {output_dir}; the "
+                "finished trials are kept")
+            saved = dict(saved, seeds=current["seeds"])
         # a setting missing from an older study.json counts as the value that study ran
         # with (`study.LEGACY`), so it resumes under the same command
         saved = {k: saved.get(k, LEGACY.get(k)) for k in set(saved) | set(current)}
