@@ -117,9 +117,9 @@ def test_changed_configuration_is_refused_with_one_line(cifar_dir, tmp_path):
     run.check_dir(str(tmp_path), _config(cifar_dir))
     run.check_dir(str(tmp_path), _config(cifar_dir))  # the same: accepted
     with pytest.raises(run.StudyDirError) as e:
-        run.check_dir(str(tmp_path), _config(cifar_dir, seeds=2))
+        run.check_dir(str(tmp_path), _config(cifar_dir, split_seed=1))
     assert "\n" not in str(e.value)
-    assert "holds a different study (differs in seeds: 1 recorded vs 2 given)" in str(e.value)
+    assert "holds a different study (differs in split_seed: 0 recorded vs 1 given)" in str(e.value)
 
 
 def test_arms_can_be_added_to_a_study_but_not_removed(cifar_dir, tmp_path):
@@ -445,9 +445,10 @@ def test_smoke_profile_end_to_end_with_kill_and_resume(cifar_dir, tmp_path):
     assert (out / "accuracy_vs_eqops.png").stat().st_size > 10_000
     assert split.disjoint(results["split"])
     # a changed configuration in the same directory: one line, nothing lost
-    changed = subprocess.run(_tool(out, cifar_dir, "--seeds=2"), env=_env(),
+    changed = subprocess.run(_tool(out, cifar_dir, "--split_seed=1"), env=_env(),
                              capture_output=True, text=True)
-    assert changed.returncode != 0 and "holds a different study (differs in seeds" in changed.stderr
+    assert changed.returncode != 0 and \
+        "holds a different study (differs in split_seed" in changed.stderr
     assert first.read_text() == kept
 
 
