@@ -625,7 +625,17 @@ def test_report_files_hold_every_trial(tmp_path):
     assert "6/7 trials finished (the study has not finished: this is the table so far" in md
     assert "30 images" in md
     assert f"binary convs trained in {c.train_conv_dtype}" in md  # part of what was fair
+    assert "Code of the trials (commit: trials): not recorded: 6." in md  # (fakes)
     assert (tmp_path / report.PLOT).stat().st_size > 10_000
+
+
+def test_a_trial_records_the_code_it_ran():
+    """21 trials ran over several commits and none recorded which (docs/results.md)."""
+    code = trial.code_version()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert code["bnas_tf"] and code["commit"] == head.stdout.strip()
+    assert code["modified"] in (True, False)
 
 
 def test_one_seed_has_no_spread_and_no_difference_prints_as_minus_zero():

@@ -203,6 +203,14 @@ def markdown(study, trials, rows, comparisons):
             lines.append(f"  **This genotype was derived from alphas indistinguishable from "
                          f"their initial values** ({_fmt(a['at_derived_epoch'], '.2e')} < "
                          f"{trial_lib.ALPHA_KL_MIN:g}): what it 'found' is noise.")
+    commits = {}
+    for t in done:
+        code = t.get("code") or {}  # (trials of older studies did not record it)
+        key = code["commit"][:10] if code.get("commit") else "not recorded"
+        key += " (modified)" if code.get("modified") else ""
+        commits[key] = commits.get(key, 0) + 1
+    lines += ["", "Code of the trials (commit: trials): "
+              + ", ".join(f"{k}: {n}" for k, n in commits.items()) + "."]
     lines += ["", "## Trials", "",
               "| arm | seed | top-1 % | EqOPs (M) | width | bytes | LceBconv2d | latency ms "
               "| search wall s | train wall s | CPU s | resumed | export check |",

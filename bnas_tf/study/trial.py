@@ -124,6 +124,26 @@ def alpha_report(summary, search_config):
             "learnable_ops": [e.get("learnable_ops") for e in epochs]}
 
 
+def code_version():
+    """The code a trial runs: bnas_tf's version and, in a git checkout, its commit and
+    whether tracked files were modified (None where git or the checkout is missing)."""
+    import subprocess
+    import bnas_tf
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bnas_tf.__file__)))
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"bnas_tf": bnas_tf.__version__, "commit": commit,
+            "modified": None if status is None else bool(status)}
+
+
 def run_trial(study, arm_name, seed, log=print):
     """Run (or resume) one trial; returns its record (also DIR/.../trial.json)."""
     done = load(study.output_dir, arm_name, seed)
@@ -133,7 +153,7 @@ def run_trial(study, arm_name, seed, log=print):
     directory = trial_dir(study.output_dir, arm_name, seed)
     os.makedirs(directory, exist_ok=True)
     stages = _Stages(directory)
-    record = {"arm": arm_name, "seed": seed}
+    record = {"arm": arm_name, "seed": seed, "code": code_version()}
     tag = f"[{arm_name} seed {seed}]"
 
     search = None
