@@ -84,9 +84,14 @@ def _default_text(flag):
 
 
 def _own_help(name, own):
-    """The help a flag has in the first of the flags/ modules `own` that defines it, else
-    the one absl holds (that of whichever module was imported first)."""
+    """The help a flag has in the first entry of `own` that gives it (a dict {flag name:
+    help text}, or a flags/ module defining the flag), else the one absl holds (that of
+    whichever module was imported first)."""
     for module in own:
+        if isinstance(module, dict):
+            if name in module:
+                return module[name]
+            continue
         for row in module._DEFINITIONS:
             if row[1] == name:
                 return row[4]
@@ -98,8 +103,13 @@ def help_text(doc, groups, own=()):
     values, default and help, wrapped to HELP_WIDTH columns.
 
     A flag several groups define (identically, see `define`) shows the help of the first
-    module in `own` (the tool's own flags/ modules, in order) that defines it: without it,
-    the help would be that of whichever module the process imported first.
+    entry of `own` that gives it: without it, the help would be that of whichever module
+    the process imported first. `own` holds, in order, the tool's own flags/ modules and
+    dicts {flag name: help text}: a tool's own wording for a shared flag whose module help
+    does not fit it (e.g. pipeline's --output_dir, which is neither search's nor train's
+    directory). A text ending in "(default: X)" shows X as the flag's default when the
+    flag's own default is unset or the text is the tool's own (a dict entry: the tool
+    decides the default, e.g. evaluate's data is the model's training data).
 
     Raises KeyError naming a flag in `groups` that no imported flags/ module defines.
     """
@@ -121,7 +131,9 @@ def help_text(doc, groups, own=()):
                 text = text.split(">: ", 1)[1]
             default = _default_text(flag)
             stated = re.search(r"\s*\(default: (.*)\)$", text, flags=re.S)
-            if flag.default is None and stated:  # a default the method decides, in the help
+            tools_own = any(isinstance(entry, dict) and name in entry for entry in own)
+            if stated and (flag.default is None or tools_own):  # a default the method or
+                # the tool decides, stated in the help
                 text, default = text[:stated.start()], stated.group(1)
                 default = "unset" if default == "None" else default
             lines += textwrap.wrap(f"--{name}={kind}  (default: {default})", HELP_WIDTH,

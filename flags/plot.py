@@ -9,7 +9,7 @@ _DEFINITIONS = (
     (absl_flags.DEFINE_string, "genotype", None, {},
      "Released genotype name, JSON file or JSON string."),
     (absl_flags.DEFINE_string, "output", None, {},
-     "Output image (.png, .svg, .pdf); default cell.png. (Shared with other tools: no default.)"),
+     "Output image (.png, .svg, .pdf). (default: cell.png)"),
     (absl_flags.DEFINE_string, "title", None, {}, "Figure title (default: the genotype's name)."),
 )
 define(_DEFINITIONS)

@@ -51,6 +51,8 @@ UNUSED = [  # (tool, the flag it accepts but does not use, the rest of a command
     ("evaluate", "--image_size=64", (f"--model_dir={MISSING}",)),
     ("evaluate", "--output_dir=o", (f"--model_dir={MISSING}",)),
     ("export", "--batch_size=8", (f"--model_dir={MISSING}", "--output=m.tflite")),
+    ("export", "--data_service=grpc://localhost:5000",
+     (f"--model_dir={MISSING}", "--output=m.tflite")),
     ("export", "--split=validation", (f"--model_dir={MISSING}", "--output=m.tflite")),
     ("export", "--data_dir=d", (f"--model_dir={MISSING}", "--output=m.tflite", "--samples=0")),
     ("compare", "--flops_budget=1e6", ("--models=bnas-a", "--output_dir=o", *FOLDER)),

@@ -20,6 +20,7 @@ FOREIGN = {
     "search": ("recipe",),
     "pipeline": ("epochs", "stop_after"),
     "size": ("models", "cells", "channels"),
+    "export": ("batch_size", "image_size", "cutout", "data_service"),
 }
 
 
@@ -95,3 +96,49 @@ def test_a_shared_flag_shows_the_tools_own_help_whatever_was_imported_first(help
         assert page.strip() == helps[tool][1].strip(), f"{tool}: --help depends on imports"
     study = pages[TOOLS.index("study")]
     assert "Not given: the profile's value (smoke 1, cpu 12, paper 50)" in study
+
+
+def _flag_help(page, name):
+    """The help text under `--name=` on a --help page, joined into one line."""
+    block = re.search(rf"^  --{name}=[^\n]*\n((?:      [^\n]*\n?)+)", page, flags=re.M)
+    assert block, f"--{name} not on the page"
+    return " ".join(block.group(1).split())
+
+
+def test_a_tool_shows_its_own_help_for_a_shared_flag(helps):
+    """pipeline's --output_dir showed the search's directory, compare's the training's; size's
+    --keep_checkpoints named an OUTPUT_DIR it has no flag for; pipeline offered multi_worker,
+    which it refuses; evaluate showed --dataset's default cifar10 although it reads the
+    model's training data; plot_genotype's --output said two things."""
+    pipeline_dir = _flag_help(helps["pipeline"][1], "output_dir")
+    for written in ("search/", "train/", "model.tflite", "pipeline.json"):
+        assert written in pipeline_dir, pipeline_dir
+    assert "Search directory" not in pipeline_dir
+    compare_dir = _flag_help(helps["compare"][1], "output_dir")
+    for written in ("comparison.json", "comparison.png", "<model>/"):
+        assert written in compare_dir, compare_dir
+    assert "spec.json" not in compare_dir
+    strategy = _flag_help(helps["pipeline"][1], "strategy")
+    assert "multi_worker is refused" in strategy and "search and the training" in strategy
+    assert "OUTPUT_DIR" not in _flag_help(helps["size"][1], "keep_checkpoints")
+    assert "DIRECTORY/PROJECT_NAME" in _flag_help(helps["size"][1], "keep_checkpoints")
+    assert "OUTPUT_DIR/train/ckpt" in _flag_help(helps["pipeline"][1], "keep_checkpoints")
+    assert "OUTPUT_DIR/<model>/ckpt" in _flag_help(helps["compare"][1], "keep_checkpoints")
+    evaluate = helps["evaluate"][1]
+    assert re.search(r"^  --dataset=\S+  \(default: the model's training data\)$", evaluate,
+                     flags=re.M), evaluate
+    assert re.search(r"^  --data_dir=\S+  \(default: the model's training data\)$", evaluate,
+                     flags=re.M), evaluate
+    assert re.search(r"^  --output=\S+  \(default: cell.png\)$", helps["plot_genotype"][1],
+                     flags=re.M)
+    assert "no default" not in helps["plot_genotype"][1]
+
+
+def test_help_text_takes_a_tools_own_wording_from_a_dict():
+    import flags
+    from flags import data as data_flags
+
+    own = ({"dataset": "The tool's dataset. (default: the tool's choice)"}, data_flags)
+    text = flags.help_text("", (("data", ("dataset", "batch_size")),), own)
+    assert "--dataset=<" in text and "(default: the tool's choice)" in text
+    assert "The tool's dataset." in text and "Batch size." in text

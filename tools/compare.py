@@ -32,7 +32,14 @@ HINTS = {"preset": "name the networks in --models", "genotype": "name the networ
          "model_dir": "each model's directory is OUTPUT_DIR/<model>",
          "split": "each model is scored on the test split"}
 
-OWN = (size_flags, data_flags, model_flags, train_flags)  # whose help a shared flag shows
+# this tool's wording of shared flags whose module help does not fit it (flags.help_text)
+OWN_HELP = {
+    "output_dir": "Comparison directory: DIR/<model>/ (each model's training directory), "
+                  "DIR/comparison.json (settings and one row per model) and DIR/comparison.png "
+                  "(top-1 accuracy vs Equivalent OPs). Rerunning the same command resumes.",
+    "keep_checkpoints": "How many epoch checkpoints to keep in each OUTPUT_DIR/<model>/ckpt.",
+}
+OWN = (OWN_HELP, size_flags, data_flags, model_flags, train_flags)  # whose help shows
 HELP = (("compare", ("models", "output_dir", "strategy", "progress")),
         ("data", flags.names(data_flags)),
         ("model (applied to every model)",

@@ -31,9 +31,16 @@ HINTS = {"image_size": "images are resized to the model's own size",
          "strategy": "it scores the saved model on one device, as training reports it",
          "output_dir": "results go to MODEL_DIR/eval_<split>.json"}
 
-OWN = (data_flags, train_flags)  # whose help a shared flag shows
+# this tool's wording of shared flags whose module help does not fit it (flags.help_text)
+OWN_HELP = {
+    "dataset": "Dataset: cifar10 / imagenet2012 (TFDS), imagenet100 (subset), folder (image "
+               "folder). (default: the model's training data)",
+    "data_dir": "TFDS data_dir, or the image-folder root for --dataset=folder; with --dataset "
+                "alone, $BNAS_DATA_DIR. (default: the model's training data)",
+}
+OWN = (OWN_HELP, data_flags, train_flags)  # whose help a shared flag shows
 HELP = (("evaluate", ("model_dir", "split", "progress")),
-        ("data (default: the data the model was trained with)",
+        ("data (without --dataset/--data_dir: the model's training data, other flags on top)",
          tuple(n for n in flags.names(data_flags) if n in USED)))
 
 

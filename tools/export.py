@@ -25,7 +25,9 @@ FLAGS = export_flags.FLAGS
 GROUPS = (data_flags, export_flags)
 HINTS = {"batch_size": "the sample images are taken in one batch of --samples",
          "image_size": "sample images are resized to the model's own size",
-         "cutout": "sample images are not augmented"}
+         "cutout": "sample images are not augmented",
+         "data_service": "sample images are read in this process (only training and search "
+                         "use the tf.data service)"}
 # Flags that choose or check the sample images: they need --samples > 0, and the data
 # ones real images (--dataset or --data_dir)
 SAMPLE_DATA = ("dataset", "data_dir", "split", "max_examples", "seed", "validation_fraction",
@@ -57,7 +59,8 @@ def _export(model, output, images, converter):
 
 OWN = (export_flags, data_flags)  # whose help a shared flag shows
 HELP = (("export", flags.names(export_flags)),
-        ("data (real sample images; default: noise)", flags.names(data_flags)))
+        ("data (real sample images; default: noise)",
+         tuple(n for n in flags.names(data_flags) if n not in HINTS)))
 
 
 def main(argv):

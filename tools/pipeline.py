@@ -30,7 +30,19 @@ HINTS = {"epochs": "set --search_epochs and --train_epochs",
          "model_dir": "the trained model is OUTPUT_DIR/train",
          "split": "the trained model is scored on the test split"}
 
-OWN = (pipeline_flags, data_flags, search_flags, train_flags)  # whose help a shared flag shows
+# this tool's wording of shared flags whose module help does not fit it (flags.help_text)
+OWN_HELP = {
+    "output_dir": "Pipeline directory: search/ (the search: genotype.json, ckpt/, logs/), "
+                  "train/ (the trained model directory), model.tflite (the binary export) and "
+                  "pipeline.json (a summary of the three stages). Rerunning the same command "
+                  "resumes.",
+    "strategy": "Distribution of the search and the training: default (one device) or "
+                "mirrored (all local GPUs / logical CPUs). multi_worker is refused: run "
+                "tools/search.py and tools/train.py with it.",
+    "keep_checkpoints": "How many epoch checkpoints of the training to keep in "
+                        "OUTPUT_DIR/train/ckpt.",
+}
+OWN = (OWN_HELP, pipeline_flags, data_flags, search_flags, train_flags)  # whose help shows
 HELP = (("pipeline", flags.names(pipeline_flags) + ("output_dir", "progress")),
         ("data", flags.names(data_flags)),
         ("search", flags.names(search_flags, exclude=search_flags.BNAS_FLAGS

@@ -38,7 +38,12 @@ HINTS = {"cells": "sizing searches the cells: set --min_cells/--max_cells",
          "model_dir": "--model_dir is tools/evaluate.py's",
          "split": "trials are scored on the validation split"}
 
-OWN = (size_flags, data_flags, model_flags, train_flags)  # whose help a shared flag shows
+# this tool's wording of shared flags whose module help does not fit it (flags.help_text)
+OWN_HELP = {
+    "keep_checkpoints": "How many epoch checkpoints to keep of each trained size, in "
+                        "DIRECTORY/PROJECT_NAME/sizes/<size>/ckpt.",
+}
+OWN = (OWN_HELP, size_flags, data_flags, model_flags, train_flags)  # whose help shows
 HELP = (("size", flags.names(size_flags, exclude=("models",)) + ("strategy",)),
         ("model", ("preset", "genotype", "binarization", "residual", "auxiliary", "drop_path")),
         ("data", flags.names(data_flags)),
