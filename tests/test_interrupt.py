@@ -35,8 +35,12 @@ def test_ctrl_c_during_a_search_says_which_epochs_are_saved(tmp_path, cifar_dir)
             "--ops=none,max_pool_3x3,bin_conv_3x3", "--progress=epoch",
             f"--output_dir={out}"]
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    # Ctrl-C as in a terminal: SIGINT at its default in the child, whatever an earlier
+    # test or library left in this process (an ignored SIGINT is inherited, and Python
+    # then installs no KeyboardInterrupt handler: the search ran to its end, exit 0)
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     for line in proc.stdout:  # after epoch 1 is saved, epoch 2 starts
         if line.startswith("Epoch 2/30") or time.time() > deadline:
