@@ -11,6 +11,7 @@ indistinguishable from their initial values.
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 
@@ -130,6 +131,12 @@ def _fmt(value, spec=".2f"):
     return text
 
 
+def _commit(code):
+    """A trial's commit for the report ("not recorded" in trials of older studies)."""
+    key = code["commit"][:10] if code.get("commit") else "not recorded"
+    return key + (" (modified)" if code.get("modified") else "")
+
+
 def markdown(study, trials, rows, comparisons):
     c, s = study.config, study.split
     done = [t for t in trials if t]
@@ -203,12 +210,7 @@ def markdown(study, trials, rows, comparisons):
             lines.append(f"  **This genotype was derived from alphas indistinguishable from "
                          f"their initial values** ({_fmt(a['at_derived_epoch'], '.2e')} < "
                          f"{trial_lib.ALPHA_KL_MIN:g}): what it 'found' is noise.")
-    commits = {}
-    for t in done:
-        code = t.get("code") or {}  # (trials of older studies did not record it)
-        key = code["commit"][:10] if code.get("commit") else "not recorded"
-        key += " (modified)" if code.get("modified") else ""
-        commits[key] = commits.get(key, 0) + 1
+    commits = collections.Counter(_commit(t.get("code") or {}) for t in done)
     lines += ["", "Code of the trials (commit: trials): "
               + ", ".join(f"{k}: {n}" for k, n in commits.items()) + "."]
     lines += ["", "## Trials", "",
