@@ -78,10 +78,11 @@ _DEFINITIONS = (
     # defined as flags/train.py defines it (one flag, one definition); applied only when given
     (absl_flags.DEFINE_enum, "train_conv_dtype", "auto",
      dict(enum_values=list(fast_binary.CONV_DTYPES)),
-     "Binary convs of every final network's training. Not given: the profile's float32 "
-     "(Larq's numerics on any CPU; the 'auto' shown as default is the training tool's). "
-     "bfloat16: the speed variant (docs/training.md). auto: resolved once, here, to what "
-     "this machine would run (printed), and that is what the study records."),
+     "Binary convs of every final network's training. Not given: the profile's (cpu: "
+     "bfloat16, the speed variant, docs/training.md, to fit its 2.5 h; smoke, paper: "
+     "float32, Larq's numerics on any CPU; the 'auto' shown as default is the training "
+     "tool's). auto: resolved once, here, to what this machine would run (printed), and "
+     "that is what the study records."),
     (absl_flags.DEFINE_enum, "recipe", "cifar", dict(enum_values=sorted(recipes.RECIPES)),
      "Training recipe of every final network (default: the profile's)."),
     *((absl_flags.DEFINE_integer, name, *_SHARED.get(name, (None, {})),

@@ -232,10 +232,13 @@ def test_strategy_setting_is_checked():
 
 
 def test_the_study_pins_the_conv_dtype_of_its_trainings():
-    """'auto' depends on the CPU: a study records float32 (the profiles') or bfloat16."""
-    assert study.config_for("cpu", data_dir="x").train_conv_dtype == "float32"
+    """'auto' depends on the CPU: a study records float32 or bfloat16. The cpu profile
+    trains in bfloat16 (its 2.5 h); smoke and paper in Larq's float32."""
+    assert study.config_for("cpu", data_dir="x").train_conv_dtype == "bfloat16"
+    assert study.config_for("smoke", data_dir="x").train_conv_dtype == "float32"
+    assert study.config_for("paper", data_dir="x").train_conv_dtype == "float32"
     assert study.config_for("cpu", data_dir="x",
-                            train_conv_dtype="bfloat16").train_conv_dtype == "bfloat16"
+                            train_conv_dtype="float32").train_conv_dtype == "float32"
     with pytest.raises(ValueError, match="train_conv_dtype must be float32 or bfloat16"):
         study.config_for("cpu", data_dir="x", train_conv_dtype="auto")
 
@@ -250,6 +253,37 @@ def test_profiles_and_overrides():
         study.config_for("gpu", data_dir="x")
     with pytest.raises(ValueError, match="data_dir"):
         study.config_for("smoke")
+
+
+def test_an_arm_without_the_bfloat16_variant_is_refused_before_any_trial(cifar_dir,
+                                                                         tmp_path):
+    """Bi-Real Net's blocks are Larq's layers: under the cpu profile's bfloat16 the
+    study refuses the arm up front (one line), not when its training starts."""
+    arms.check_available(["bnas", "xnor-resnet18-matched"], "bfloat16")
+    arms.check_available(["birealnet18-cifar"], "float32")
+    from bnas_tf.study import run as study_run
+    config = _config(cifar_dir, arms=("bnas-a", "birealnet18-cifar"),
+                     train_conv_dtype="bfloat16")
+    with pytest.raises(ValueError, match="birealnet18-cifar cannot train with "
+                                         "--train_conv_dtype=bfloat16") as e:
+        study_run.prepare(config, str(tmp_path / "s"), log=lambda m: None)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_bfloat16_trainings_on_a_cpu_without_it_are_announced(cifar_dir, tmp_path,
+                                                             monkeypatch):
+    from bnas_tf.search import engine
+    from bnas_tf.study import run as study_run
+    lines = []
+    config = _config(cifar_dir, arms=("bnas-a",), train_conv_dtype="bfloat16")
+    monkeypatch.setattr(engine, "native_bfloat16", lambda: True)
+    study_run.prepare(config, str(tmp_path / "a"), log=lines.append)
+    assert not any("no native bfloat16" in line for line in lines)
+    monkeypatch.setattr(engine, "native_bfloat16", lambda: False)
+    study_run.prepare(config, str(tmp_path / "b"), log=lines.append)
+    assert any("no native bfloat16" in line and "--train_conv_dtype=float32" in line
+               for line in lines)
 
 
 def test_missing_preset_arm_is_refused(monkeypatch):

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from bnas_tf import genotypes, ops
+from bnas_tf import fast_binary, genotypes, ops
 from bnas_tf.models import presets
 from bnas_tf.search import SearchConfig
 
@@ -78,13 +78,21 @@ def get(name):
     return ARMS[name]
 
 
-def check_available(names):
-    """ValueError (one line) for an arm whose preset this bnas_tf lacks."""
+def check_available(names, train_conv_dtype="float32"):
+    """ValueError (one line) for an arm whose preset this bnas_tf lacks, or whose
+    network cannot train its binary convs in `train_conv_dtype` (a preset family
+    without the bfloat16 variant, `fast_binary.WITHOUT_VARIANT`): refused before any
+    trial runs, not when its training starts."""
     for name in names:
         arm = ARMS[name]
         if arm.preset and arm.preset not in presets.PRESETS:
             raise ValueError(f"arm {name} needs the preset {arm.preset!r}, which "
                              "bnas_tf.models.presets does not define in this version")
+        family = presets.PRESETS[arm.preset]["family"] if arm.preset else None
+        if train_conv_dtype == "bfloat16" and family in fast_binary.WITHOUT_VARIANT:
+            raise ValueError(f"arm {name} cannot train with --train_conv_dtype=bfloat16 "
+                             f"(the cpu profile's): its {family} blocks are Larq's layers, "
+                             "without the speed variant; use --train_conv_dtype=float32")
 
 
 def search_config(arm, config, seed):

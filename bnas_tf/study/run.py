@@ -20,8 +20,9 @@ import os
 import sys
 import time
 
-from bnas_tf import data, files, recipes
+from bnas_tf import data, fast_binary, files, recipes
 from bnas_tf import model_dir as mdir
+from bnas_tf.search import engine
 from bnas_tf.study import LEGACY, StudyConfig, arms, matching, report, split, trial
 
 STUDY_FILE = "study.json"
@@ -80,7 +81,12 @@ class Study:
 def prepare(config, output_dir, log=print):
     """Check the directory, make the split, count the target; returns a Study."""
     config = config.validate()
-    arms.check_available(config.arms)
+    arms.check_available(config.arms, config.train_conv_dtype)
+    fast_binary.resolve(config.train_conv_dtype)  # refuses bfloat16 where it cannot run
+    if config.train_conv_dtype == "bfloat16" and not engine.native_bfloat16():
+        log("study: warning: this CPU has no native bfloat16 (AVX512-BF16/AMX), so the "
+            "trainings' bfloat16 binary convs are emulated and slower than float32; "
+            "--train_conv_dtype=float32 runs Larq's layers")
     check_dir(output_dir, config, log)
     record = split.make_split(config, os.path.join(output_dir, "data"))
     pool = record["pool_dir"]
