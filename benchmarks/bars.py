@@ -26,13 +26,13 @@ import time
 
 import numpy as np
 
-from benchmarks import harness
+from benchmarks import process, search
 
 # forward-MAC equivalents of one bilevel step: the alpha pass (forward + the input
 # gradients it backpropagates = 2) and the weight pass (forward + input and filter
 # gradients = 3)
 STEP_PASSES = 5
-# (their targets and table rows are in harness.TARGETS and harness.ROWS)
+# (their targets and table rows are in config.TARGETS and table.ROWS)
 
 
 def graph_macs(graph) -> int:
@@ -73,7 +73,7 @@ def gmac_per_step(method, search_config, image_size, num_classes=10):
                                                    engine)
     net(tf.zeros([1, image_size, image_size, 3]), training=False)
     macs = forward_macs(net, image_size, search_config.batch_size)
-    harness._clear()
+    process.clear()
     return STEP_PASSES * macs / 1e9
 
 
@@ -81,15 +81,15 @@ def child(args):
     """Body of the fresh process of `bars_process` (prints one JSON line)."""
     import bnas_tf  # noqa: F401
     from bnas_tf.search import SearchConfig
-    harness.child_threads(args)
+    process.child_threads(args)
     search_config = SearchConfig.from_dict(args["search"])
-    _, model = harness.build_search_model("bars", search_config, args["image_size"],
+    _, model = search.build_search_model("bars", search_config, args["image_size"],
                                           conv_dtype=args["conv_dtype"])
-    train, val = (harness._random_batch(search_config.batch_size, args["image_size"], seed=s)
+    train, val = (process.random_batch(search_config.batch_size, args["image_size"], seed=s)
                   for s in (0, 1))
-    step, first_call, _ = harness._keras_step(model, (train, val))
+    step, first_call, _ = process.keras_step(model, (train, val))
     first_done = time.time()
-    times = harness.median_time(step, args["repeats"], args["warmup"])[1]
+    times = process.median_time(step, args["repeats"], args["warmup"])[1]
     print(json.dumps({"first_done": first_done, "first_call_s": first_call,
                       "step_times_s": times, "conv_dtype": model.net.conv_dtype}), flush=True)
 
@@ -97,10 +97,10 @@ def child(args):
 def bars_process(config, timeout=3600):
     """One fresh process running the BARS step loop: first step from launch, median
     step, peak RSS (MB)."""
-    args = {"search": harness.bars_search_config(config).to_dict(),
+    args = {"search": search.bars_search_config(config).to_dict(),
             "conv_dtype": config.conv_dtype, "image_size": config.image_size,
             "repeats": config.repeats, "warmup": config.warmup}
-    report, peak_rss_mb, launched = harness.run_child("bars", "child", args, config, timeout)
+    report, peak_rss_mb, launched = process.run_child("bars", "child", args, config, timeout)
     return {"first_step_s": report["first_done"] - launched,
             "first_call_s": report["first_call_s"],
             "median_s": float(np.median(report["step_times_s"])),
@@ -116,11 +116,11 @@ def measure(config, bnas_step_s=None, progress=print):
     out = {"bars_search_step_s": float(np.median([r["median_s"] for r in runs])),
            "bars_first_step_s": float(np.median([r["first_step_s"] for r in runs])),
            "bars_peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-           "bars_gmac_per_step": gmac_per_step("bars", harness.bars_search_config(config),
+           "bars_gmac_per_step": gmac_per_step("bars", search.bars_search_config(config),
                                                config.image_size)}
     out["bars_ms_per_gmac"] = 1000.0 * out["bars_search_step_s"] / out["bars_gmac_per_step"]
     if bnas_step_s:
-        out["gmac_per_step"] = gmac_per_step("bnas", harness.bnas_search_config(config),
+        out["gmac_per_step"] = gmac_per_step("bnas", search.bnas_search_config(config),
                                              config.image_size)
         out["ms_per_gmac"] = 1000.0 * bnas_step_s / out["gmac_per_step"]
         out["bars_ms_per_gmac_vs_bnas"] = out["bars_ms_per_gmac"] / out["ms_per_gmac"]

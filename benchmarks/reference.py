@@ -7,7 +7,7 @@ BNAS-A, on constant random batches). It is a measuring instrument: this module o
 runs it as a subprocess; nothing of its code is part of the project.
 
 `compare` interleaves fresh processes, one round after the other: the reference's
-search part, our search step (`harness.search_process`), the reference's train part,
+search part, our search step (`search.search_process`), the reference's train part,
 our train step of BNAS-A (`train.train_process`). A shared machine's load moves
 absolute seconds by 1.5x between days; ratios of processes run side by side move
 much less. Reported ratios (reference / ours, medians over the rounds; > 1 means
@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 
-from benchmarks import harness, train
+from benchmarks import process, search, train
+from benchmarks.config import REPO
 
-REPO = harness.REPO
 BENCH_DIR = os.path.join(os.path.dirname(REPO), "shared", "reference-bench")
 DEFAULT_VENV = "/tmp/torchref-venv"
 # name -> (reference key, our key, target): ratio = reference / ours
@@ -81,7 +81,7 @@ def reference_process(python, path, part, config, timeout=3600):
                               timeout=timeout, check=False)
         if proc.returncode != 0 or not os.path.isfile(out):
             raise RuntimeError(f"the reference's {part} part failed (exit "
-                               f"{proc.returncode}): {harness._error_line(proc.stderr)}")
+                               f"{proc.returncode}): {process.error_line(proc.stderr)}")
         with open(out, encoding="utf-8") as f:
             return json.load(f)
 
@@ -126,7 +126,7 @@ def compare(config, python, path, rounds=1, progress=print):
             reference_runs[part].append(r[part] | {k: r.get(k) for k in (
                 "search_step_s", "train_step_s", "first_step_from_launch_s")})
             progress(f"{tag} our {part} step ...")
-            ours = (harness.search_process(config) if part == "search"
+            ours = (search.search_process(config) if part == "search"
                     else train.train_process(config, "bnas-a"))
             our_runs[part].append(ours)
             progress(f"{tag} {part} step: reference {r[part]['median_s']:.3f} s, "

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import time
 
-from benchmarks import harness
+from benchmarks import process
+from benchmarks.config import BenchConfig, final_spec
 
 NETWORKS = ("bnas-a", "bars", "xnor-resnet18")
 RECIPES = {"bnas-a": "cifar", "bars": "bars", "xnor-resnet18": "cifar"}
@@ -33,7 +34,7 @@ def network_spec(config, network):
     """The spec of benchmark network `network` at the config's shapes."""
     from bnas_tf.models import bars, presets
     if network == "bnas-a":
-        return harness.final_spec(config)
+        return final_spec(config)
     if network == "bars":
         extra = ({"base_channels": (4, 8, 16), "max_depth": 1} if config.quick else {})
         return {"family": "bars", "name": "bars-random-0",
@@ -60,15 +61,15 @@ def train_step(config, network="bnas-a", conv_dtype=None):
     model, _ = training.build_compiled(network_spec(config, network), 10, size, recipe,
                                        steps_per_epoch=100)
     common.set_drop_path(model, recipe.drop_path)
-    x, y = harness._random_batch(config.batch_size, size)
+    x, y = process.random_batch(config.batch_size, size)
     element = (x, (y, y)) if recipe.auxiliary else (x, y)
-    step, first, logs = harness._keras_step(model, element)
-    cpu_before = harness._cpu_seconds()
-    median, times = harness.median_time(step, config.repeats, config.warmup)
-    cpu_per_step = (harness._cpu_seconds() - cpu_before) / (config.repeats + config.warmup)
+    step, first, logs = process.keras_step(model, element)
+    cpu_before = process.cpu_seconds()
+    median, times = process.median_time(step, config.repeats, config.warmup)
+    cpu_per_step = (process.cpu_seconds() - cpu_before) / (config.repeats + config.warmup)
     params = int(model.count_params())
     dtype = "bfloat16" if fast_binary.uses_fast_convs(model) else "float32"
-    harness._clear()
+    process.clear()
     return {"median_s": median, "times_s": times, "first_call_s": first, "params": params,
             "cpu_s_per_step": cpu_per_step, "network": network, "conv_dtype": dtype,
             "loss_finite": bool(math.isfinite(logs.get("loss", float("nan"))))}
@@ -79,8 +80,8 @@ def child_train(args):
     started = time.time()
     import json
     import bnas_tf  # noqa: F401
-    harness.child_threads(args)
-    config = harness.BenchConfig(**args["config"])
+    process.child_threads(args)
+    config = BenchConfig(**args["config"])
     r = train_step(config, args["network"], args["conv_dtype"])
     print(json.dumps({**r, "started": started}), flush=True)
 
@@ -92,7 +93,7 @@ def train_process(config, network="bnas-a", conv_dtype=None, timeout=3600):
     fields["parts"] = list(fields["parts"])
     args = {"config": fields, "network": network,
             "conv_dtype": conv_dtype or config.conv_dtype}
-    report, peak_rss_mb, _ = harness.run_child("train", "child_train", args, config, timeout)
+    report, peak_rss_mb, _ = process.run_child("train", "child_train", args, config, timeout)
     report["peak_rss_mb"] = peak_rss_mb
     return report
 

@@ -4,7 +4,7 @@ from absl import flags as absl_flags
 
 from flags import define
 
-from benchmarks import harness as benchmark
+from benchmarks import config as benchmark
 from bnas_tf.search import engine
 
 FLAGS = absl_flags.FLAGS

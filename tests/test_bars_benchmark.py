@@ -7,7 +7,9 @@ import bnas_tf  # noqa: F401
 import tensorflow as tf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import bars, harness  # noqa: E402
+from benchmarks import bars  # noqa: E402
+from benchmarks import config as bench_config  # noqa: E402
+from benchmarks import search as bench_search  # noqa: E402
 
 
 def test_graph_macs_counts_convs_depthwise_convs_and_matmuls():
@@ -25,8 +27,8 @@ def test_bars_step_macs_follow_the_supernet_and_not_the_cell():
     """The BARS supernet's MACs per step: 5 forward passes of every candidate conv,
     counted on the reference cell whatever engine runs the step; doubling the batch
     doubles them."""
-    config = harness.quick_config()
-    search = harness.bars_search_config(config)
+    config = bench_config.quick_config()
+    search = bench_search.bars_search_config(config)
     small = bars.gmac_per_step("bars", search, config.image_size)
     twice = bars.gmac_per_step("bars", search.__class__.from_dict(
         {**search.to_dict(), "batch_size": 2 * search.batch_size}), config.image_size)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import harness as benchmark  # noqa: E402
+from benchmarks import config as bench_config  # noqa: E402
+from benchmarks import harness, process, table  # noqa: E402
+from benchmarks import search as bench_search  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOL = [sys.executable, str(REPO / "tools" / "benchmark.py")]
@@ -30,7 +32,7 @@ def quick_result(tmp_path_factory, cifar_dir):
 def test_quick_run_writes_every_figure(quick_result):
     result, stdout = quick_result
     assert result["quick"] is True
-    for key in benchmark.KEYS:
+    for key in bench_config.KEYS:
         value = result[key]
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key
     # every binary conv of the quick network (all of them live) became one LceBconv2d
@@ -46,7 +48,7 @@ def test_quick_run_writes_every_figure(quick_result):
     # the first step (fresh process, tracing included) takes longer than a later one
     assert result["first_step_s"] > result["search_step_s"]
     assert result["speedup"]["search_step_s"] == pytest.approx(
-        benchmark.REFERENCE["search_step_s"] / result["search_step_s"])
+        bench_config.REFERENCE["search_step_s"] / result["search_step_s"])
     env = result["environment"]
     assert env["tensorflow"] and env["cpu_count"] >= 1
     # the machine's speed at start and end (to compare runs on a shared machine)
@@ -55,13 +57,13 @@ def test_quick_run_writes_every_figure(quick_result):
         assert set(speed) == {"matmul_gflops", "elementwise_gbps"}
         assert all(math.isfinite(v) and v > 0 for v in speed.values())
     assert "machine speed (start / end): float32 matmul GFLOP/s" in stdout
-    assert set(result["targets"]) == set(benchmark.TARGETS)
+    assert set(result["targets"]) == set(bench_config.TARGETS)
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
     # the readable table names the figures
     assert "BNAS search step" in stdout and "LceBconv2d ops" in stdout
     # tiny shapes against full-shape references and targets: the table says they do not apply
     assert "QUICK shapes: a smoke run" in stdout
-    assert "QUICK shapes: a smoke run" not in benchmark.format_table({**result, "quick": False})
+    assert "QUICK shapes: a smoke run" not in table.format_table({**result, "quick": False})
 
 
 def test_search_figures_are_medians_over_fresh_processes(monkeypatch):
@@ -80,15 +82,15 @@ def test_search_figures_are_medians_over_fresh_processes(monkeypatch):
                 "median_s": step, "times_s": times, "cpu_s_per_step": 2 * step,
                 "conv_dtype": "bfloat16", "peak_rss_mb": rss}
 
-    monkeypatch.setattr(benchmark, "search_process", fake_process)
-    r = benchmark.search_processes(benchmark.BenchConfig(search_processes=3), "float32")
+    monkeypatch.setattr(bench_search, "search_process", fake_process)
+    r = bench_search.search_processes(bench_config.BenchConfig(search_processes=3), "float32")
     assert calls == ["float32"] * 3
     assert r["first_step_s"] == 25.0 and r["first_call_s"] == 21.0
     assert r["median_s"] == pytest.approx(3.3) and r["cpu_s_per_step"] == pytest.approx(6.6)
     assert r["peak_rss_mb"] == 3200.0 and r["processes"] == 3 and len(r["runs"]) == 3
     assert len(r["times_s"]) == 9
     with pytest.raises(ValueError, match="search_processes must be >= 1"):
-        benchmark.BenchConfig(search_processes=0, parts=("search",)).validate()
+        bench_config.BenchConfig(search_processes=0, parts=("search",)).validate()
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
@@ -105,15 +107,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         assert "Traceback" not in proc.stderr
     assert not out.exists()
     with pytest.raises(ValueError, match="is a directory"):
-        benchmark.write_json(str(tmp_path), {"a": 1})
+        harness.write_json(str(tmp_path), {"a": 1})
 
 
 def test_write_json_is_atomic_and_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "b.json"
-    benchmark.write_json(str(path), {"search_step_s": 1.5})
+    harness.write_json(str(path), {"search_step_s": 1.5})
     assert json.loads(path.read_text()) == {"search_step_s": 1.5}
     with pytest.raises(TypeError):
-        benchmark.write_json(str(path), {"bad": object()})
+        harness.write_json(str(path), {"bad": object()})
     assert json.loads(path.read_text()) == {"search_step_s": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["b.json"]
 
@@ -151,9 +153,9 @@ def test_a_childs_peak_rss_is_its_own_not_the_parents():
     """wait4's ru_maxrss of a child carries this process's high-water mark over exec:
     a small child of a large parent used to report the parent's peak."""
     parent = np.ones(700 * 2 ** 20 // 8)  # this process: > 700 MB resident
-    config = benchmark.quick_config()
-    report, small, _ = benchmark.run_child("harness", "child_probe", {"mb": 1}, config, 120)
+    config = bench_config.quick_config()
+    report, small, _ = process.run_child("process", "child_probe", {"mb": 1}, config, 120)
     assert report == {"sum": float(2 ** 20 // 8)}
-    _, large, _ = benchmark.run_child("harness", "child_probe", {"mb": 400}, config, 120)
+    _, large, _ = process.run_child("process", "child_probe", {"mb": 400}, config, 120)
     assert small < 300 < 400 < large < 700 + 300, (small, large)
     del parent

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import harness, reference, train  # noqa: E402
+from benchmarks import config, reference, search, train  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOL = [sys.executable, str(REPO / "tools" / "benchmark.py")]
@@ -59,11 +59,11 @@ def test_compare_interleaves_fresh_processes_and_computes_ratios(tmp_path, monke
             return {"median_s": median, "first_step_s": first}
         return run
 
-    monkeypatch.setattr(harness, "search_process", ours("search", 3.0, 10.0))
+    monkeypatch.setattr(search, "search_process", ours("search", 3.0, 10.0))
     monkeypatch.setattr(train, "train_process", ours("train", 1.5))
     path, python = reference.prepare(str(bench))
     assert python == str(venv / "bin" / "python")
-    result = reference.compare(harness.quick_config(), python, path, rounds=2,
+    result = reference.compare(config.quick_config(), python, path, rounds=2,
                                progress=lambda line: None)
     assert log.read_text().split("\n")[:-1] == [
         "reference search", "ours search", "reference train", "ours train"] * 2

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bnas_tf  # noqa: E402,F401  (before TensorFlow)
 from absl import app  # noqa: E402
 
-from benchmarks import harness as benchmark  # noqa: E402
+from benchmarks import harness, table  # noqa: E402
 from benchmarks import reference  # noqa: E402
 from bnas_tf import throughput  # noqa: E402
 import flags  # noqa: E402
@@ -38,7 +38,7 @@ def main(argv):
         if FLAGS.reference:
             print("[reference] setting up or finding the PyTorch venv ...", flush=True)
             bench_dir, python = reference.prepare()
-    result = benchmark.run(config, progress=lambda line: print(line, flush=True))
+    result = harness.run(config, progress=lambda line: print(line, flush=True))
     if FLAGS.reference:
         rounds = FLAGS.reference_rounds or (1 if FLAGS.quick else 3)
         result["reference_comparison"] = reference.compare(
@@ -50,8 +50,8 @@ def main(argv):
         result["imagenet_input"] = throughput.measure(make(data_dir=FLAGS.imagenet_data_dir),
                                                       progress=lambda line: print(line))
         print(throughput.format_report(result["imagenet_input"]))
-    benchmark.write_json(FLAGS.output, result)
-    print(benchmark.format_table(result))
+    harness.write_json(FLAGS.output, result)
+    print(table.format_table(result))
     if FLAGS.reference:
         print(reference.format_ratios(result["reference_comparison"]))
     print(f"wrote {FLAGS.output}")
