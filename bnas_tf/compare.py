@@ -20,7 +20,7 @@ import re
 
 import bnas_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 
-from bnas_tf import data, report, training
+from bnas_tf import data, distribute, report, training
 from bnas_tf import model_dir as mdir
 from bnas_tf.models import checks, presets
 
@@ -75,8 +75,14 @@ def compare(models, data_config, train_config, output_dir, strategy=None, plot=T
     model; a model whose family lacks one is refused (ValueError) before any training.
     adapt_to_data: adapt presets meant for other data (`checks.adapt_to_data`) instead
     of refusing them. labels: {override: its flag name} for the printed size lines.
-    Returns the comparison dict written to output_dir/comparison.json.
+    strategy: a tf.distribute.Strategy or name (`distribute.make_strategy`); under
+    multi_worker every worker trains each model with the others (training.train: a
+    non-chief writes only temporary files) and the chief alone writes the table,
+    comparison.json and the plot.
+    Returns the comparison dict written to output_dir/comparison.json (None on a
+    non-chief worker).
     """
+    strategy = training.make_strategy(strategy)  # first: multi-worker precedes any TF op
     names = report.expand_models(models)
     dirnames = [model_dirname(m) for m in names]
     duplicates = sorted({d for d in dirnames if dirnames.count(d) > 1})
@@ -109,6 +115,10 @@ def compare(models, data_config, train_config, output_dir, strategy=None, plot=T
             failures[name] = str(e)
             continue
         directories.append(directory)
+    if not distribute.is_chief(strategy):
+        print("=== trained with the other workers; the chief writes the comparison",
+              flush=True)
+        return None
     rows = sorted(_rows(directories, kind), key=lambda r: (r["budget"], r["equivalent_ops"]))
     print()
     print(report.format_paper_table(rows, kind))

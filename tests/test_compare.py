@@ -50,6 +50,23 @@ def test_compare_two_tiny_models_writes_table_json_and_plot(cifar_dir, tmp_path,
     assert "tiny-bnas" in printed and "tiny-nin" in printed and "EqOPs" in printed
 
 
+def test_a_non_chief_worker_trains_but_leaves_the_comparison_to_the_chief(
+        cifar_dir, tmp_path, monkeypatch, capsys):
+    """Under multi_worker every worker runs compare; two writers of comparison.json
+    (read from directories the chief is writing) would race: only the chief writes."""
+    from bnas_tf import distribute
+    model = _preset(tmp_path, "tiny-nin", {"family": "baseline", "arch": "nin", "channels": 8})
+    data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), batch_size=16,
+                                  image_size=32, max_examples=32)
+    train_config = recipes.recipe("adam_cosine", epochs=1, batch_size=16, verbose=0)
+    monkeypatch.setattr(distribute, "is_chief", lambda strategy: False)
+    out = tmp_path / "out"
+    assert compare.compare([model], data_config, train_config, str(out)) is None
+    assert not (out / compare.COMPARISON_JSON).exists()
+    assert not (out / compare.COMPARISON_PNG).exists()
+    assert "the chief writes the comparison" in capsys.readouterr().out
+
+
 def test_unknown_model_fails_before_any_training(cifar_dir, tmp_path):
     data_config = data.DataConfig(dataset="folder", data_dir=str(cifar_dir), max_examples=32)
     with pytest.raises(ValueError, match="no-such-net"):

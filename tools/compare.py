@@ -38,6 +38,10 @@ OWN_HELP = {
                   "DIR/comparison.json (settings and one row per model) and DIR/comparison.png "
                   "(top-1 accuracy vs Equivalent OPs). Rerunning the same command resumes.",
     "keep_checkpoints": "How many epoch checkpoints to keep in each OUTPUT_DIR/<model>/ckpt.",
+    "strategy": "Distribution of every model's training: default (one device), mirrored "
+                "(all local GPUs / logical CPUs), multi_worker (cluster from TF_CONFIG: the "
+                "same command on every worker; the chief alone writes comparison.json and "
+                "the plot).",
 }
 OWN = (OWN_HELP, size_flags, data_flags, model_flags, train_flags)  # whose help shows
 HELP = (("compare", ("models", "output_dir", "strategy", "progress")),
