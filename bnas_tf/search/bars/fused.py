@@ -185,11 +185,6 @@ def batch_norm(bn, x, update=True):
                                                 epsilon=bn.epsilon, is_training=True)[0]
     if tf.executing_eagerly():  # (no graph; eager tensors do not name their op)
         return forward(x)
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        # Measured, not understood: with the tape operation a two-worker search's
-        # alphas drift from the single-process search at the same global batch
-        # (tests/test_distribute.py, slow); the plain layer keeps them equal.
-        return forward(x)
 
     @recompute.tape_gradient
     def normalise(x):
