@@ -151,6 +151,12 @@ def filter_gradient(inputs, dy, filter_shape, strides, dilations):
     height, width = inputs.shape[1], inputs.shape[2]
     small = (height is not None and width is not None
              and height * width <= MATMUL_FILTER_GRADIENT_MAX)
+    if max(dilations) > 1 and inputs.dtype == tf.bfloat16 and not _dilated_bfloat16_safe(inputs):
+        grad = tf.raw_ops.Conv2DBackpropFilter(
+            input=tf.cast(inputs, tf.float32), filter_sizes=list(filter_shape),
+            out_backprop=tf.cast(dy, tf.float32), strides=strides, padding="SAME",
+            dilations=dilations)
+        return tf.cast(grad, inputs.dtype)
     if not small or max(strides) > 1 or max(dilations) > 1:
         return tf.raw_ops.Conv2DBackpropFilter(
             input=inputs, filter_sizes=list(filter_shape), out_backprop=dy, strides=strides,
@@ -163,6 +169,36 @@ def filter_gradient(inputs, dy, filter_shape, strides, dilations):
                          [-1, kh * kw * channels])
     grad = tf.matmul(patches, tf.reshape(dy, [-1, filters]), transpose_a=True)
     return tf.reshape(grad, [kh, kw, channels, filters])
+
+
+def _dilated_bfloat16_safe(inputs):
+    """False where oneDNN's bfloat16 filter gradient of a dilated conv is wrong (TF 2.21,
+    measured on AVX512-BF16: NaN, inf or garbage): inputs whose channels are not a
+    multiple of 16 (17, 20, 24, 36 and 40 were wrong on maps of 32x32 and larger;
+    8, 16, 32, 48 and 64 right). Such convs take the filter gradient in float32 (the
+    same operands, float32 sums, the result rounded to bfloat16)."""
+    channels = inputs.shape[-1]
+    return channels is not None and int(channels) % 16 == 0
+
+
+def conv2d(x, kernel, strides, dilations):
+    """``tf.nn.conv2d(x, kernel, strides, 'SAME', dilations=dilations)`` (NHWC, HWIO;
+    int strides and dilations) whose kernel gradient is `filter_gradient`'s: for a
+    dilated bfloat16 conv the float32 one where oneDNN's bfloat16 one is wrong
+    (`_dilated_bfloat16_safe`). Other convs are tf.nn.conv2d itself."""
+    if dilations == 1 or x.dtype != tf.bfloat16:
+        return tf.nn.conv2d(x, kernel, strides, "SAME", dilations=dilations)
+    strides4, dilations4 = [1, strides, strides, 1], [1, dilations, dilations, 1]
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            dx = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides4,
+                padding="SAME", dilations=dilations4)
+            return dx, filter_gradient(x, dy, kernel.shape, strides4, dilations4)
+        return tf.nn.conv2d(x, kernel, strides4, "SAME", dilations=dilations4), grad
+    return conv(x, kernel)
 
 
 # families whose binary convs are Larq's own layers (Bi-Real's, ReActNet's and

@@ -147,6 +147,38 @@ def test_the_filter_gradient_on_small_maps_is_a_matmul_of_the_same_sum(height, w
     assert "Conv2DBackpropFilter" in kernel_gradient_ops(8)
 
 
+@pytest.mark.parametrize("channels, size", [(36, 32), (24, 32), (20, 32), (32, 32), (8, 32)])
+def test_dilated_bfloat16_kernel_gradients_are_finite_and_right(channels, size):
+    """oneDNN's bfloat16 filter gradient of a dilated conv is NaN or garbage for inputs
+    whose channels are not a multiple of 16 on maps of 32x32 (a 36-channel BNAS-A lost
+    its training to NaN at step 2). The training variant (`shifted_sign_conv`) and the
+    search's fused convs (`conv_op`) give the float32 gradient, rounded to bfloat16."""
+    from bnas_tf.search.bnas.fused import conv_op
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(4, size, size, channels)).astype(np.float32))
+    signs = tf.constant(np.sign(rng.normal(size=(3, 3, channels, 12))).astype(np.float32))
+    dy = tf.constant(rng.normal(size=(4, size, size, 12)).astype(np.float32))
+    negative = tf.cast(x < 0, tf.float32)
+    with tf.GradientTape() as tape:  # float32 reference: conv(sign(x) - 1, signs)
+        tape.watch(signs)
+        y = tf.nn.conv2d(negative, -2 * signs, 1, "SAME", dilations=2)
+    want = tape.gradient(y, signs, output_gradients=dy).numpy()
+    with tf.GradientTape() as tape:
+        tape.watch(signs)
+        y = fast_binary.shifted_sign_conv(x, signs, None, (1, 1), (2, 2))
+    got = tape.gradient(y, signs, output_gradients=tf.cast(dy, tf.bfloat16)).numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-2 * np.abs(want).max())
+    kernel = tf.cast(-2 * signs, tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch(kernel)
+        y = conv_op(2)(tf.cast(negative, tf.bfloat16), kernel, [1, 1], "SAME", dilations=2)
+    got = tf.cast(tape.gradient(y, kernel, output_gradients=tf.cast(dy, tf.bfloat16)),
+                  tf.float32).numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(-2 * got, want, rtol=0, atol=1e-2 * np.abs(want).max())
+
+
 def test_the_clipped_gradient_is_larqs_in_one_op():
     """`clipped_gradient` passes dy exactly where Larq's ste_sign gradient does
     (|x| <= clip, the bounds included), for several clip values."""

@@ -26,7 +26,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
-from bnas_tf import binary, ops
+from bnas_tf import binary, fast_binary, ops
 from bnas_tf.fast_binary import kernel_signs, padding_bias  # shared with training
 from bnas_tf.search.bnas.cell import (N_EDGES, NODES, SearchCell, build_layer, edge_stride,
                                       no_autograph, search_bn)
@@ -39,9 +39,21 @@ def groupable(binarization):
 
 
 def conv_op(dilation):
-    """tf.nn.conv2d, or tf.nn.convolution (space-to-batch) for dilated convs when oneDNN
-    is off: Eigen has no dilated conv2d gradient."""
-    return tf.nn.convolution if dilation > 1 and binary.onednn_disabled() else tf.nn.conv2d
+    """tf.nn.conv2d; for dilated convs tf.nn.convolution (space-to-batch) when oneDNN
+    is off (Eigen has no dilated conv2d gradient), else `_dilated_conv2d`."""
+    if dilation == 1:
+        return tf.nn.conv2d
+    return tf.nn.convolution if binary.onednn_disabled() else _dilated_conv2d
+
+
+def _dilated_conv2d(x, kernel, strides, padding, dilations):
+    """tf.nn.conv2d's call ('SAME'; int or [s, s] strides, int dilations) as
+    `fast_binary.conv2d`: oneDNN's bfloat16 filter gradient of a dilated conv is wrong
+    for some channel counts, so theirs comes in float32 (tests/test_fast_binary.py)."""
+    if padding != "SAME":
+        raise ValueError(f"dilated fused convs pad 'SAME', got {padding!r}")
+    stride = strides if isinstance(strides, int) else int(strides[0])
+    return fast_binary.conv2d(x, kernel, stride, int(dilations))
 
 
 _UNIT_EPS = 2.0 ** -10  # with variance 1 - eps (exact): 1 / sqrt(var + eps) == 1
