@@ -120,6 +120,9 @@ def test_changed_configuration_is_refused_with_one_line(cifar_dir, tmp_path):
         run.check_dir(str(tmp_path), _config(cifar_dir, split_seed=1))
     assert "\n" not in str(e.value)
     assert "holds a different study (differs in split_seed: 0 recorded vs 1 given)" in str(e.value)
+    # the advice resumes it: a cpu study from before the profile trained in bfloat16
+    assert "to resume it add --split_seed=0, else use another --output_dir" in str(e.value)
+    run.check_dir(str(tmp_path), _config(cifar_dir, split_seed=0))
 
 
 def test_arms_can_be_added_to_a_study_but_not_removed(cifar_dir, tmp_path):
@@ -265,7 +268,7 @@ def test_an_arm_without_the_bfloat16_variant_is_refused_before_any_trial(cifar_d
     config = _config(cifar_dir, arms=("bnas-a", "birealnet18-cifar"),
                      train_conv_dtype="bfloat16")
     with pytest.raises(ValueError, match="birealnet18-cifar cannot train with "
-                                         "--train_conv_dtype=bfloat16") as e:
+                                         "train_conv_dtype=bfloat16") as e:
         study_run.prepare(config, str(tmp_path / "s"), log=lambda m: None)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "s").exists()

@@ -90,9 +90,10 @@ def check_available(names, train_conv_dtype="float32"):
                              "bnas_tf.models.presets does not define in this version")
         family = presets.PRESETS[arm.preset]["family"] if arm.preset else None
         if train_conv_dtype == "bfloat16" and family in fast_binary.WITHOUT_VARIANT:
-            raise ValueError(f"arm {name} cannot train with --train_conv_dtype=bfloat16 "
-                             f"(the cpu profile's): its {family} blocks are Larq's layers, "
-                             "without the speed variant; use --train_conv_dtype=float32")
+            raise ValueError(f"arm {name} cannot train with train_conv_dtype=bfloat16 (the "
+                             f"cpu profile's default): its {family} blocks are Larq's "
+                             "layers, without the speed variant; use "
+                             "--train_conv_dtype=float32")
 
 
 def search_config(arm, config, seed):

@@ -54,13 +54,26 @@ def check_dir(output_dir, config, log=print):
         # with (`study.LEGACY`), so it resumes under the same command
         saved = {k: saved.get(k, LEGACY.get(k)) for k in set(saved) | set(current)}
         files.refuse_other_run(output_dir, saved, current, "study",
-                               "use another --output_dir", StudyDirError)
+                               _mend(saved, current), StudyDirError)
         if added:
             log(f"study: arm(s) {', '.join(added)} added to {output_dir}; the trials of "
                 "the others are kept")
     else:
         os.makedirs(output_dir, exist_ok=True)
     files.write_json(path, current, sort_keys=True)
+
+
+def _mend(saved, current):
+    """The refusal's advice: the flags that resume the saved study (its recorded values
+    of the differing settings, e.g. a cpu study from before the profile trained in
+    bfloat16: --train_conv_dtype=float32), or another directory."""
+    given = []
+    for name in files.differences(saved, current):
+        value = saved.get(name)
+        if "." in name or value is None or isinstance(value, dict):
+            return "use another --output_dir"
+        given.append(f"--{name}={','.join(map(str, value)) if isinstance(value, list) else value}")
+    return f"to resume it add {' '.join(given)}, else use another --output_dir"
 
 
 @dataclasses.dataclass
