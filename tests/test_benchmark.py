@@ -98,8 +98,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     for args, message in ((["--only=search,warp"], "unknown benchmark part(s) warp"),
                           ([f"--bench_data_dir={tmp_path / 'none'}", "--only=input"],
                            "image folder not found"),
-                          ([], "--output=bench.json is required")):
-        flags = args + ([f"--output={out}"] if "required" not in message else [])
+                          ([], "--output=bench.json is required"),
+                          # a file where the output's directory should be: refused
+                          # before the measurements (it crashed after them)
+                          ([f"--output={tmp_path / 'file' / 'b.json'}", "--only=export"],
+                           "is a file, not a directory")):
+        (tmp_path / "file").write_text("x")
+        flags = args + ([f"--output={out}"] if "required" not in message
+                        and not any(a.startswith("--output") for a in args) else [])
         proc = subprocess.run(TOOL + flags, capture_output=True, text=True, timeout=120,
                               cwd=REPO)
         assert proc.returncode != 0

@@ -33,6 +33,11 @@ def main(argv):
         config = benchmark_flags.config_from_flags().validate()
         if os.path.isdir(FLAGS.output):
             raise ValueError(f"--output {FLAGS.output} is a directory; give a .json file path")
+        parent = os.path.dirname(os.path.abspath(FLAGS.output))
+        while not os.path.exists(parent):  # checked now, not after the measurements
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ValueError(f"--output {FLAGS.output}: {parent} is a file, not a directory")
         if FLAGS.reference_rounds and not FLAGS.reference:
             raise ValueError("--reference_rounds needs --reference")
         if FLAGS.reference:
