@@ -181,14 +181,18 @@ def _dilated_bfloat16_safe(inputs):
     return channels is not None and int(channels) % 16 == 0
 
 
-def conv2d(x, kernel, strides, dilations):
-    """``tf.nn.conv2d(x, kernel, strides, 'SAME', dilations=dilations)`` (NHWC, HWIO;
-    int strides and dilations) whose kernel gradient is `filter_gradient`'s: for a
-    dilated bfloat16 conv the float32 one where oneDNN's bfloat16 one is wrong
-    (`_dilated_bfloat16_safe`). Other convs are tf.nn.conv2d itself."""
+def conv2d(x, kernel, strides, padding, dilations):
+    """``tf.nn.conv2d(x, kernel, strides, padding, dilations=dilations)`` (NHWC, HWIO;
+    'SAME'; int or [s, s] strides, int dilations) whose kernel gradient is
+    `filter_gradient`'s: for a dilated bfloat16 conv the float32 one where oneDNN's
+    bfloat16 one is wrong (`_dilated_bfloat16_safe`). Other convs are tf.nn.conv2d
+    itself. ValueError for another padding."""
+    if padding != "SAME":
+        raise ValueError(f"fast_binary.conv2d pads 'SAME', got {padding!r}")
     if dilations == 1 or x.dtype != tf.bfloat16:
         return tf.nn.conv2d(x, kernel, strides, "SAME", dilations=dilations)
-    strides4, dilations4 = [1, strides, strides, 1], [1, dilations, dilations, 1]
+    stride = strides if isinstance(strides, int) else int(strides[0])
+    strides4, dilations4 = [1, stride, stride, 1], [1, int(dilations), int(dilations), 1]
 
     @tf.custom_gradient
     def conv(x, kernel):

@@ -40,20 +40,11 @@ def groupable(binarization):
 
 def conv_op(dilation):
     """tf.nn.conv2d; for dilated convs tf.nn.convolution (space-to-batch) when oneDNN
-    is off (Eigen has no dilated conv2d gradient), else `_dilated_conv2d`."""
+    is off (Eigen has no dilated conv2d gradient), else `fast_binary.conv2d` (oneDNN's
+    bfloat16 filter gradient of a dilated conv is wrong for some channel counts)."""
     if dilation == 1:
         return tf.nn.conv2d
-    return tf.nn.convolution if binary.onednn_disabled() else _dilated_conv2d
-
-
-def _dilated_conv2d(x, kernel, strides, padding, dilations):
-    """tf.nn.conv2d's call ('SAME'; int or [s, s] strides, int dilations) as
-    `fast_binary.conv2d`: oneDNN's bfloat16 filter gradient of a dilated conv is wrong
-    for some channel counts, so theirs comes in float32 (tests/test_fast_binary.py)."""
-    if padding != "SAME":
-        raise ValueError(f"dilated fused convs pad 'SAME', got {padding!r}")
-    stride = strides if isinstance(strides, int) else int(strides[0])
-    return fast_binary.conv2d(x, kernel, stride, int(dilations))
+    return tf.nn.convolution if binary.onednn_disabled() else fast_binary.conv2d
 
 
 _UNIT_EPS = 2.0 ** -10  # with variance 1 - eps (exact): 1 / sqrt(var + eps) == 1
